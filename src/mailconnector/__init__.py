@@ -1,0 +1,1 @@
+"""mailconnector: an email connector for integration work."""

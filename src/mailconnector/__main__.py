@@ -1,0 +1,3 @@
+from mailconnector.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""Step recording for the connection Test: sessions mark their phases, the Test reports them."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MailConnectorError
+
+__all__ = ["StepRecorder", "StepResult", "step"]
+
+
+@dataclass
+class StepResult:
+    server: str
+    name: str
+    status: str = "skipped"  # passed | failed | skipped
+    ms: float = 0.0
+    detail: str = ""
+    error: str | None = None
+    error_type: str | None = None
+    hint: str | None = None
+    exit_code: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "exit_code"}
+
+
+@dataclass
+class StepRecorder:
+    server: str
+    steps: list[StepResult] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[StepResult]:
+        result = StepResult(self.server, name)
+        self.steps.append(result)
+        t0 = time.perf_counter()
+        try:
+            yield result
+            result.status = "passed"
+        except MailConnectorError as exc:
+            result.status = "failed"
+            result.error, result.error_type, result.hint = exc.message, exc.kind, exc.hint
+            result.exit_code = exc.exit_code
+            raise
+        finally:
+            result.ms = round((time.perf_counter() - t0) * 1000, 1)
+
+
+@contextlib.contextmanager
+def step(recorder: StepRecorder | None, name: str) -> Iterator[StepResult]:
+    """A recorded step, or a throw-away result when nobody records."""
+    if recorder is None:
+        yield StepResult("", name)
+        return
+    with recorder.step(name) as result:
+        yield result

@@ -1,0 +1,90 @@
+"""What every command shares: the common options, the project, output on stdout, messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ..errors import MailConnectorError
+from ..logs import configure_logging
+from ..project import Project
+
+__all__ = [
+    "EXIT_CODES_HELP",
+    "DebugOpt",
+    "JsonOpt",
+    "LogFormatOpt",
+    "ProjectOpt",
+    "Session",
+    "VerboseOpt",
+    "emit_json",
+    "print_error",
+    "start",
+]
+
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-p", help="Project file (default: $MAILCONNECTOR_PROJECT or ./mailconnector.yaml).",
+                 show_default=False),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Debug logging on stderr.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose-protocol", help="Log the SMTP/IMAP conversation (credentials redacted).")
+]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", help="Log format on stderr: text or json.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout, for scripts.")]
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 some records failed; 2 usage error; 3 configuration; 4 authentication; "
+    "5 connection or TLS; 6 server refused; 7 message could not be composed or parsed; 8 local state; "
+    "10 unexpected error; 130 interrupted."
+)
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+@dataclass
+class Session:
+    """A command's context: its project (loaded on first use) and output mode."""
+
+    project_path: Path | None
+    json: bool = False
+    _project: Project | None = None
+
+    @property
+    def project(self) -> Project:
+        if self._project is None:
+            self._project = Project.load(self.project_path)
+        return self._project
+
+
+def start(project: Path | None = None, *, debug: bool = False, verbose_protocol: bool = False,
+          log_format: str = "text", json_output: bool = False) -> Session:
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    configure_logging(debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
+    return Session(project, json=json_output)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_error(exc: MailConnectorError) -> None:
+    err_console.print(f"[bold red]error[/] ({exc.kind}): {_escape(exc.message)}")
+    if exc.hint:
+        err_console.print(f"[yellow]hint[/]: {_escape(exc.hint)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,174 @@
+"""The connection Test: each server the connection serves, step by step, each step timed and explained.
+
+DNS → TCP connect → TLS handshake (implicit TLS) → greeting → capabilities / EHLO → STARTTLS → (OAuth2 token)
+→ authentication → IMAP: the folder can be selected / SMTP: the sender is accepted (MAIL FROM, then RSET).
+The first failure stops that server's steps; the rest are listed as skipped so the user sees how far it got.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._net import make_ssl_context, transport_error
+from ._steps import StepRecorder, StepResult
+from .connection import Connection, ServerSettings
+from .errors import MailConnectorError
+
+__all__ = ["TestReport", "run_test"]
+
+_LATER: dict[str, list[str]] = {
+    "smtp": ["greeting", "EHLO extensions", "STARTTLS offered and TLS certificate", "authentication",
+             "sender accepted"],
+    "imap": ["greeting", "capabilities", "STARTTLS offered and TLS certificate", "authentication",
+             "folder can be selected"],
+}
+
+
+@dataclass
+class TestReport:
+    connection: str
+    steps: list[StepResult] = field(default_factory=list)
+
+    __test__ = False  # not a pytest test class
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status == "passed" for s in self.steps)
+
+    @property
+    def exit_code(self) -> int:
+        return next((s.exit_code for s in self.steps if s.status == "failed"), 0)
+
+    def first_failure(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status == "failed"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"connection": self.connection, "ok": self.ok, "steps": [s.to_dict() for s in self.steps]}
+
+
+def run_test(conn: Connection, *, folder: str = "INBOX") -> TestReport:
+    report = TestReport(conn.name)
+    if conn.auth.type == "oauth2":
+        rec = StepRecorder("oauth2")
+        if _token_step(conn, rec):
+            report.steps += rec.steps
+        else:
+            report.steps += rec.steps
+            for proto in ("smtp", "imap"):
+                if conn.serves("send" if proto == "smtp" else "read"):
+                    report.steps.append(StepResult(proto, "connect and log in", detail="skipped: no token"))
+            return report
+    for proto in ("smtp", "imap"):
+        if not conn.serves("send" if proto == "smtp" else "read"):
+            continue
+        rec = StepRecorder(proto)
+        try:
+            _test_server(conn, proto, rec, folder)
+        except MailConnectorError:
+            done = {s.name for s in rec.steps}
+            for name in _LATER[proto]:
+                server = conn.smtp if proto == "smtp" else conn.imap
+                if name.startswith("STARTTLS") and server is not None and server.security != "starttls":
+                    continue
+                if name not in done:
+                    rec.steps.append(StepResult(proto, name))
+        report.steps += rec.steps
+    return report
+
+
+def _token_step(conn: Connection, rec: StepRecorder) -> bool:
+    from .auth import token_provider_for
+
+    try:
+        with rec.step("token acquisition") as st:
+            provider = token_provider_for(conn)
+            provider.token()
+            oauth = conn.auth.oauth2
+            assert oauth is not None
+            st.detail = f"{oauth.provider} {oauth.grant}"
+    except MailConnectorError:
+        return False
+    return True
+
+
+def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -> None:
+    server = conn.smtp if proto == "smtp" else conn.imap
+    assert server is not None
+    _probe_network(conn, proto, server, rec)
+    if proto == "smtp":
+        from .smtp import SmtpSession
+
+        smtp = SmtpSession(conn)
+        try:
+            smtp.connect(recorder=rec)
+            sender = conn.from_address or conn.smtp_login()
+            with rec.step("sender accepted") as st:
+                code, text = smtp.check_sender(sender)
+                if code != 250:
+                    from .errors import SenderRefusedError
+
+                    raise SenderRefusedError(f"MAIL FROM:<{sender}> refused: {code} {text}", code=code, text=text,
+                                             hint="the account may not send as this address: check from_address")
+                st.detail = f"<{sender}> {code}; RSET, nothing sent"
+        finally:
+            smtp.close()
+    else:
+        from .imap import ImapSession
+
+        imap = ImapSession(conn)
+        try:
+            imap.connect(recorder=rec)
+            with rec.step("folder can be selected") as st:
+                state = imap.select(folder, readonly=True)
+                st.detail = f"{folder}: {state.exists} messages, UIDVALIDITY {state.uidvalidity}"
+        finally:
+            imap.close()
+
+
+def _probe_network(conn: Connection, proto: str, server: ServerSettings, rec: StepRecorder) -> None:
+    """DNS, TCP and (implicit) TLS on a probe connection, so each gets its own time and its own words."""
+    with rec.step("DNS") as st:
+        try:
+            infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            err = exc if isinstance(exc, socket.gaierror) else socket.gaierror(str(exc))
+            raise transport_error(err, conn, proto) from exc
+        st.detail = ", ".join(sorted({str(i[4][0]) for i in infos}))
+    with rec.step("TCP connect") as st:
+        try:
+            sock = socket.create_connection((server.host, server.port), timeout=conn.timeouts.connect)
+        except OSError as exc:
+            raise transport_error(exc, conn, proto, phase="connect") from exc
+        st.detail = f"{sock.getpeername()[0]}:{server.port}"
+    try:
+        if server.security == "ssl":
+            with rec.step("TLS handshake and certificate") as st:
+                ctx = make_ssl_context(conn.tls)
+                sock.settimeout(conn.timeouts.command)
+                try:
+                    tls = ctx.wrap_socket(sock, server_hostname=server.host)
+                except (OSError, ssl.SSLError) as exc:
+                    raise transport_error(exc, conn, proto, phase="TLS handshake") from exc
+                sock = tls
+                st.detail = _cert_detail(tls)
+    finally:
+        sock.close()
+
+
+def _cert_detail(tls: ssl.SSLSocket) -> str:
+    cert = tls.getpeercert() or {}
+    subject = dict(x[0] for x in cert.get("subject", ()) if x) if cert else {}
+    cn = subject.get("commonName") or ""
+    sans = [v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")][:4]
+    until = cert.get("notAfter", "")
+    parts = [tls.version() or ""]
+    if cn or sans:
+        parts.append(f"for {cn or ', '.join(sans)}")
+    if until:
+        parts.append(f"valid until {until}")
+    if not cert:
+        parts.append("certificate not verified (tls.verify: false)")
+    return " ".join(p for p in parts if p)

@@ -1,0 +1,433 @@
+"""ImapSession: one IMAP connection over ``IMAPClient`` — connect, TLS, login, select, search, fetch, flag, move.
+
+This is the one place where ``imapclient``/``imaplib``, ``ssl`` and ``socket`` exceptions become ours
+(``_translate``). STARTTLS is required when the mode says so; a server that does not offer it is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from imapclient import IMAPClient, SocketTimeout
+from imapclient import exceptions as imap_exc
+
+from ._net import make_ssl_context, transport_error
+from ._steps import StepRecorder, step
+from .auth import TokenProvider, token_provider_for
+from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
+from .connection import Connection
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    MailConnectorError,
+    ServerResponseError,
+    TLSSecurityError,
+    TransportError,
+)
+from .logs import redact_imap_line
+
+__all__ = ["FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
+
+log = logging.getLogger("mailconnector.imap")
+wire = logging.getLogger("mailconnector.protocol.imap")
+
+
+@dataclass(frozen=True)
+class FolderState:
+    name: str
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    name: str
+    flags: tuple[str, ...]
+    special_use: str | None
+    delimiter: str | None
+    messages: int | None = None
+    unseen: int | None = None
+
+
+@dataclass
+class FetchedMessage:
+    uid: int
+    raw: bytes
+    flags: tuple[str, ...]
+    internal_date: datetime | None
+    size: int
+
+
+_SPECIAL = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
+_FETCH_ITEMS = [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
+
+
+class ImapSession:
+    """One authenticated IMAP connection; not thread-safe."""
+
+    def __init__(self, connection: Connection, *, token_provider: TokenProvider | None = None) -> None:
+        if connection.imap is None:
+            raise ConfigError("this connection has no imap settings", field=f"connections.{connection.name}.imap")
+        self.connection = connection
+        self.server = connection.imap
+        self._token_provider = token_provider
+        self._client: IMAPClient | None = None
+        self.auth_mechanism: str | None = None
+        self.selected: FolderState | None = None
+
+    # -------------------------------------------------------------- translate
+    @contextlib.contextmanager
+    def _translate(self, phase: str) -> Iterator[None]:
+        try:
+            yield
+        except MailConnectorError:
+            raise
+        except imap_exc.LoginError as exc:
+            raise self._auth_error(str(exc)) from exc
+        except imap_exc.IMAPClientAbortError as exc:
+            raise TransportError(
+                f"IMAP server {self.server.host}:{self.server.port} dropped the connection during {phase}: {exc}",
+                hint="it is retried; if it keeps happening the server may limit connections",
+            ) from exc
+        except imap_exc.IMAPClientReadOnlyError as exc:
+            raise ServerResponseError(f"IMAP {phase}: the folder is read-only: {exc}") from exc
+        except imap_exc.IMAPClientError as exc:
+            raise ServerResponseError(f"IMAP server refused {phase}: {_clean(exc)}", text=_clean(exc)) from exc
+        except (OSError, EOFError) as exc:
+            raise transport_error(exc, self.connection, "imap", phase=phase) from exc
+
+    def _auth_error(self, text: str) -> AuthenticationError:
+        host = self.server.host.lower()
+        hint = "check the username and password"
+        if "[PRIVACYREQUIRED]" in text or "LOGINDISABLED" in text:
+            hint = "the server refuses logins without TLS: use security: starttls or ssl"
+        elif "office365" in host or "outlook" in host:
+            hint = "Microsoft 365 turns basic auth off for most tenants: use auth.type oauth2"
+        elif "gmail" in host or "google" in host:
+            hint = "Google needs an app password (with 2-step verification) or OAuth2"
+        elif "mail.me.com" in host:
+            hint = "iCloud needs an app-specific password"
+        return AuthenticationError(
+            f"IMAP login as {self.connection.imap_login()!r} refused: {_clean(text)}", hint=hint
+        )
+
+    # ---------------------------------------------------------------- connect
+    def connect(self, *, login: bool = True, recorder: StepRecorder | None = None) -> ImapSession:
+        ctx = make_ssl_context(self.connection.tls) if self.server.security != "none" else None
+        timeout = SocketTimeout(self.connection.timeouts.connect, self.connection.timeouts.command)
+        try:
+            with step(recorder, "greeting") as st, self._translate("connect"):
+                try:
+                    client = IMAPClient(self.server.host, self.server.port, ssl=self.server.security == "ssl",
+                                        ssl_context=ctx, timeout=timeout)
+                except (TimeoutError, socket.timeout) as exc:
+                    raise transport_error(exc, self.connection, "imap", phase="greeting") from exc
+                except imap_exc.IMAPClientAbortError as exc:
+                    raise transport_error(EOFError(str(exc)), self.connection, "imap", phase="greeting") from exc
+                st.detail = _clean(client.welcome)[:120]
+            self._client = client
+            self._setup_wire_log(client)
+            with step(recorder, "capabilities") as st, self._translate("CAPABILITY"):
+                caps = client.capabilities()
+                st.detail = " ".join(sorted(c.decode() for c in caps))
+            if self.server.security == "starttls":
+                with step(recorder, "STARTTLS offered and TLS certificate") as st:
+                    if b"STARTTLS" not in caps:
+                        raise TLSSecurityError(
+                            f"IMAP server {self.server.host}:{self.server.port} does not offer STARTTLS, and "
+                            "security is starttls: refusing to continue in plain text",
+                            hint="use the server's TLS port (security: ssl, port 993), or fix the server's TLS",
+                        )
+                    assert ctx is not None
+                    with self._translate("STARTTLS"):
+                        client.starttls(ctx)
+                        client._cached_capabilities = None
+                    sock = client.socket()
+                    st.detail = f"{sock.version()}" if hasattr(sock, "version") else ""
+            if login:
+                with step(recorder, "authentication") as st:
+                    offered = [c for c in self.capabilities() if c.startswith("AUTH=")]
+                    self.login()
+                    st.detail = f"offered: {' '.join(o[5:] for o in offered)}; used: {self.auth_mechanism}"
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _setup_wire_log(self, client: IMAPClient) -> None:
+        imap = client._imap
+        if not wire.isEnabledFor(logging.DEBUG):
+            imap.debug = 0  # imaplib formats every line when debugging: costly on large fetches
+            return
+        state = {"auth": False}
+
+        def mesg(text: Any, secs: Any = None) -> None:
+            line = text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
+            if line.startswith("> ") or line.startswith("write literal"):
+                body = line[2:] if line.startswith("> ") else line
+                body = _unrepr(body)
+                if " AUTHENTICATE " in body.upper():
+                    state["auth"] = True
+                shown = redact_imap_line(body, in_auth=False)
+                wire.debug("C: %s", shown[:2000])
+            else:
+                body = _unrepr(line[2:] if line.startswith("< ") else line)
+                if state["auth"] and not body.startswith("+"):
+                    state["auth"] = False
+                wire.debug("S: %s", body[:2000] + (" ..." if len(body) > 2000 else ""))
+
+        imap._mesg = mesg
+
+    @property
+    def client(self) -> IMAPClient:
+        if self._client is None:
+            raise TransportError("IMAP session is not connected")
+        return self._client
+
+    def capabilities(self) -> list[str]:
+        with self._translate("CAPABILITY"):
+            return sorted(c.decode() for c in self.client.capabilities())
+
+    def has_capability(self, name: str) -> bool:
+        with self._translate("CAPABILITY"):
+            return bool(self.client.has_capability(name))
+
+    def auth_mechanisms(self) -> list[str]:
+        return [c[5:] for c in self.capabilities() if c.startswith("AUTH=")]
+
+    def login(self) -> None:
+        client = self.client
+        auth = self.connection.auth
+        user = self.connection.imap_login()
+        if auth.type == "basic":
+            if b"LOGINDISABLED" in client.capabilities():
+                raise AuthenticationError(
+                    f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
+                    "unencrypted connection (LOGINDISABLED)",
+                    hint="use security: starttls or ssl",
+                )
+            assert auth.password is not None
+            self.auth_mechanism = "LOGIN"
+            with self._translate("LOGIN"):
+                client.login(user, auth.password.get_secret_value())
+            client._cached_capabilities = None
+            return
+        self._oauth_login(user)
+
+    def _oauth_login(self, user: str, *, retried: bool = False) -> None:
+        client = self.client
+        oauth = self.connection.auth.oauth2
+        assert oauth is not None
+        mech = oauth.mechanism.upper()
+        provider = self._token_provider or token_provider_for(self.connection)
+        self._token_provider = provider
+        token = provider.token(force_refresh=retried)
+        payload = (xoauth2_string(user, token) if mech == "XOAUTH2"
+                   else oauthbearer_string(user, token, self.server.host, self.server.port))
+        self.auth_mechanism = mech
+        challenges: list[str] = []
+
+        def respond(data: bytes) -> bytes:
+            if not challenges and not data:
+                challenges.append("")
+                return payload
+            # A non-empty challenge after our response is the server's error: answer empty for the final NO.
+            challenges.append(decode_oauth_error(data) or "")
+            return b""
+
+        try:
+            with self._translate("AUTHENTICATE"):
+                try:
+                    client._imap.authenticate(mech, respond)
+                except imap_exc.IMAPClientError as exc:
+                    raise imap_exc.LoginError(str(exc)) from exc
+        except AuthenticationError as exc:
+            detail = next((c for c in challenges if c), "")
+            if not retried and "401" in detail:
+                provider.invalidate()
+                log.info("OAuth2 token refused (%s); refreshing once", detail)
+                return self._oauth_login(user, retried=True)
+            raise AuthenticationError(
+                f"{exc.message} ({detail or 'no detail'})",
+                hint="the token was refused: check it is for this user, unexpired, and has the mail scope",
+            ) from exc
+        client._imap.state = "AUTH"
+        client._cached_capabilities = None
+
+    # ----------------------------------------------------------------- folders
+    def list_folders(self, *, with_counts: bool = False) -> list[FolderInfo]:
+        with self._translate("LIST"):
+            rows = self.client.list_folders()
+        out: list[FolderInfo] = []
+        for flags, delim, name in rows:
+            flag_names = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
+            special = next((f for f in flag_names if f in _SPECIAL), None)
+            messages = unseen = None
+            if with_counts and "\\Noselect" not in flag_names and "\\NonExistent" not in flag_names:
+                with self._translate("STATUS"):
+                    st = self.client.folder_status(name, [b"MESSAGES", b"UNSEEN"])
+                messages, unseen = int(st[b"MESSAGES"]), int(st[b"UNSEEN"])
+            d = delim.decode() if isinstance(delim, bytes) else delim
+            out.append(FolderInfo(str(name), flag_names, special, d, messages, unseen))
+        return out
+
+    def select(self, folder: str, *, readonly: bool = False) -> FolderState:
+        with self._translate(f"SELECT {folder}"):
+            try:
+                info = self.client.select_folder(folder, readonly=readonly)
+            except imap_exc.IMAPClientError as exc:
+                if "NONEXISTENT" in str(exc) or "doesn't exist" in str(exc).lower():
+                    raise ConfigError(f"folder {folder!r} does not exist",
+                                      hint="list the folders with: mailconnector folders CONNECTION") from exc
+                raise
+        state = FolderState(
+            name=folder,
+            uidvalidity=int(info.get(b"UIDVALIDITY", 0)),
+            uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
+            exists=int(info.get(b"EXISTS", 0)),
+        )
+        self.selected = state
+        return state
+
+    def create_folder(self, folder: str) -> None:
+        with self._translate(f"CREATE {folder}"):
+            self.client.create_folder(folder)
+
+    def delete_folder(self, folder: str) -> None:
+        with self._translate(f"DELETE {folder}"):
+            self.client.delete_folder(folder)
+
+    def folder_exists(self, folder: str) -> bool:
+        with self._translate("LIST"):
+            return bool(self.client.folder_exists(folder))
+
+    # ----------------------------------------------------------------- search
+    def search(self, criteria: Sequence[Any] | str, *, charset: str | None = None) -> list[int]:
+        with self._translate("UID SEARCH"):
+            try:
+                uids = self.client.search(criteria, charset=charset)
+            except imap_exc.InvalidCriteriaError as exc:
+                raise ConfigError(f"invalid search criteria: {_clean(exc)}", field="criteria") from exc
+        return sorted(int(u) for u in uids)
+
+    # ------------------------------------------------------------------ fetch
+    def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+        """Fetch whole messages without setting \\Seen (``BODY.PEEK[]``), in UID order."""
+        if not uids:
+            return
+        with self._translate("UID FETCH"):
+            data = self.client.fetch(list(uids), _FETCH_ITEMS)
+        for uid in sorted(data):
+            item = data[uid]
+            raw = item.get(b"BODY[]")
+            if raw is None:
+                continue  # expunged meanwhile
+            flags = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ()))
+            yield FetchedMessage(int(uid), bytes(raw), flags, item.get(b"INTERNALDATE"),
+                                 int(item.get(b"RFC822.SIZE", len(raw))))
+            item.clear()
+
+    def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        if not uids:
+            return {}
+        with self._translate("UID FETCH"):
+            data = self.client.fetch(list(uids), [b"RFC822.SIZE"])
+        return {int(u): int(v[b"RFC822.SIZE"]) for u, v in data.items()}
+
+    # ------------------------------------------------------------ after read
+    def add_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
+        with self._translate("UID STORE"):
+            self.client.add_flags(list(uids), [f.encode() for f in flags], silent=True)
+
+    def remove_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
+        with self._translate("UID STORE"):
+            self.client.remove_flags(list(uids), [f.encode() for f in flags], silent=True)
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """``UID MOVE`` where offered, else copy + ``\\Deleted`` + ``UID EXPUNGE`` (only those UIDs)."""
+        with self._translate(f"UID MOVE {folder}"):
+            if self.client.has_capability("MOVE"):
+                self.client.move(list(uids), folder)
+                return
+            self.client.copy(list(uids), folder)
+            self.client.add_flags(list(uids), [b"\\Deleted"], silent=True)
+            self._expunge(uids)
+
+    def delete(self, uids: Sequence[int]) -> None:
+        with self._translate("UID STORE \\Deleted"):
+            self.client.add_flags(list(uids), [b"\\Deleted"], silent=True)
+            self._expunge(uids)
+
+    def _expunge(self, uids: Sequence[int]) -> None:
+        if self.client.has_capability("UIDPLUS"):
+            self.client.uid_expunge(list(uids))
+        else:
+            self.client.expunge()
+
+    def append(self, folder: str, message: bytes, *, flags: Sequence[str] = (),
+               when: datetime | None = None) -> int | None:
+        with self._translate(f"APPEND {folder}"):
+            resp = self.client.append(folder, message, [f.encode() for f in flags], msg_time=when)
+        text = resp.decode() if isinstance(resp, bytes) else str(resp)
+        # [APPENDUID uidvalidity uid]
+        if "APPENDUID" in text:
+            with contextlib.suppress(ValueError, IndexError):
+                return int(text.split("APPENDUID", 1)[1].split("]")[0].split()[1])
+        return None
+
+    # ------------------------------------------------------------------- idle
+    def idle_wait(self, timeout: float) -> bool:
+        """IDLE until the server reports a change or ``timeout`` seconds pass; True when something changed."""
+        with self._translate("IDLE"):
+            self.client.idle()
+            try:
+                responses = self.client.idle_check(timeout=timeout)
+            finally:
+                self.client.idle_done()
+        return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)
+
+    def noop(self) -> None:
+        with self._translate("NOOP"):
+            self.client.noop()
+
+    # ------------------------------------------------------------------ close
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                client.socket().settimeout(2)
+            client.logout()
+        except (OSError, EOFError, imaplib.IMAP4.error, AttributeError):
+            with contextlib.suppress(Exception):
+                client.shutdown()
+
+    def __enter__(self) -> ImapSession:
+        if self._client is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _clean(exc: object) -> str:
+    text = str(exc)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return text
+
+
+def _unrepr(text: str) -> str:
+    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
+        return text[2:-1]
+    return text

@@ -1,0 +1,110 @@
+"""Logging: the ``mailconnector.*`` logger tree, ``--debug``, ``--verbose-protocol``, JSON logs, redaction.
+
+Loggers: ``mailconnector`` with children ``smtp``, ``imap``, ``auth``, ``send``, ``read``, ``operations``,
+``store``, ``sandbox``, ``cli``; the wire conversation goes to ``mailconnector.protocol.smtp`` and
+``mailconnector.protocol.imap`` at DEBUG, and only when asked for. Every handler installed here redacts
+credentials twice: by protocol (AUTH payloads, LOGIN arguments) where the line is produced, and by
+value (every secret resolved from the configuration) where it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import IO, Any
+
+from .secrets import REDACTED, redact
+
+__all__ = ["RedactingFormatter", "configure_logging", "get_logger", "redact_imap_line", "redact_smtp_line"]
+
+ROOT = "mailconnector"
+PROTOCOL = "mailconnector.protocol"
+
+_AUTH_CMD = re.compile(r"^(\s*AUTH\s+\S+)(\s+.*)?$", re.IGNORECASE | re.DOTALL)
+_IMAP_SECRET_CMD = re.compile(r"^(\S+\s+(?:UID\s+)?(?:LOGIN|AUTHENTICATE))\s+.*$", re.IGNORECASE | re.DOTALL)
+
+
+def get_logger(part: str) -> logging.Logger:
+    return logging.getLogger(f"{ROOT}.{part}")
+
+
+def redact_smtp_line(line: str, *, in_auth: bool) -> str:
+    """Redact one client line of an SMTP conversation (``in_auth``: the server asked for a SASL response)."""
+    m = _AUTH_CMD.match(line)
+    if m:
+        return f"{m.group(1)} {REDACTED}" if m.group(2) and m.group(2).strip() else m.group(1)
+    if in_auth:
+        return REDACTED
+    return line
+
+
+def redact_imap_line(line: str, *, in_auth: bool = False) -> str:
+    """Redact one client line of an IMAP conversation."""
+    m = _IMAP_SECRET_CMD.match(line)
+    if m:
+        return f"{m.group(1)} {REDACTED}"
+    if in_auth:
+        return REDACTED
+    return line
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats, then removes every known secret value from the result (message, args and traceback)."""
+
+    def __init__(self, fmt: str | None = None, *, json_lines: bool = False) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self.json_lines = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.json_lines:
+            return redact(super().format(record))
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("run_id", "operation", "record", "uid", "message_id"):
+            if hasattr(record, key):
+                data[key] = getattr(record, key)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(data, ensure_ascii=False, default=str))
+
+
+_installed: list[logging.Handler] = []
+
+
+def configure_logging(*, debug: bool = False, verbose_protocol: bool = False, log_format: str = "text",
+                      stream: IO[str] | None = None) -> None:
+    """Install one redacting handler on ``mailconnector`` (and on ``imapclient`` for the wire log).
+
+    Without ``--debug`` only warnings and errors are shown: results go to stdout, logs to stderr.
+    """
+    for h in _installed:
+        for name in (ROOT, "imapclient"):
+            logging.getLogger(name).removeHandler(h)
+    _installed.clear()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RedactingFormatter(json_lines=log_format == "json"))
+    root = logging.getLogger(ROOT)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.propagate = False
+    proto = logging.getLogger(PROTOCOL)
+    proto.setLevel(logging.DEBUG if verbose_protocol else logging.WARNING)
+    if verbose_protocol:
+        # IMAPClient logs the commands it builds itself; route them through the same redacting handler.
+        lib = logging.getLogger("imapclient")
+        lib.addHandler(handler)
+        lib.setLevel(logging.DEBUG)
+        lib.propagate = False
+    else:
+        logging.getLogger("imapclient").setLevel(logging.WARNING)
+    _installed.append(handler)
+
+
+def protocol_enabled(proto: str) -> bool:
+    return logging.getLogger(f"{PROTOCOL}.{proto}").isEnabledFor(logging.DEBUG)

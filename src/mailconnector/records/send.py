@@ -1,0 +1,642 @@
+"""The send request (one email per record), the activity's defaults, and the response record.
+
+Validation here is syntactic and cheap, so a bad record fails before anything is opened: addresses, header
+text (no line breaks or control characters), ids, header names, attachment shape, template syntax. Work
+that needs I/O or the rendered values (reading files, decoding base64, rendering templates) happens in
+:func:`mailconnector.mime.compose.compose`, which also re-checks everything it puts in a header.
+
+Records often come from CSV, where every cell is a string, so: an empty string means "not given"; an
+address list may be one string separated by commas (or semicolons); ``headers``, ``data``,
+``attachments`` and ``template`` may be JSON text; ``references`` may be one space-separated string;
+``priority`` is case-insensitive.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import mimetypes
+import re
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from mailconnector.errors import MailConnectorError, MessageError
+from mailconnector.mime._addresses import (
+    AddressError,
+    check_header_text,
+    forbidden_char,
+    normalize_msg_id,
+    parse_address,
+    parse_msg_id_list,
+    short,
+    split_addresses,
+)
+from mailconnector.mime._templates import compile_template
+
+__all__ = [
+    "AttachmentSpec",
+    "ErrorInfo",
+    "RecipientResult",
+    "SendDefaults",
+    "SendRequest",
+    "SendResponse",
+    "TemplateSpec",
+    "apply_defaults",
+    "check_header_name",
+    "guess_content_type",
+    "parse_send_request",
+    "send_request_schema",
+    "send_response_schema",
+]
+
+MAX_FILENAME_CHARS = 255
+MAX_HEADER_NAME_CHARS = 100
+
+# Headers the composer writes itself (or that belong to the MTA). Letting a record set them would
+# duplicate or contradict the structure, so they are refused rather than silently dropped.
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "reply-to",
+        "in-reply-to",
+        "references",
+        "return-path",
+    }
+)
+PRIORITY_HEADERS = frozenset({"x-priority", "importance"})
+
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CONTENT_TYPE_RE = re.compile(rf"({_TOKEN})/({_TOKEN})")
+_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})\s*')
+_COMPRESSED = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "compress": "application/x-compress",
+    "br": "application/x-brotli",
+}
+
+
+class FieldProblem(ValueError):
+    """A ValueError that names a sub-field, raised where pydantic cannot set the location itself."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# --------------------------------------------------------------------------- field-level validators
+
+
+def _blank_to_none(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _json_text(value: Any) -> Any:
+    """CSV cells carry objects and lists as JSON text."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text[0] in "[{":
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"is not valid JSON: {exc}") from None
+    return value
+
+
+def _none_to_empty_list(value: Any) -> Any:
+    value = _json_text(value)
+    return [] if value is None else value
+
+
+def _none_to_empty_dict(value: Any) -> Any:
+    value = _json_text(value)
+    return {} if value is None else value
+
+
+def _address_items(value: Any) -> Any:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return split_addresses(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_address(value: str) -> str:
+    try:
+        parse_address(value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
+
+
+def _check_header_text(value: str) -> str:
+    try:
+        return check_header_text(value)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_message_id(value: str) -> str:
+    try:
+        return normalize_msg_id(value, require_at=True)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_ref_id(value: str) -> str:
+    try:
+        return normalize_msg_id(value, require_at=False)
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _references(value: Any) -> Any:
+    value = _blank_to_none(value)
+    if isinstance(value, str):
+        try:
+            return parse_msg_id_list(value)
+        except AddressError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+def _content_id(value: str) -> str:
+    """Stored without angle brackets; the composer adds them in the header."""
+    return _check_ref_id(value)[1:-1]
+
+
+def _lower(value: Any) -> Any:
+    value = _blank_to_none(value)
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _id_text(value: Any) -> Any:
+    value = _blank_to_none(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_filename(value: str) -> str:
+    _check_header_text(value)
+    if len(value) > MAX_FILENAME_CHARS:
+        raise ValueError(f"is {len(value)} characters long; at most {MAX_FILENAME_CHARS} are allowed")
+    if "/" in value or "\\" in value:
+        raise ValueError(f"{short(value)} must be a bare file name, without directories")
+    return value
+
+
+def _check_path(value: str) -> str:
+    bad = forbidden_char(value)
+    if bad is not None:
+        raise ValueError(f"{short(value)} contains a control character ({bad})")
+    return value
+
+
+def parse_content_type(value: str) -> tuple[str, str, dict[str, str]]:
+    """``type/subtype; k=v`` -> (maintype, subtype, params), lower-cased; raise ValueError."""
+    _check_header_text(value)
+    head, _, rest = value.partition(";")
+    match = _CONTENT_TYPE_RE.fullmatch(head.strip())
+    if match is None:
+        raise ValueError(f"{short(value)} is not a MIME type like 'application/pdf'")
+    params: dict[str, str] = {}
+    for chunk in filter(str.strip, rest.split(";")):
+        pm = _PARAM_RE.fullmatch(chunk)
+        if pm is None:
+            raise ValueError(f"{short(value)} has a malformed parameter {short(chunk.strip())}")
+        raw = pm.group(2)
+        params[pm.group(1).lower()] = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+    maintype, subtype = match.group(1).lower(), match.group(2).lower()
+    if maintype == "multipart":
+        raise ValueError(f"{short(value)}: an attachment cannot be multipart/*")
+    return maintype, subtype, params
+
+
+def _check_content_type(value: str) -> str:
+    parse_content_type(value)
+    return value.strip()
+
+
+def guess_content_type(name: str | None) -> str:
+    """From the file name's extension; compressed files are the compressed type; else octet-stream."""
+    if name:
+        guessed, encoding = mimetypes.guess_type(name, strict=False)
+        if encoding is not None:
+            return _COMPRESSED.get(encoding, "application/octet-stream")
+        if guessed is not None:
+            return guessed
+    return "application/octet-stream"
+
+
+def check_header_name(name: str, *, priority: str | None = None) -> str:
+    """Raise ValueError unless ``name`` is a field name a record may add."""
+    if not _HEADER_NAME_RE.fullmatch(name) or len(name) > MAX_HEADER_NAME_CHARS:
+        raise ValueError(
+            f"header name {short(name)} is not valid: use up to {MAX_HEADER_NAME_CHARS} printable ASCII "
+            "characters without spaces or ':'"
+        )
+    lower = name.lower()
+    if lower in RESERVED_HEADERS or lower.startswith("content-"):
+        raise ValueError(f"header {name!r} is set by the composer from the record's own fields; it cannot be "
+                         "given in headers")
+    if priority in ("high", "low") and lower in PRIORITY_HEADERS:
+        raise ValueError(f"header {name!r} conflicts with priority={priority!r}")
+    return name
+
+
+def _header_name(value: str) -> str:
+    return check_header_name(value)
+
+
+def _header_value(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _compile(html: bool) -> Any:
+    def check(value: str) -> str:
+        compile_template(value, html=html)  # raises TemplateProblem (a ValueError) with the line
+        return value
+
+    return check
+
+
+# --------------------------------------------------------------------------- annotated types
+
+Address = Annotated[str, AfterValidator(_check_address)]
+AddressList = Annotated[
+    list[Address],
+    BeforeValidator(_address_items, json_schema_input_type=list[str] | str | None),
+    Field(description="Addresses (`addr`, `Name <addr>`, `\"Last, First\" <addr>`): a list, or one "
+                      "string separated by commas."),
+]
+OptionalAddress = Annotated[
+    Address | None,
+    BeforeValidator(_blank_to_none),
+    Field(description="`addr` or `Name <addr>`."),
+]
+HeaderText = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(
+    lambda v: None if v is None else _check_header_text(v))]
+BodyText = Annotated[str | None, BeforeValidator(_blank_to_none)]
+MessageId = Annotated[str, AfterValidator(_check_message_id)]
+RefId = Annotated[str, AfterValidator(_check_ref_id)]
+Filename = Annotated[str, AfterValidator(_check_filename)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, BeforeValidator(_header_value), AfterValidator(_check_header_text)]
+Priority = Literal["high", "normal", "low"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class AttachmentSpec(_Model):
+    """One attachment: exactly one of ``content_base64`` and ``path``."""
+
+    filename: Annotated[Filename | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, description="Name shown to the recipient; default: the file name of `path`.")
+    content_type: Annotated[str | None, BeforeValidator(_blank_to_none),
+                            AfterValidator(lambda v: None if v is None else _check_content_type(v))] = Field(
+        default=None, description="MIME type; guessed from the file name when absent.")
+    content_base64: Annotated[str | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, description="The content, base64-encoded (whitespace ignored).")
+    path: Annotated[str | None, BeforeValidator(_blank_to_none),
+                    AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+        default=None, description="A file to attach; relative paths are relative to the project directory.")
+    inline: bool = Field(default=False, description="An image shown in the HTML body (needs content_id).")
+    content_id: Annotated[str | None, BeforeValidator(_blank_to_none),
+                          AfterValidator(lambda v: None if v is None else _content_id(v))] = Field(
+        default=None, description="Referenced from the HTML as `cid:<content_id>`; with or without <>.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        if self.content_base64 is None and self.path is None:
+            raise FieldProblem("give one of content_base64 or path (neither was given)")
+        if self.content_base64 is not None and self.path is not None:
+            raise FieldProblem("give only one of content_base64 or path (both were given)")
+        if self.inline and not self.content_id:
+            raise FieldProblem("is required when inline is true", field="content_id")
+        if self.content_type is None:
+            self.content_type = guess_content_type(self.filename or self.path)
+        return self
+
+    @property
+    def display_name(self) -> str | None:
+        """The filename to send: the given one, else the last part of ``path``."""
+        if self.filename:
+            return self.filename
+        if self.path:
+            return PurePath(self.path).name or None
+        return None
+
+
+class TemplateSpec(_Model):
+    """Jinja templates (strings, or files for the bodies) rendered with the record's ``data``.
+
+    A rendered field replaces the record's plain field of the same name. HTML is autoescaped.
+    """
+
+    subject: Annotated[str | None, BeforeValidator(_blank_to_none),
+                       AfterValidator(lambda v: None if v is None else _compile(False)(v))] = None
+    text: Annotated[str | None, BeforeValidator(_blank_to_none),
+                    AfterValidator(lambda v: None if v is None else _compile(False)(v))] = None
+    html: Annotated[str | None, BeforeValidator(_blank_to_none),
+                    AfterValidator(lambda v: None if v is None else _compile(True)(v))] = None
+    text_file: Annotated[str | None, BeforeValidator(_blank_to_none),
+                         AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+        default=None, description="A UTF-8 file holding the text template (relative to the project).")
+    html_file: Annotated[str | None, BeforeValidator(_blank_to_none),
+                         AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+        default=None, description="A UTF-8 file holding the HTML template (relative to the project).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.text is not None and self.text_file is not None:
+            raise FieldProblem("give only one of text and text_file", field="text_file")
+        if self.html is not None and self.html_file is not None:
+            raise FieldProblem("give only one of html and html_file", field="html_file")
+        return self
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in type(self).model_fields)
+
+
+class _MessageFields(_Model):
+    """The fields an activity's settings may default (everything but ``id`` and ``message_id``)."""
+
+    from_: OptionalAddress = Field(default=None, alias="from")
+    to: AddressList = Field(default_factory=list)
+    cc: AddressList = Field(default_factory=list)
+    bcc: AddressList = Field(default_factory=list)
+    reply_to: AddressList = Field(default_factory=list)
+    subject: HeaderText = Field(default=None, description="Any Unicode; no line breaks.")
+    text: BodyText = Field(default=None, description="Plain-text body.")
+    html: BodyText = Field(default=None, description="HTML body; with `text` -> multipart/alternative.")
+    attachments: Annotated[list[AttachmentSpec], BeforeValidator(_none_to_empty_list)] = Field(
+        default_factory=list)
+    headers: Annotated[dict[HeaderName, HeaderValue], BeforeValidator(_none_to_empty_dict)] = Field(
+        default_factory=dict, description="Extra headers, name -> value.")
+    in_reply_to: Annotated[RefId | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, description="The Message-ID this replies to.")
+    references: Annotated[list[RefId] | None, BeforeValidator(_references)] = Field(
+        default=None, description="Message-IDs of the thread: a list, or one string separated by spaces.")
+    priority: Annotated[Priority | None, BeforeValidator(_lower)] = None
+    template: Annotated[TemplateSpec | None, BeforeValidator(_json_text)] = None
+    data: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(
+        default_factory=dict, description="Variables for the templates.")
+
+    @model_validator(mode="after")
+    def _priority_headers(self) -> Self:
+        if self.priority in ("high", "low"):
+            for name in self.headers:
+                if name.lower() in PRIORITY_HEADERS:
+                    raise FieldProblem(f"conflicts with priority={self.priority!r}", field=f"headers.{name}")
+        seen: set[str] = set()
+        for i, spec in enumerate(self.attachments):
+            if spec.content_id is not None:
+                if spec.content_id in seen:
+                    raise FieldProblem(f"{spec.content_id!r} is used by two attachments",
+                                       field=f"attachments[{i}].content_id")
+                seen.add(spec.content_id)
+        return self
+
+
+class SendDefaults(_MessageFields):
+    """Activity-level settings: a default for every record field except ``id`` and ``message_id``.
+
+    A shared ``message_id`` would make every record a duplicate of the first, and ``id`` names a record.
+    """
+
+
+class SendRequest(_MessageFields):
+    """One email to send."""
+
+    id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
+        default=None, description="The caller's record id, echoed in the response.")
+    message_id: Annotated[MessageId | None, BeforeValidator(_blank_to_none)] = Field(
+        default=None, description="Generated when absent; the idempotency key of the send ledger.")
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _given(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, str | list | dict):
+        return bool(value)
+    return True
+
+
+def _merged_template(record: SendRequest, defaults: SendDefaults) -> TemplateSpec | None:
+    own = record.template
+    base = defaults.template
+    if base is None:
+        return own
+    picked: dict[str, Any] = {}
+    for name, file_name in (("subject", None), ("text", "text_file"), ("html", "html_file")):
+        keys = [name] if file_name is None else [name, file_name]
+        if own is not None and any(getattr(own, k) is not None for k in keys):
+            source = own
+        elif _given(getattr(record, name)):
+            continue  # the record's plain value beats the default's template
+        else:
+            source = base
+        for key in keys:
+            picked[key] = getattr(source, key)
+    merged = TemplateSpec.model_construct(**picked)
+    return None if merged.is_empty() else merged
+
+
+def apply_defaults(record: SendRequest, defaults: SendDefaults | None) -> SendRequest:
+    """Fill what the record does not give from the activity's settings; return a new record.
+
+    The rule: a record value counts as given unless it is None, an empty string, an empty list or an
+    empty dict. A given value replaces the default, lists included (a record's ``to`` replaces the
+    default ``to``, it is not appended to). Two dicts merge instead, the record's keys winning:
+    ``headers`` (names compared case-insensitively) and ``data`` (so settings can hold common template
+    variables). Templates are merged per body: for each of subject, text and html the record's template
+    wins, then the record's plain value, then the default's template, then the default's plain value.
+    """
+    if defaults is None:
+        return record
+    update: dict[str, Any] = {}
+    for name in SendDefaults.model_fields:
+        if name in ("headers", "data", "template"):
+            continue
+        if not _given(getattr(record, name)):
+            default = getattr(defaults, name)
+            if _given(default):
+                update[name] = list(default) if isinstance(default, list) else default
+    if defaults.headers:
+        own = {k.lower() for k in record.headers}
+        headers = {k: v for k, v in defaults.headers.items() if k.lower() not in own}
+        headers.update(record.headers)
+        update["headers"] = headers
+    if defaults.data:
+        update["data"] = {**defaults.data, **record.data}
+    template = _merged_template(record, defaults)
+    if template is not record.template:
+        update["template"] = template
+    return record.model_copy(update=update) if update else record
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class RecipientResult(_Model):
+    """The server's answer for one refused recipient."""
+
+    address: str
+    code: int
+    text: str
+
+
+class ErrorInfo(_Model):
+    """Why a record failed, in the shape of ``MailConnectorError.to_dict``."""
+
+    type: str
+    message: str
+    retryable: bool
+    code: int | None = None
+    field: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        if isinstance(exc, MailConnectorError):
+            code = getattr(exc, "code", None)
+            field = getattr(exc, "field", None)
+            return cls(type=exc.kind, message=exc.message, retryable=exc.retryable,
+                       code=code if isinstance(code, int) and code else None,
+                       field=field if isinstance(field, str) else None, hint=exc.hint)
+        return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, retryable=False)
+
+
+class SendResponse(_Model):
+    """What Send Email yields for each input record."""
+
+    id: str | None = Field(default=None, description="The record's `id`, if it had one.")
+    index: int = Field(description="0-based position of the record in the input.")
+    message_id: str = Field(description="The Message-ID header, with angle brackets; empty if never composed.")
+    status: Literal["sent", "partial", "failed", "skipped_duplicate"]
+    accepted: list[str] = Field(default_factory=list)
+    refused: list[RecipientResult] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    elapsed_ms: float = 0.0
+    eml_path: str | None = Field(default=None, description="Where --dry-run wrote the message.")
+
+
+def send_request_schema() -> dict[str, Any]:
+    """JSON Schema of one input record, with field names as written in records (``from``)."""
+    return SendRequest.model_json_schema(by_alias=True, mode="validation")
+
+
+def send_response_schema() -> dict[str, Any]:
+    return SendResponse.model_json_schema(by_alias=True, mode="serialization")
+
+
+# --------------------------------------------------------------------------- parsing with good errors
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif item == "[key]":
+            continue
+        else:
+            out += f".{item}" if out else item
+    return out
+
+
+def _record_label(data: Mapping[str, Any], index: int) -> str:
+    rid = data.get("id")
+    if isinstance(rid, str | int) and not isinstance(rid, bool) and str(rid).strip():
+        return f"record {short(str(rid), 40)}"
+    return f"record {index}"
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """(field path, message, hint) for one pydantic error."""
+    loc: tuple[int | str, ...] = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    cause = ctx.get("error")
+    hint = None
+    if isinstance(cause, FieldProblem) and cause.field:
+        loc = (*loc, cause.field)
+    field = _loc_text(loc)
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else ""
+        allowed = _allowed_fields(loc[:-1])
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else None
+        return field, "unknown field" + (f" (did you mean {close[0]!r}?)" if close else ""), hint
+    if kind == "missing":
+        return field, "is required", hint
+    if isinstance(cause, ValueError):
+        return field, str(cause), hint
+    message = str(error.get("msg", "is not valid"))
+    if "input" in error:
+        message += f" (got {short(error['input'])})"
+    return field, message, hint
+
+
+def _allowed_fields(parent: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = SendRequest
+    names = [p for p in parent if isinstance(p, str)]
+    if names and names[0] == "attachments":
+        model = AttachmentSpec
+    elif names and names[0] == "template":
+        model = TemplateSpec
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def parse_send_request(data: Mapping[str, Any], *, index: int) -> SendRequest:
+    """Validate one raw record; raise MessageError naming the record and every bad field.
+
+    The message reads ``record 3: to[1]: 'bob@@example' is not a valid address: ...`` (the record's
+    ``id`` replaces the index when it has one). ``MessageError.field`` is the first bad field.
+    """
+    try:
+        return SendRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors(include_url=False)]
+        label = _record_label(data, index) if isinstance(data, Mapping) else f"record {index}"
+        text = "; ".join(f"{f}: {m}" if f else m for f, m, _ in problems)
+        hints = [h for _, _, h in problems if h]
+        error = MessageError(f"{label}: {text}", hint=hints[0] if hints else None)
+        error.field = problems[0][0] or None if problems else None
+        raise error from None

@@ -1,0 +1,590 @@
+"""A local mail server on loopback: Dovecot (IMAP + LMTP) and Postfix (SMTP delivering into Dovecot).
+
+Used by ``mailconnector sandbox`` and by the test suite, so both run against the same real servers.
+Everything lives in one run directory: configs, a private CA and certificate, users, mail, queues,
+logs. Nothing listens beyond 127.0.0.1 (and 127.0.0.2 for the "no STARTTLS / plain login refused" case).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, StateError
+
+__all__ = ["Sandbox", "SandboxInfo", "SandboxUser"]
+
+DOMAIN = "example.test"
+DEFAULT_USERS = ("alice", "bob", "carol")
+POSTFIX_MASTER = Path("/usr/lib/postfix/sbin/master")
+INSTALL_HINT = (
+    "install the Debian packages: apt-get install -y --no-install-recommends "
+    "dovecot-imapd dovecot-lmtpd postfix  (or run ./dev setup)"
+)
+_STATE_FILE = "sandbox.json"
+
+
+@dataclass(frozen=True)
+class SandboxUser:
+    address: str
+    password: str = field(repr=False)
+
+
+@dataclass
+class SandboxInfo:
+    """What a client needs to reach the sandbox; saved as ``sandbox.json`` in the run directory."""
+
+    rundir: str
+    host: str
+    ports: dict[str, int]
+    ca_file: str
+    users: list[dict[str, str]]
+    oauth_key_file: str
+    pids: dict[str, int] = field(default_factory=dict)
+    project_file: str | None = None
+
+    def password(self, user: str) -> str:
+        for u in self.users:
+            if u["address"] == user or u["address"].split("@")[0] == user:
+                return u["password"]
+        raise KeyError(user)
+
+
+def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def check_installed() -> None:
+    """Say exactly what to install when a server binary is missing."""
+    missing = [
+        name
+        for name, ok in (
+            ("dovecot", shutil.which("dovecot") is not None or Path("/usr/sbin/dovecot").exists()),
+            ("dovecot lmtp", Path("/usr/lib/dovecot/lmtp").exists()),
+            ("postfix", POSTFIX_MASTER.exists()),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ConfigError(f"the sandbox needs {', '.join(missing)}, which is not installed", hint=INSTALL_HINT)
+
+
+def _dovecot_bin() -> str:
+    return shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+class Sandbox:
+    """Start, describe and stop the local mail servers.
+
+    ``Sandbox.start()`` returns a running sandbox; use it as a context manager or call ``stop()``.
+    A sandbox started with ``--background`` is found again with ``Sandbox.attach(rundir)``.
+    """
+
+    def __init__(self, info: SandboxInfo) -> None:
+        self.info = info
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ----------------------------------------------------------------- start
+    @classmethod
+    def start(cls, rundir: Path | None = None, *, users: tuple[str, ...] = DEFAULT_USERS,
+              timeout: float = 15.0) -> Sandbox:
+        check_installed()
+        if rundir is None:
+            # Not pytest's tmp_path: the daemons run as unprivileged users and need to traverse it.
+            rundir = Path(tempfile.mkdtemp(prefix="mc-sbx-"))
+        rundir = rundir.resolve()
+        rundir.mkdir(parents=True, exist_ok=True)
+        if len(str(rundir)) > 60:
+            raise ConfigError(f"run directory path too long for unix sockets: {rundir}",
+                              hint="use a shorter path (unix socket paths are limited to 108 bytes)")
+        os.chmod(rundir, 0o755)
+        names = ["imap", "imaps", "lmtp", "smtp", "submission", "smtps", "smtp_notls"]
+        ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        ports["imap_notls"] = _free_ports(1, "127.0.0.2")[0] if _can_bind("127.0.0.2") else 0
+        user_list = [{"address": f"{u}@{DOMAIN}", "password": secrets.token_urlsafe(12)} for u in users]
+        info = SandboxInfo(
+            rundir=str(rundir), host="127.0.0.1", ports=ports, ca_file=str(rundir / "tls" / "ca.pem"),
+            users=user_list, oauth_key_file=str(rundir / "oauth-keys" / "default" / "HS256" / "default"),
+        )
+        sbx = cls(info)
+        try:
+            sbx._write_tls()
+            sbx._write_dovecot()
+            sbx._write_postfix()
+            sbx._launch(timeout)
+        except BaseException:
+            sbx.stop()
+            raise
+        sbx.save()
+        return sbx
+
+    @classmethod
+    def attach(cls, rundir: Path) -> Sandbox:
+        path = rundir / _STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StateError(f"no sandbox state in {rundir}", hint="start one with: mailconnector sandbox") from exc
+        return cls(SandboxInfo(**data))
+
+    def save(self) -> None:
+        path = Path(self.info.rundir) / _STATE_FILE
+        path.write_text(json.dumps(asdict(self.info), indent=2))
+        os.chmod(path, 0o600)
+
+    # ------------------------------------------------------------- configure
+    def _write_tls(self) -> None:
+        import trustme  # an optional dependency: only the sandbox needs it
+
+        tls = Path(self.info.rundir) / "tls"
+        tls.mkdir(exist_ok=True)
+        ca = trustme.CA(organization_name="mailconnector sandbox CA")
+        cert = ca.issue_cert("localhost", "127.0.0.1", "127.0.0.2", "::1", "mail.example.test")
+        ca.cert_pem.write_to_path(str(tls / "ca.pem"))
+        cert.private_key_pem.write_to_path(str(tls / "key.pem"))
+        chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+        (tls / "cert.pem").write_bytes(chain)
+        os.chmod(tls / "key.pem", 0o600)
+        # A key for the oauth2 passdb (local JWT validation, HS256); tests sign tokens with it.
+        keyfile = Path(self.info.oauth_key_file)
+        keyfile.parent.mkdir(parents=True, exist_ok=True)
+        keyfile.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+        for d in (keyfile.parent, keyfile.parent.parent, keyfile.parent.parent.parent):
+            os.chmod(d, 0o755)
+        os.chmod(keyfile, 0o644)
+
+    def _write_dovecot(self) -> None:
+        r = Path(self.info.rundir)
+        p = self.info.ports
+        (r / "mail").mkdir(exist_ok=True)
+        os.chmod(r / "mail", 0o777)
+        uid, gid = _nobody()
+        lines = [
+            f"{u['address']}:{{PLAIN}}{u['password']}:{uid}:{gid}::{r}/mail/{u['address'].split('@')[0]}::"
+            for u in self.info.users
+        ]
+        (r / "users").write_text("\n".join(lines) + "\n")
+        os.chmod(r / "users", 0o644)
+        (r / "dovecot-oauth2.conf.ext").write_text(
+            "introspection_mode = local\n"
+            f"local_validation_key_dict = fs:posix:prefix={r}/oauth-keys/\n"
+            "username_attribute = sub\n"
+        )
+        notls = ""
+        listen = "127.0.0.1"
+        if p["imap_notls"]:
+            listen = "127.0.0.1, 127.0.0.2"
+            # On 127.0.0.2: no TLS at all and plain-text logins refused, for the STARTTLS-required tests.
+            notls = (
+                f"  inet_listener imap_notls {{\n    address = 127.0.0.2\n    port = {p['imap_notls']}\n  }}\n"
+            )
+        local_block = (
+            "local 127.0.0.2 {\n  ssl = no\n  disable_plaintext_auth = yes\n}\n" if p["imap_notls"] else ""
+        )
+        conf = f"""# generated by mailconnector sandbox (Dovecot 2.3 syntax)
+base_dir = {r}/run
+state_dir = {r}/state
+instance_name = mc-{p['imap']}
+protocols = imap lmtp
+listen = {listen}
+log_path = {r}/dovecot.log
+info_log_path = {r}/dovecot.log
+default_internal_user = dovecot
+default_internal_group = dovecot
+default_login_user = dovenull
+ssl = yes
+ssl_cert = <{r}/tls/cert.pem
+ssl_key = <{r}/tls/key.pem
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login xoauth2 oauthbearer
+auth_failure_delay = 0
+service anvil {{
+  chroot = empty
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {r}/dovecot-oauth2.conf.ext
+}}
+passdb {{
+  driver = passwd-file
+  mechanisms = plain login
+  args = scheme=PLAIN username_format=%u {r}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {r}/users
+}}
+mail_location = maildir:~/Maildir
+first_valid_uid = 1
+mail_privileged_group =
+imap_idle_notify_interval = 1 secs
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = subscribe
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+    auto = subscribe
+  }}
+  mailbox Archive {{
+    special_use = \\Archive
+    auto = subscribe
+  }}
+}}
+service imap-login {{
+  chroot = login
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {p['imap']}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {p['imaps']}
+    ssl = yes
+  }}
+{notls}}}
+service auth {{
+  unix_listener auth-postfix {{
+    mode = 0666
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {p['lmtp']}
+  }}
+}}
+lmtp_save_to_detail_mailbox = no
+{local_block}"""
+        (r / "dovecot.conf").write_text(conf)
+
+    def _write_postfix(self) -> None:
+        r = Path(self.info.rundir)
+        p = self.info.ports
+        pf = r / "postfix"
+        pf.mkdir(exist_ok=True)
+        (r / "pf-queue").mkdir(exist_ok=True)
+        (r / "pf-data").mkdir(exist_ok=True)
+        # Known users get delivered; mail for any other example.test address is refused at RCPT time.
+        (pf / "vmailbox").write_text("".join(f"{u['address']} ok\n" for u in self.info.users))
+        main = f"""# generated by mailconnector sandbox
+compatibility_level = 3.6
+queue_directory = {r}/pf-queue
+data_directory = {r}/pf-data
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {r}/postfix.log
+maillog_file_prefixes = {r}
+myhostname = mail.{DOMAIN}
+mydomain = {DOMAIN}
+myorigin = $mydomain
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.1/32
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+smtp_dns_support_level = disabled
+smtpd_banner = $myhostname ESMTP sandbox
+virtual_mailbox_domains = {DOMAIN}
+virtual_transport = lmtp:inet:[127.0.0.1]:{p['lmtp']}
+virtual_mailbox_maps = texthash:{pf}/vmailbox
+virtual_alias_maps =
+virtual_alias_domains =
+lmtp_host_lookup = native
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = {r}/run/auth-postfix
+smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
+smtpd_recipient_restrictions = reject_unlisted_recipient
+smtpd_sender_restrictions =
+smtpd_tls_cert_file = {r}/tls/cert.pem
+smtpd_tls_key_file = {r}/tls/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = no
+smtpd_error_sleep_time = 0
+smtpd_soft_error_limit = 1000
+smtpd_hard_error_limit = 1000
+smtpd_client_connection_rate_limit = 0
+smtpd_client_connection_count_limit = 0
+default_process_limit = 200
+smtputf8_enable = yes
+message_size_limit = 52428800
+"""
+        master = f"""# generated by mailconnector sandbox
+127.0.0.1:{p['smtp']} inet n - n - - smtpd
+127.0.0.1:{p['submission']} inet n - n - - smtpd
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+127.0.0.1:{p['smtps']} inet n - n - - smtpd
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+127.0.0.1:{p['smtp_notls']} inet n - n - - smtpd
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       1       1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+smtp      unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+        (pf / "main.cf").write_text(main)
+        (pf / "master.cf").write_text(master)
+        # Postfix waits ~2 s on config files newer than its start; backdate them.
+        past = time.time() - 120
+        for f in pf.iterdir():
+            os.utime(f, (past, past))
+
+    # ---------------------------------------------------------------- launch
+    def _launch(self, timeout: float) -> None:
+        r = Path(self.info.rundir)
+        dlog = open(r / "dovecot.stderr", "wb")  # noqa: SIM115 - handed to the child
+        self._procs["dovecot"] = subprocess.Popen(
+            [_dovecot_bin(), "-F", "-c", str(r / "dovecot.conf")],
+            stdout=dlog, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        dlog.close()
+        self.info.pids["dovecot"] = self._procs["dovecot"].pid
+        p = self.info.ports
+        self._wait_ports([p["imap"], p["imaps"], p["lmtp"]], timeout, "dovecot")
+        pfdir = r / "postfix"
+        _run_quiet(["/usr/sbin/postfix", "-c", str(pfdir), "set-permissions"], ignore=True)
+        for sub in ("pid", "public", "private", "maildrop"):
+            (r / "pf-queue" / sub).mkdir(exist_ok=True)
+        _run_quiet(["/usr/sbin/postfix", "-c", str(pfdir), "check"], ignore=True)
+        plog = open(r / "postfix.stderr", "wb")  # noqa: SIM115
+        env = dict(os.environ, MAIL_CONFIG=str(pfdir))
+        self._procs["postfix"] = subprocess.Popen(
+            [str(POSTFIX_MASTER), "-c", str(pfdir)],
+            stdout=plog, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+        plog.close()
+        self.info.pids["postfix"] = self._procs["postfix"].pid
+        self._wait_ports([p["smtp"], p["submission"], p["smtps"], p["smtp_notls"]], timeout, "postfix")
+
+    def _wait_ports(self, ports: list[int], timeout: float, name: str) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(ports)
+        while pending:
+            proc = self._procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise StateError(f"{name} exited with status {proc.returncode} while starting",
+                                 hint=f"see {self._log_hint(name)}")
+            port = pending[0]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise StateError(f"{name} did not open port {port} within {timeout:.0f} s",
+                                 hint=f"see {self._log_hint(name)}")
+            time.sleep(0.02)
+
+    def _log_hint(self, name: str) -> str:
+        r = Path(self.info.rundir)
+        return str(r / ("dovecot.log" if name == "dovecot" else "postfix.log"))
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> None:
+        """Stop both servers (TERM to their process groups) and wait for them."""
+        for name in ("postfix", "dovecot"):
+            pid = self.info.pids.get(name)
+            if not pid:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            proc = self._procs.get(name)
+            if proc is not None:
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+            else:
+                _wait_gone(pid)
+            self.info.pids.pop(name, None)
+
+    def remove(self) -> None:
+        """Stop and delete the run directory."""
+        self.stop()
+        shutil.rmtree(self.info.rundir, ignore_errors=True)
+
+    def restart(self, name: str) -> None:
+        """Restart one server (``dovecot`` or ``postfix``) in place, same ports: for fault tests."""
+        pid = self.info.pids.get(name)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            proc = self._procs.get(name)
+            if proc is not None:
+                proc.wait(timeout=10)
+        if name == "dovecot":
+            r = Path(self.info.rundir)
+            self._procs["dovecot"] = subprocess.Popen(
+                [_dovecot_bin(), "-F", "-c", str(r / "dovecot.conf")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+            self.info.pids["dovecot"] = self._procs["dovecot"].pid
+            p = self.info.ports
+            self._wait_ports([p["imap"], p["imaps"], p["lmtp"]], 15, "dovecot")
+        else:
+            r = Path(self.info.rundir)
+            pfdir = r / "postfix"
+            env = dict(os.environ, MAIL_CONFIG=str(pfdir))
+            self._procs["postfix"] = subprocess.Popen(
+                [str(POSTFIX_MASTER), "-c", str(pfdir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+            )
+            self.info.pids["postfix"] = self._procs["postfix"].pid
+            p = self.info.ports
+            self._wait_ports([p["smtp"], p["submission"], p["smtps"], p["smtp_notls"]], 15, "postfix")
+        self.save()
+
+    def running(self) -> bool:
+        return all(_alive(pid) for pid in self.info.pids.values()) and bool(self.info.pids)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --------------------------------------------------------------- helpers
+    def user(self, name: str = "alice") -> SandboxUser:
+        address = name if "@" in name else f"{name}@{DOMAIN}"
+        return SandboxUser(address, self.info.password(address))
+
+    def maildir(self, name: str = "alice") -> Path:
+        return Path(self.info.rundir) / "mail" / name.split("@")[0] / "Maildir"
+
+    def connection_dict(self, user: str = "alice", *, smtp: str = "submission", imap: str = "imaps",
+                        password: str | None = None) -> dict[str, Any]:
+        """A connection entry (SPEC section 1 fields) for one sandbox user."""
+        u = self.user(user)
+        smtp_sec = {"smtp": "none", "submission": "starttls", "smtps": "ssl", "smtp_notls": "none"}[smtp]
+        imap_sec = {"imap": "starttls", "imaps": "ssl"}[imap]
+        return {
+            "auth": {"type": "basic", "username": u.address,
+                     "password": password if password is not None else u.password},
+            "smtp": {"host": "127.0.0.1", "port": self.info.ports[smtp], "security": smtp_sec},
+            "imap": {"host": "127.0.0.1", "port": self.info.ports[imap], "security": imap_sec},
+            "tls": {"ca_file": self.info.ca_file},
+            "timeouts": {"connect": 5, "command": 30},
+            "from_address": u.address,
+        }
+
+    def write_project(self, path: Path) -> Path:
+        """A project file whose connections point at this sandbox; passwords stay in files beside it."""
+        import yaml
+
+        secrets_dir = Path(self.info.rundir) / "secrets"
+        secrets_dir.mkdir(exist_ok=True)
+        os.chmod(secrets_dir, 0o700)
+        connections: dict[str, Any] = {}
+        for u in self.info.users:
+            local = u["address"].split("@")[0]
+            pw_file = secrets_dir / f"{local}.password"
+            pw_file.write_text(u["password"])
+            os.chmod(pw_file, 0o600)
+            conn = self.connection_dict(local, password=f"${{file:{pw_file}}}")
+            connections["sandbox" if local == "alice" else f"sandbox-{local}"] = conn
+        header = (
+            "# Written by `mailconnector sandbox`: connections to the local sandbox mail server.\n"
+            "# Passwords are read from files (${file:...}); they are never written here in clear.\n"
+        )
+        path.write_text(header + yaml.safe_dump({"connections": connections}, sort_keys=False))
+        self.info.project_file = str(path)
+        self.save()
+        return path
+
+
+def _can_bind(host: str) -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
+def _nobody() -> tuple[int, int]:
+    import pwd
+
+    try:
+        pw = pwd.getpwnam("nobody")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def _run_quiet(cmd: list[str], *, ignore: bool = False) -> None:
+    res = subprocess.run(cmd, capture_output=True, check=False)
+    if res.returncode and not ignore:
+        raise StateError(f"{' '.join(cmd)} failed: {res.stderr.decode(errors='replace')[:400]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,82 @@
+"""Secret references (``${env:NAME}``, ``${file:PATH}``) and the redaction of known secret values.
+
+Every secret value resolved here is remembered, so that the log handlers can replace it with ``****``
+wherever it turns up (also base64-encoded, as in SMTP ``AUTH PLAIN`` payloads): a second line of
+defence behind the protocol-aware redaction in ``logs.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+from pathlib import Path
+
+__all__ = ["REDACTED", "SecretReferenceError", "is_reference", "redact", "register_secret", "resolve"]
+
+REDACTED = "****"
+_REF = re.compile(r"^\$\{(env|file):([^}]*)\}$")
+_known: set[str] = set()
+_lock = threading.Lock()
+_pattern: re.Pattern[str] | None = None
+
+
+class SecretReferenceError(ValueError):
+    """A reference that cannot be resolved; the message names the reference, never a value."""
+
+
+def is_reference(value: str) -> bool:
+    return bool(_REF.match(value.strip()))
+
+
+def resolve(value: str, *, base_dir: Path | None = None) -> str:
+    """Resolve a ``${env:...}`` / ``${file:...}`` reference, or return a literal value as it is."""
+    m = _REF.match(value.strip())
+    if not m:
+        if "${" in value:
+            raise SecretReferenceError(
+                "looks like a secret reference but is not one; write ${env:NAME} or ${file:PATH}"
+            )
+        register_secret(value)
+        return value
+    kind, arg = m.group(1), m.group(2).strip()
+    if not arg:
+        raise SecretReferenceError(f"${{{kind}:}} needs a {'variable name' if kind == 'env' else 'path'}")
+    if kind == "env":
+        if arg not in os.environ:
+            raise SecretReferenceError(f"environment variable {arg} is not set")
+        secret = os.environ[arg]
+    else:
+        path = Path(arg).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except FileNotFoundError:
+            raise SecretReferenceError(f"secret file {path} does not exist") from None
+        except OSError as exc:
+            raise SecretReferenceError(f"secret file {path} cannot be read: {exc.strerror}") from None
+    register_secret(secret)
+    return secret
+
+
+def register_secret(secret: str) -> None:
+    """Remember a secret so ``redact`` removes it (and its base64 forms) from any text."""
+    global _pattern
+    if len(secret) < 4:  # too short to redact without mangling ordinary text
+        return
+    forms = {secret, base64.b64encode(secret.encode()).decode().rstrip("=")}
+    with _lock:
+        if forms <= _known:
+            return
+        _known.update(forms)
+        alternatives = sorted(_known, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(a) for a in alternatives))
+
+
+def redact(text: str) -> str:
+    pat = _pattern
+    if pat is None or not text:
+        return text
+    return pat.sub(REDACTED, text)

@@ -1,0 +1,465 @@
+"""SmtpSession: one SMTP connection over ``smtplib`` — connect, TLS, login, send one message at a time.
+
+This is the one place where ``smtplib``, ``ssl`` and ``socket`` exceptions become ours (``_translate``).
+A transaction is driven phase by phase (MAIL, RCPT, DATA, the final dot) so that a failure can be told
+apart: before the data was accepted it is safe to retry; after the final dot it may have been delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import re
+import smtplib
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._net import make_ssl_context, transport_error
+from ._steps import StepRecorder, step
+from .auth import TokenProvider, token_provider_for
+from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
+from .connection import Connection
+from .errors import (
+    AuthenticationError,
+    MailConnectorError,
+    SenderRefusedError,
+    ServerResponseError,
+    TLSSecurityError,
+    TransportError,
+)
+from .logs import redact_smtp_line
+
+__all__ = ["SmtpSession", "TransactionResult"]
+
+log = logging.getLogger("mailconnector.smtp")
+wire = logging.getLogger("mailconnector.protocol.smtp")
+
+CRLF = b"\r\n"
+_EOL = re.compile(rb"\r\n|\n|\r(?!\n)")
+_DOT = re.compile(rb"(?m)^\.")
+
+
+@dataclass
+class TransactionResult:
+    """What one MAIL/RCPT/DATA transaction achieved."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    data_reply: tuple[int, str] | None = None
+
+
+class MayHaveBeenDelivered(TransportError):
+    """The connection failed after the final dot was sent: the server may have queued the message."""
+
+    retryable = False
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib with a separate connect timeout, implicit TLS on the same code path, and a redacted wire log."""
+
+    def __init__(self, *, connect_timeout: float, command_timeout: float,
+                 implicit_tls: ssl.SSLContext | None) -> None:
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._implicit_tls = implicit_tls
+        self._in_auth = False
+        super().__init__(timeout=command_timeout)
+        if wire.isEnabledFor(logging.DEBUG):
+            self.set_debuglevel(1)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), self._connect_timeout)
+        try:
+            if self._implicit_tls is not None:
+                sock.settimeout(self._command_timeout)
+                sock = self._implicit_tls.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(self._command_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _print_debug(self, *args: Any) -> None:
+        if not args:
+            return
+        kind = str(args[0])
+        text = " ".join(str(a) for a in args[1:])
+        if kind.startswith("send"):
+            line = _unrepr(text)
+            shown = redact_smtp_line(line.rstrip("\r\n"), in_auth=self._in_auth)
+            if re.match(r"\s*AUTH\s", line, re.IGNORECASE):
+                self._in_auth = True
+            wire.debug("C: %s", shown if len(shown) < 2000 else f"{shown[:200]}... ({len(shown)} chars)")
+        elif kind.startswith("reply:"):
+            if "retcode" in kind or not text:
+                return
+            line = _unrepr(text).rstrip("\r\n")
+            if self._in_auth and not line.startswith("334"):
+                self._in_auth = False
+            wire.debug("S: %s", line)
+
+
+def _unrepr(text: str) -> str:
+    if len(text) >= 2 and text[0] in "bB" and text[1] in "'\"":
+        text = text[1:]
+    if len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]:
+        text = text[1:-1]
+    return text.replace("\\r", "\r").replace("\\n", "\n")
+
+
+class SmtpSession:
+    """One authenticated SMTP connection. Not thread-safe: the send activity gives each worker its own."""
+
+    def __init__(self, connection: Connection, *, token_provider: TokenProvider | None = None) -> None:
+        if connection.smtp is None:
+            from .errors import ConfigError
+
+            raise ConfigError("this connection has no smtp settings", field=f"connections.{connection.name}.smtp")
+        self.connection = connection
+        self.server = connection.smtp
+        self._token_provider = token_provider
+        self._smtp: _SMTP | None = None
+        self.auth_mechanism: str | None = None
+
+    # -------------------------------------------------------------- translate
+    @contextlib.contextmanager
+    def _translate(self, phase: str) -> Iterator[None]:
+        try:
+            yield
+        except MailConnectorError:
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            raise self._auth_error(exc.smtp_code, _text(exc.smtp_error)) from exc
+        except smtplib.SMTPServerDisconnected as exc:
+            raise TransportError(
+                f"SMTP server {self.server.host}:{self.server.port} closed the connection during {phase}",
+                hint="the server may limit connections or idle time; it is retried",
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise ServerResponseError(
+                f"SMTP server refused {phase}: {exc.smtp_code} {_text(exc.smtp_error)}",
+                code=exc.smtp_code, text=_text(exc.smtp_error),
+            ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            raise ServerResponseError(f"SMTP server does not support {phase}: {exc}", code=502) from exc
+        except (OSError, EOFError) as exc:  # socket, ssl, timeouts
+            raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+
+    def _auth_error(self, code: int, text: str) -> AuthenticationError:
+        hint = "check the username and password"
+        host = self.server.host.lower()
+        if "office365" in host or "outlook" in host:
+            hint = ("Microsoft 365 turns basic auth off for most tenants: use auth.type oauth2, "
+                    "and make sure SMTP AUTH is enabled for the mailbox")
+        elif "gmail" in host or "google" in host:
+            hint = "Google needs an app password (with 2-step verification) or OAuth2"
+        elif "mail.me.com" in host:
+            hint = "iCloud needs an app-specific password"
+        oauth_detail = decode_oauth_error(text) if self.auth_mechanism in ("XOAUTH2", "OAUTHBEARER") else None
+        msg = f"SMTP login as {self.connection.smtp_login()!r} refused: {code} {text}"
+        if oauth_detail:
+            msg += f" ({oauth_detail})"
+            hint = "the token was refused: check it is for this user, unexpired, and has the mail scope"
+        return AuthenticationError(msg, hint=hint)
+
+    # ---------------------------------------------------------------- connect
+    def connect(self, *, login: bool = True, recorder: StepRecorder | None = None) -> SmtpSession:
+        """Connect, greet, secure (STARTTLS is required when the mode says so) and log in."""
+        ctx = make_ssl_context(self.connection.tls) if self.server.security != "none" else None
+        smtp = _SMTP(
+            connect_timeout=self.connection.timeouts.connect,
+            command_timeout=self.connection.timeouts.command,
+            implicit_tls=ctx if self.server.security == "ssl" else None,
+        )
+        smtp._host = self.server.host  # smtplib's STARTTLS checks the certificate against this name
+        self._smtp = smtp
+        try:
+            with step(recorder, "greeting") as st, self._translate("connect"):
+                try:
+                    code, msg = smtp.connect(self.server.host, self.server.port)
+                except (TimeoutError, socket.timeout) as exc:
+                    # connect() covers both the TCP connect and the greeting; tell them apart.
+                    phase = "greeting" if smtp.sock is not None else "connect"
+                    raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+                if code != 220:
+                    raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,
+                                              text=_text(msg))
+                st.detail = f"{code} {_text(msg)}"[:120]
+            with step(recorder, "EHLO extensions") as st, self._translate("EHLO"):
+                smtp.ehlo()
+                st.detail = " ".join(sorted(k.upper() for k in smtp.esmtp_features))
+            if self.server.security == "starttls":
+                with step(recorder, "STARTTLS offered and TLS certificate") as st:
+                    if not smtp.has_extn("starttls"):
+                        raise TLSSecurityError(
+                            f"SMTP server {self.server.host}:{self.server.port} does not offer STARTTLS, "
+                            "and security is starttls: refusing to continue in plain text",
+                            hint="use the server's TLS port (security: ssl, port 465), or fix the server's TLS",
+                        )
+                    assert ctx is not None
+                    with self._translate("STARTTLS"):
+                        smtp.starttls(context=ctx)
+                        smtp.ehlo()
+                    st.detail = _tls_detail(smtp.sock)
+            if login:
+                with step(recorder, "authentication") as st:
+                    self.login()
+                    offered = smtp.esmtp_features.get("auth", "").upper().split()
+                    st.detail = f"offered: {' '.join(offered)}; used: {self.auth_mechanism}"
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def login(self) -> None:
+        smtp = self._require()
+        if not smtp.has_extn("auth"):
+            if self.server.security == "none":
+                hint = "the server offers no AUTH in plain text; use security: starttls or ssl"
+            else:
+                hint = "this server does not accept logins on this port; use the submission port (587 or 465)"
+            raise AuthenticationError(
+                f"SMTP server {self.server.host}:{self.server.port} offers no authentication", hint=hint
+            )
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        auth = self.connection.auth
+        user = self.connection.smtp_login()
+        if auth.type == "basic":
+            assert auth.password is not None
+            password = auth.password.get_secret_value()
+            self.auth_mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
+            if self.auth_mechanism is None:
+                raise AuthenticationError(
+                    f"SMTP server offers only {', '.join(offered) or 'no'} mechanisms; basic auth needs PLAIN or LOGIN"
+                )
+            with self._translate("AUTH"):
+                smtp.user, smtp.password = user, password
+                try:
+                    smtp.auth(self.auth_mechanism, getattr(smtp, f"auth_{self.auth_mechanism.lower()}"),
+                              initial_response_ok=True)
+                finally:
+                    smtp.password = ""
+            return
+        self._oauth_login(user, offered)
+
+    def _oauth_login(self, user: str, offered: list[str], *, retried: bool = False) -> None:
+        smtp = self._require()
+        oauth = self.connection.auth.oauth2
+        assert oauth is not None
+        mech = oauth.mechanism.upper()
+        if mech not in offered:
+            raise AuthenticationError(
+                f"SMTP server does not offer {mech} (offers: {', '.join(offered) or 'none'})",
+                hint="choose auth.oauth2.mechanism from what the server offers",
+            )
+        provider = self._token_provider or token_provider_for(self.connection)
+        self._token_provider = provider
+        token = provider.token(force_refresh=retried)
+        payload = (xoauth2_string(user, token) if mech == "XOAUTH2"
+                   else oauthbearer_string(user, token, self.server.host, self.server.port))
+        self.auth_mechanism = mech
+        with self._translate("AUTH"):
+            smtp._in_auth = True
+            code, resp = smtp.docmd("AUTH", f"{mech} {base64.b64encode(payload).decode()}")
+            if code == 334:
+                # A failure challenge (base64 JSON); answer empty to get the final reply.
+                detail = decode_oauth_error(_text(resp))
+                code, resp = smtp.docmd("")
+                if code not in (235, 503):
+                    smtp._in_auth = False
+                    if not retried and detail and "401" in detail:
+                        provider.invalidate()
+                        log.info("OAuth2 token refused (%s); refreshing once", detail)
+                        return self._oauth_login(user, offered, retried=True)
+                    raise AuthenticationError(
+                        f"SMTP login as {user!r} refused: {code} {_text(resp)} ({detail or 'no detail'})",
+                        hint="the token was refused: check it is for this user, unexpired, and has the mail scope",
+                    )
+            smtp._in_auth = False
+            if code != 235:
+                raise self._auth_error(code, _text(resp))
+            smtp.does_esmtp = True
+
+    # ------------------------------------------------------------ properties
+    def _require(self) -> _SMTP:
+        if self._smtp is None or self._smtp.sock is None:
+            raise TransportError("SMTP session is not connected")
+        return self._smtp
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.sock is not None
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return dict(self._smtp.esmtp_features) if self._smtp else {}
+
+    @property
+    def max_size(self) -> int | None:
+        size = self.extensions.get("size", "").strip()
+        return int(size) if size.isdigit() and int(size) > 0 else None
+
+    @property
+    def supports_smtputf8(self) -> bool:
+        return "smtputf8" in self.extensions
+
+    @property
+    def supports_pipelining(self) -> bool:
+        return "pipelining" in self.extensions
+
+    # ------------------------------------------------------------------ send
+    def send(self, envelope_from: str, recipients: list[str], data: bytes, *,
+             smtputf8: bool = False) -> TransactionResult:
+        """Send one message. Raises on failure; a ``MayHaveBeenDelivered`` after the final dot.
+
+        Partial refusals are returned (``refused``), not raised. Every recipient refused raises
+        ``RecipientsRefusedError`` (from ``ServerResponseError``) after resetting the transaction.
+        """
+        from .errors import RecipientsRefusedError
+
+        smtp = self._require()
+        if smtputf8 and not self.supports_smtputf8:
+            raise ServerResponseError(
+                "the message needs SMTPUTF8 (an internationalised address) and the server does not offer it",
+                code=553, hint="use ASCII addresses, or a server that supports SMTPUTF8",
+            )
+        payload = _EOL.sub(CRLF, data)
+        payload = _DOT.sub(b"..", payload)
+        if not payload.endswith(CRLF):
+            payload += CRLF
+        payload += b"." + CRLF
+        limit = self.max_size
+        if limit is not None and len(data) > limit:
+            raise ServerResponseError(
+                f"message is {len(data):,} bytes; the server accepts at most {limit:,} (SIZE)", code=552,
+                hint="make the attachments smaller or send them as links",
+            )
+        opts = [f"SIZE={len(data)}"]
+        if "8bitmime" in self.extensions:
+            opts.append("BODY=8BITMIME")
+        if smtputf8:
+            opts.append("SMTPUTF8")
+        mail_cmd = f"MAIL FROM:<{envelope_from}> {' '.join(opts)}"
+        rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
+        result = TransactionResult()
+        with self._translate("MAIL/RCPT"):
+            if self.supports_pipelining:
+                batch = "".join(c + "\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA"))
+                smtp.send(batch.encode("utf-8"))
+                mail_reply = smtp.getreply()
+                rcpt_replies = [smtp.getreply() for _ in rcpt_cmds]
+                data_reply = smtp.getreply()
+            else:
+                mail_reply = smtp.docmd(mail_cmd)
+                rcpt_replies = []
+                data_reply = (503, b"not sent")
+                if mail_reply[0] == 250:
+                    rcpt_replies = [smtp.docmd(c) for c in rcpt_cmds]
+                    if any(c in (250, 251) for c, _ in rcpt_replies):
+                        data_reply = smtp.docmd("DATA")
+        if mail_reply[0] != 250:
+            self._abort(data_reply)
+            raise SenderRefusedError(
+                f"sender <{envelope_from}> refused: {mail_reply[0]} {_text(mail_reply[1])}",
+                code=mail_reply[0], text=_text(mail_reply[1]),
+            )
+        for rcpt, (code, text) in zip(recipients, rcpt_replies, strict=False):
+            if code in (250, 251):
+                result.accepted.append(rcpt)
+            else:
+                result.refused[rcpt] = (code, _text(text))
+        if not result.accepted:
+            self._abort(data_reply)
+            raise RecipientsRefusedError(
+                "every recipient was refused: "
+                + "; ".join(f"<{a}> {c} {t}" for a, (c, t) in result.refused.items()),
+                refused=result.refused,
+            )
+        if data_reply[0] != 354:
+            self._abort(data_reply)
+            raise ServerResponseError(f"DATA refused: {data_reply[0]} {_text(data_reply[1])}",
+                                      code=data_reply[0], text=_text(data_reply[1]))
+        with self._translate("DATA"):
+            smtp.send(payload)
+        # From here on the server may have the whole message: never report this as safe to retry.
+        try:
+            code, text = smtp.getreply()
+        except (OSError, EOFError, smtplib.SMTPServerDisconnected) as exc:
+            self.close()
+            raise MayHaveBeenDelivered(
+                "connection lost after the message data was sent: it may have been delivered",
+                hint="check the recipient's mailbox before sending again; it is not retried automatically",
+            ) from exc
+        result.data_reply = (code, _text(text))
+        if code != 250:
+            raise ServerResponseError(f"message refused after DATA: {code} {_text(text)}", code=code,
+                                      text=_text(text))
+        return result
+
+    def _abort(self, data_reply: tuple[int, bytes]) -> None:
+        """Leave the transaction cleanly after a refusal (the server may have said 354 to a pipelined DATA)."""
+        smtp = self._require()
+        with self._translate("RSET"):
+            if data_reply[0] == 354:
+                smtp.send(b"." + CRLF)
+                smtp.getreply()
+            smtp.rset()
+
+    def rset(self) -> None:
+        with self._translate("RSET"):
+            self._require().rset()
+
+    def check_sender(self, address: str) -> tuple[int, str]:
+        """``MAIL FROM`` then ``RSET``: is the sender accepted? Nothing is sent."""
+        smtp = self._require()
+        with self._translate("MAIL FROM"):
+            code, text = smtp.mail(address)
+            smtp.rset()
+        return code, _text(text)
+
+    def noop(self) -> bool:
+        if not self.connected:
+            return False
+        try:
+            code, _ = self._require().noop()
+            return code == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
+    def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.sock is not None:
+                smtp.sock.settimeout(2)
+                smtp.quit()
+        except (OSError, smtplib.SMTPException, EOFError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                smtp.close()
+
+    def __enter__(self) -> SmtpSession:
+        if not self.connected:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _tls_detail(sock: object) -> str:
+    if isinstance(sock, ssl.SSLSocket):
+        return f"{sock.version()} {sock.cipher()[0] if sock.cipher() else ''}".strip()
+    return ""
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
