@@ -228,8 +228,8 @@ class Connection(_Model):
     auth: AuthSettings
     smtp: ServerSettings | None = None
     imap: ServerSettings | None = None
-    tls: TlsSettings = Field(default_factory=TlsSettings)  # type: ignore[arg-type]
-    timeouts: Timeouts = Field(default_factory=Timeouts)  # type: ignore[arg-type]
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     from_address: str | None = None
 
     @model_validator(mode="before")

@@ -20,10 +20,10 @@ from .errors import MailConnectorError
 __all__ = ["TestReport", "run_test"]
 
 _LATER: dict[str, list[str]] = {
-    "smtp": ["greeting", "EHLO extensions", "STARTTLS offered and TLS certificate", "authentication",
-             "sender accepted"],
-    "imap": ["greeting", "capabilities", "STARTTLS offered and TLS certificate", "authentication",
-             "folder can be selected"],
+    "smtp": ["DNS", "TCP connect", "TLS handshake and certificate", "greeting", "EHLO extensions",
+             "STARTTLS offered and TLS certificate", "authentication", "sender accepted"],
+    "imap": ["DNS", "TCP connect", "TLS handshake and certificate", "greeting", "capabilities",
+             "STARTTLS offered and TLS certificate", "authentication", "folder can be selected"],
 }
 
 
@@ -72,6 +72,8 @@ def run_test(conn: Connection, *, folder: str = "INBOX") -> TestReport:
             for name in _LATER[proto]:
                 server = conn.smtp if proto == "smtp" else conn.imap
                 if name.startswith("STARTTLS") and server is not None and server.security != "starttls":
+                    continue
+                if name.startswith("TLS handshake") and server is not None and server.security != "ssl":
                     continue
                 if name not in done:
                     rec.steps.append(StepResult(proto, name))
@@ -159,11 +161,14 @@ def _probe_network(conn: Connection, proto: str, server: ServerSettings, rec: St
 
 
 def _cert_detail(tls: ssl.SSLSocket) -> str:
-    cert = tls.getpeercert() or {}
-    subject = dict(x[0] for x in cert.get("subject", ()) if x) if cert else {}
-    cn = subject.get("commonName") or ""
-    sans = [v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")][:4]
-    until = cert.get("notAfter", "")
+    cert: dict[str, Any] = dict(tls.getpeercert() or {})
+    cn = ""
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = str(value)
+    sans = [str(v) for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "IP Address")][:4]
+    until = str(cert.get("notAfter", ""))
     parts = [tls.version() or ""]
     if cn or sans:
         parts.append(f"for {cn or ', '.join(sans)}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
-import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -128,8 +127,10 @@ class ImapSession:
                 try:
                     client = IMAPClient(self.server.host, self.server.port, ssl=self.server.security == "ssl",
                                         ssl_context=ctx, timeout=timeout)
-                except (TimeoutError, socket.timeout) as exc:
-                    raise transport_error(exc, self.connection, "imap", phase="greeting") from exc
+                except TimeoutError as exc:
+                    # The constructor opens the TCP connection and reads the greeting: tell the two apart.
+                    phase = "connect" if _during_tcp_connect(exc) else "greeting"
+                    raise transport_error(exc, self.connection, "imap", phase=phase) from exc
                 except imap_exc.IMAPClientAbortError as exc:
                     raise transport_error(EOFError(str(exc)), self.connection, "imap", phase="greeting") from exc
                 st.detail = _clean(client.welcome)[:120]
@@ -418,6 +419,16 @@ class ImapSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _during_tcp_connect(exc: BaseException) -> bool:
+    """True when the exception was raised while opening the TCP connection (``socket.create_connection``)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "create_connection":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _clean(exc: object) -> str:

@@ -175,16 +175,22 @@ class SmtpSession:
             command_timeout=self.connection.timeouts.command,
             implicit_tls=ctx if self.server.security == "ssl" else None,
         )
-        smtp._host = self.server.host  # smtplib's STARTTLS checks the certificate against this name
+        smtp._host = self.server.host  # type: ignore[attr-defined]  # smtplib's STARTTLS checks the certificate against this name
         self._smtp = smtp
         try:
             with step(recorder, "greeting") as st, self._translate("connect"):
                 try:
                     code, msg = smtp.connect(self.server.host, self.server.port)
-                except (TimeoutError, socket.timeout) as exc:
+                except TimeoutError as exc:
                     # connect() covers both the TCP connect and the greeting; tell them apart.
                     phase = "greeting" if smtp.sock is not None else "connect"
                     raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+                except smtplib.SMTPServerDisconnected as exc:
+                    # smtplib turns a timeout or EOF while reading the greeting into this; keep the cause so the
+                    # hint can say "this port may expect implicit TLS".
+                    ctx_exc = exc.__context__
+                    cause = ctx_exc if isinstance(ctx_exc, OSError) else EOFError(str(exc))
+                    raise transport_error(cause, self.connection, "smtp", phase="greeting") from exc
                 if code != 220:
                     raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,
                                               text=_text(msg))
@@ -455,7 +461,8 @@ class SmtpSession:
 
 def _tls_detail(sock: object) -> str:
     if isinstance(sock, ssl.SSLSocket):
-        return f"{sock.version()} {sock.cipher()[0] if sock.cipher() else ''}".strip()
+        cipher = sock.cipher()
+        return f"{sock.version()} {cipher[0] if cipher else ''}".strip()
     return ""
 
 

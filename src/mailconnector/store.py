@@ -101,8 +101,7 @@ class Store:
                 fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
                 os.close(fd)
             os.chmod(self.path, 0o600)
-            with self._tx() as db:
-                db.executescript(_SCHEMA)
+            self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state store {self.path}: {exc}",
                              hint="check the directory is writable, or set --state") from exc

@@ -22,9 +22,11 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import connection_cmds, sandbox_cmd  # noqa: E402  (registers the commands)
+from . import connection_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers the commands)
 
 connection_cmds.register(app)
+send_cmd.register(app)
+read_cmd.register(app)
 sandbox_cmd.register(app)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ __all__ = [
     "VerboseOpt",
     "emit_json",
     "print_error",
+    "progress",
     "start",
 ]
 
@@ -88,3 +91,35 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+class _NoProgress:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def set_total(self, total: int | None) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def set_total(self, total: int | None) -> None:
+        self._progress.update(self._task, total=total)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None = None) -> Iterator[_NoProgress | _RichProgress]:
+    """A progress bar on stderr, only when stderr is a terminal (never in pipes, logs or CI)."""
+    if not err_console.is_terminal:
+        yield _NoProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        yield _RichProgress(bar, bar.add_task(description, total=total))

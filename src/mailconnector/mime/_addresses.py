@@ -18,6 +18,7 @@ validation for everything else in the host process. Deliverability (DNS) is neve
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
@@ -82,6 +83,7 @@ class ParsedAddress:
     local_part: str
     domain: str
     smtputf8: bool
+    ascii_domain: str
 
     @property
     def addr_spec(self) -> str:
@@ -180,10 +182,8 @@ def _display_name(raw: str, whole: str) -> str:
         name = raw
         if "=?" in name:
             # Someone pasted an already-encoded header value; decode it so it is not encoded twice.
-            try:
+            with contextlib.suppress(ValueError, LookupError, UnicodeDecodeError):
                 name = str(make_header(decode_header(name)))
-            except (ValueError, LookupError, UnicodeDecodeError):
-                pass
     name = _WS_RE.sub(" ", name).strip()
     check_header_text(name)
     return name
@@ -229,13 +229,16 @@ def parse_address(text: str) -> ParsedAddress:
     except EmailNotValidError as exc:
         raise AddressError(f"{short(addr)} is not a valid address: {exc}") from None
     smtputf8 = bool(valid.smtputf8)
+    ascii_domain = valid.ascii_domain
     if smtputf8:
         local, domain = valid.local_part, valid.domain
     else:
-        local, domain = valid.ascii_local_part or valid.local_part, valid.ascii_domain
+        local, domain = valid.ascii_local_part or valid.local_part, ascii_domain
     if rescued:
         domain = domain[: -len(_TEST_SUFFIX)]
-    return ParsedAddress(display_name=name, local_part=local, domain=domain, smtputf8=smtputf8)
+        ascii_domain = ascii_domain[: -len(_TEST_SUFFIX)]
+    return ParsedAddress(display_name=name, local_part=local, domain=domain, smtputf8=smtputf8,
+                         ascii_domain=ascii_domain)
 
 
 def normalize_msg_id(value: str, *, require_at: bool) -> str:

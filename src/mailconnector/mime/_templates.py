@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 __all__ = ["TemplateProblem", "compile_template", "render_template"]
 

@@ -145,6 +145,8 @@ def _address_items(value: Any) -> Any:
             return split_addresses(value)
         except AddressError as exc:
             raise ValueError(str(exc)) from None
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of addresses or one comma-separated string (got {short(value)})")
     return value
 
 
@@ -282,36 +284,46 @@ def _header_value(value: Any) -> Any:
     return value
 
 
-def _compile(html: bool) -> Any:
-    def check(value: str) -> str:
-        compile_template(value, html=html)  # raises TemplateProblem (a ValueError) with the line
-        return value
+def _check_text_template(value: str) -> str:
+    compile_template(value, html=False)  # raises TemplateProblem (a ValueError) with the line
+    return value
 
-    return check
+
+def _check_html_template(value: str) -> str:
+    compile_template(value, html=True)
+    return value
 
 
 # --------------------------------------------------------------------------- annotated types
+# Validators sit on the inner ``str`` so that None skips them; ``_blank_to_none`` runs first.
 
-Address = Annotated[str, AfterValidator(_check_address)]
-AddressList = Annotated[
-    list[Address],
+_AddressStr = Annotated[str, AfterValidator(_check_address)]
+_AddressList = Annotated[
+    list[_AddressStr],
     BeforeValidator(_address_items, json_schema_input_type=list[str] | str | None),
     Field(description="Addresses (`addr`, `Name <addr>`, `\"Last, First\" <addr>`): a list, or one "
                       "string separated by commas."),
 ]
-OptionalAddress = Annotated[
-    Address | None,
-    BeforeValidator(_blank_to_none),
-    Field(description="`addr` or `Name <addr>`."),
-]
-HeaderText = Annotated[str | None, BeforeValidator(_blank_to_none), AfterValidator(
-    lambda v: None if v is None else _check_header_text(v))]
-BodyText = Annotated[str | None, BeforeValidator(_blank_to_none)]
-MessageId = Annotated[str, AfterValidator(_check_message_id)]
-RefId = Annotated[str, AfterValidator(_check_ref_id)]
-Filename = Annotated[str, AfterValidator(_check_filename)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-HeaderValue = Annotated[str, BeforeValidator(_header_value), AfterValidator(_check_header_text)]
+_HeaderName = Annotated[str, AfterValidator(_header_name)]
+_HeaderValue = Annotated[str, BeforeValidator(_header_value), AfterValidator(_check_header_text)]
+_RefId = Annotated[str, AfterValidator(_check_ref_id)]
+_OptText = Annotated[str | None, BeforeValidator(_blank_to_none)]
+_OptAddress = Annotated[_AddressStr | None, BeforeValidator(_blank_to_none)]
+_OptHeaderText = Annotated[Annotated[str, AfterValidator(_check_header_text)] | None,
+                           BeforeValidator(_blank_to_none)]
+_OptPath = Annotated[Annotated[str, AfterValidator(_check_path)] | None, BeforeValidator(_blank_to_none)]
+_OptFilename = Annotated[Annotated[str, AfterValidator(_check_filename)] | None,
+                         BeforeValidator(_blank_to_none)]
+_OptContentType = Annotated[Annotated[str, AfterValidator(_check_content_type)] | None,
+                            BeforeValidator(_blank_to_none)]
+_OptContentId = Annotated[Annotated[str, AfterValidator(_content_id)] | None, BeforeValidator(_blank_to_none)]
+_OptMessageId = Annotated[Annotated[str, AfterValidator(_check_message_id)] | None,
+                          BeforeValidator(_blank_to_none)]
+_OptRefId = Annotated[_RefId | None, BeforeValidator(_blank_to_none)]
+_OptTextTemplate = Annotated[Annotated[str, AfterValidator(_check_text_template)] | None,
+                             BeforeValidator(_blank_to_none)]
+_OptHtmlTemplate = Annotated[Annotated[str, AfterValidator(_check_html_template)] | None,
+                             BeforeValidator(_blank_to_none)]
 Priority = Literal["high", "normal", "low"]
 
 
@@ -322,19 +334,16 @@ class _Model(BaseModel):
 class AttachmentSpec(_Model):
     """One attachment: exactly one of ``content_base64`` and ``path``."""
 
-    filename: Annotated[Filename | None, BeforeValidator(_blank_to_none)] = Field(
+    filename: _OptFilename = Field(
         default=None, description="Name shown to the recipient; default: the file name of `path`.")
-    content_type: Annotated[str | None, BeforeValidator(_blank_to_none),
-                            AfterValidator(lambda v: None if v is None else _check_content_type(v))] = Field(
+    content_type: _OptContentType = Field(
         default=None, description="MIME type; guessed from the file name when absent.")
-    content_base64: Annotated[str | None, BeforeValidator(_blank_to_none)] = Field(
+    content_base64: _OptText = Field(
         default=None, description="The content, base64-encoded (whitespace ignored).")
-    path: Annotated[str | None, BeforeValidator(_blank_to_none),
-                    AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+    path: _OptPath = Field(
         default=None, description="A file to attach; relative paths are relative to the project directory.")
     inline: bool = Field(default=False, description="An image shown in the HTML body (needs content_id).")
-    content_id: Annotated[str | None, BeforeValidator(_blank_to_none),
-                          AfterValidator(lambda v: None if v is None else _content_id(v))] = Field(
+    content_id: _OptContentId = Field(
         default=None, description="Referenced from the HTML as `cid:<content_id>`; with or without <>.")
 
     @model_validator(mode="after")
@@ -365,17 +374,12 @@ class TemplateSpec(_Model):
     A rendered field replaces the record's plain field of the same name. HTML is autoescaped.
     """
 
-    subject: Annotated[str | None, BeforeValidator(_blank_to_none),
-                       AfterValidator(lambda v: None if v is None else _compile(False)(v))] = None
-    text: Annotated[str | None, BeforeValidator(_blank_to_none),
-                    AfterValidator(lambda v: None if v is None else _compile(False)(v))] = None
-    html: Annotated[str | None, BeforeValidator(_blank_to_none),
-                    AfterValidator(lambda v: None if v is None else _compile(True)(v))] = None
-    text_file: Annotated[str | None, BeforeValidator(_blank_to_none),
-                         AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+    subject: _OptTextTemplate = None
+    text: _OptTextTemplate = None
+    html: _OptHtmlTemplate = None
+    text_file: _OptPath = Field(
         default=None, description="A UTF-8 file holding the text template (relative to the project).")
-    html_file: Annotated[str | None, BeforeValidator(_blank_to_none),
-                         AfterValidator(lambda v: None if v is None else _check_path(v))] = Field(
+    html_file: _OptPath = Field(
         default=None, description="A UTF-8 file holding the HTML template (relative to the project).")
 
     @model_validator(mode="after")
@@ -393,21 +397,21 @@ class TemplateSpec(_Model):
 class _MessageFields(_Model):
     """The fields an activity's settings may default (everything but ``id`` and ``message_id``)."""
 
-    from_: OptionalAddress = Field(default=None, alias="from")
-    to: AddressList = Field(default_factory=list)
-    cc: AddressList = Field(default_factory=list)
-    bcc: AddressList = Field(default_factory=list)
-    reply_to: AddressList = Field(default_factory=list)
-    subject: HeaderText = Field(default=None, description="Any Unicode; no line breaks.")
-    text: BodyText = Field(default=None, description="Plain-text body.")
-    html: BodyText = Field(default=None, description="HTML body; with `text` -> multipart/alternative.")
+    from_: _OptAddress = Field(default=None, alias="from", description="`addr` or `Name <addr>`.")
+    to: _AddressList = Field(default_factory=list)
+    cc: _AddressList = Field(default_factory=list)
+    bcc: _AddressList = Field(default_factory=list)
+    reply_to: _AddressList = Field(default_factory=list)
+    subject: _OptHeaderText = Field(default=None, description="Any Unicode; no line breaks.")
+    text: _OptText = Field(default=None, description="Plain-text body.")
+    html: _OptText = Field(default=None, description="HTML body; with `text` -> multipart/alternative.")
     attachments: Annotated[list[AttachmentSpec], BeforeValidator(_none_to_empty_list)] = Field(
         default_factory=list)
-    headers: Annotated[dict[HeaderName, HeaderValue], BeforeValidator(_none_to_empty_dict)] = Field(
+    headers: Annotated[dict[_HeaderName, _HeaderValue], BeforeValidator(_none_to_empty_dict)] = Field(
         default_factory=dict, description="Extra headers, name -> value.")
-    in_reply_to: Annotated[RefId | None, BeforeValidator(_blank_to_none)] = Field(
+    in_reply_to: _OptRefId = Field(
         default=None, description="The Message-ID this replies to.")
-    references: Annotated[list[RefId] | None, BeforeValidator(_references)] = Field(
+    references: Annotated[list[_RefId] | None, BeforeValidator(_references)] = Field(
         default=None, description="Message-IDs of the thread: a list, or one string separated by spaces.")
     priority: Annotated[Priority | None, BeforeValidator(_lower)] = None
     template: Annotated[TemplateSpec | None, BeforeValidator(_json_text)] = None
@@ -442,7 +446,7 @@ class SendRequest(_MessageFields):
 
     id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
         default=None, description="The caller's record id, echoed in the response.")
-    message_id: Annotated[MessageId | None, BeforeValidator(_blank_to_none)] = Field(
+    message_id: _OptMessageId = Field(
         default=None, description="Generated when absent; the idempotency key of the send ledger.")
 
 
@@ -547,8 +551,8 @@ class SendResponse(_Model):
 
     id: str | None = Field(default=None, description="The record's `id`, if it had one.")
     index: int = Field(description="0-based position of the record in the input.")
-    message_id: str = Field(description="The Message-ID header, with angle brackets; empty if never composed.")
-    status: Literal["sent", "partial", "failed", "skipped_duplicate"]
+    message_id: str = Field(description="The Message-ID, with angle brackets; empty if never composed.")
+    status: Literal["sent", "partial", "failed", "skipped_duplicate", "dry_run"]
     accepted: list[str] = Field(default_factory=list)
     refused: list[RecipientResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
@@ -588,13 +592,12 @@ def _record_label(data: Mapping[str, Any], index: int) -> str:
     return f"record {index}"
 
 
-def _describe(error: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    """(field path, message, hint) for one pydantic error."""
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(field path, message) for one pydantic error."""
     loc: tuple[int | str, ...] = tuple(error.get("loc", ()))
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
     cause = ctx.get("error")
-    hint = None
     if isinstance(cause, FieldProblem) and cause.field:
         loc = (*loc, cause.field)
     field = _loc_text(loc)
@@ -602,16 +605,15 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str, str | None]:
         name = str(loc[-1]) if loc else ""
         allowed = _allowed_fields(loc[:-1])
         close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else None
-        return field, "unknown field" + (f" (did you mean {close[0]!r}?)" if close else ""), hint
+        return field, "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
-        return field, "is required", hint
+        return field, "is required"
     if isinstance(cause, ValueError):
-        return field, str(cause), hint
+        return field, str(cause)
     message = str(error.get("msg", "is not valid"))
     if "input" in error:
         message += f" (got {short(error['input'])})"
-    return field, message, hint
+    return field, message
 
 
 def _allowed_fields(parent: tuple[int | str, ...]) -> list[str]:
@@ -635,8 +637,7 @@ def parse_send_request(data: Mapping[str, Any], *, index: int) -> SendRequest:
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors(include_url=False)]
         label = _record_label(data, index) if isinstance(data, Mapping) else f"record {index}"
-        text = "; ".join(f"{f}: {m}" if f else m for f, m, _ in problems)
-        hints = [h for _, _, h in problems if h]
-        error = MessageError(f"{label}: {text}", hint=hints[0] if hints else None)
-        error.field = problems[0][0] or None if problems else None
+        text = "; ".join(f"{f}: {m}" if f else m for f, m in problems)
+        error = MessageError(f"{label}: {text}")
+        error.field = (problems[0][0] or None) if problems else None
         raise error from None

@@ -1,0 +1,381 @@
+"""Read Email: a source that yields unread email from one IMAP folder as records, each with an ack.
+
+Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
+- messages are fetched with ``BODY.PEEK[]``, so reading marks nothing;
+- only ``item.ack()`` acts: it first records the message as delivered in the store (connection, folder,
+  UIDVALIDITY, UID, Message-ID) and advances the checkpoint, then the after-read action (mark read, move,
+  delete) is applied on the server — batched per fetch batch, and always before the activity closes;
+- a message that was recorded as delivered but whose action did not reach the server (a crash between the
+  two) is not yielded again: the next run only completes its action;
+- ``keep_unread`` relies on the store alone; a changed UIDVALIDITY falls back to Message-IDs, so a
+  recreated folder neither loses nor repeats a message that has one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..connection import Connection
+from ..errors import ConfigError, TransportError
+from ..imap import FetchedMessage, FolderState, ImapSession
+from ..mime.parse import parse_message
+from ..records.read import ParseOptions, ReadRecord
+from ..store import Store
+
+__all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings"]
+
+log = logging.getLogger("mailconnector.read")
+
+_AFTER_READ = re.compile(r"^(mark_read|keep_unread|delete|move:.+)$")
+
+
+class Criteria(BaseModel):
+    """A typed IMAP search, ANDed with "unread" unless ``include_read``. ``raw`` is sent as written."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    cc: str | None = None
+    subject: str | None = None
+    body: str | None = None
+    since: dt.date | None = None
+    before: dt.date | None = None
+    larger: int | None = Field(None, ge=0)
+    smaller: int | None = Field(None, ge=0)
+    header: dict[str, str] = Field(default_factory=dict)
+    raw: str | None = None
+
+    @field_validator("from_", "to", "cc", "subject", "body", "raw")
+    @classmethod
+    def _no_crlf(cls, v: str | None) -> str | None:
+        if v is not None and any(c in v for c in "\r\n\0"):
+            raise ValueError("contains CR, LF or NUL")
+        return v
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not re.fullmatch(r"[!-9;-~]+", k) or any(c in val for c in "\r\n\0"):
+                raise ValueError(f"header criterion {k!r} is not a valid header name / value")
+        return v
+
+    def to_imap(self, *, unread: bool) -> tuple[list[Any] | str, str | None]:
+        """The search for IMAPClient, and the charset to send it with (UTF-8 when non-ASCII)."""
+        terms: list[Any] = ["UNSEEN"] if unread else []
+        for key, imap_key in (("from_", "FROM"), ("to", "TO"), ("cc", "CC"), ("subject", "SUBJECT"),
+                              ("body", "BODY")):
+            value = getattr(self, key)
+            if value:
+                terms += [imap_key, value]
+        if self.since:
+            terms += ["SINCE", self.since]
+        if self.before:
+            terms += ["BEFORE", self.before]
+        if self.larger is not None:
+            terms += ["LARGER", self.larger]
+        if self.smaller is not None:
+            terms += ["SMALLER", self.smaller]
+        for name, value in self.header.items():
+            terms += ["HEADER", name, value]
+        text = " ".join(str(t) for t in terms if isinstance(t, str))
+        charset = None if text.isascii() and (self.raw or "").isascii() else "UTF-8"
+        if self.raw:
+            prefix = " ".join(_imap_atom(t) for t in terms)
+            return (f"{prefix} {self.raw}".strip() if prefix else self.raw), charset
+        return (terms or ["ALL"]), charset
+
+
+def _imap_atom(term: Any) -> str:
+    if isinstance(term, dt.date):
+        return term.strftime("%d-%b-%Y")
+    s = str(term)
+    if re.fullmatch(r"[A-Za-z0-9]+", s):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ReadSettings(BaseModel):
+    """The Read Email activity's settings (SPEC section 3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str = "INBOX"
+    criteria: Criteria = Field(default_factory=Criteria)
+    include_read: bool = False
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(50, ge=1, le=5000)
+    attachments: Literal["inline", "none", "directory"] = "inline"
+    directory: Path | None = Field(None, description="where attachments (and raw .eml) go for attachments: directory")
+    max_attachment_bytes: int | None = Field(25 * 1024 * 1024, ge=0)
+    after_read: str = "mark_read"
+    include_raw: bool = False
+
+    @field_validator("after_read")
+    @classmethod
+    def _after(cls, v: str) -> str:
+        if not _AFTER_READ.match(v):
+            raise ValueError("must be mark_read, keep_unread, delete or move:FOLDER")
+        return v
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        if not v or any(c in v for c in "\r\n\0"):
+            raise ValueError("folder is empty or contains CR, LF or NUL")
+        return v
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _criteria(cls, v: Any) -> Any:
+        return {"raw": v} if isinstance(v, str) else v
+
+    def check(self) -> None:
+        if self.attachments == "directory" and self.directory is None:
+            raise ConfigError("attachments: directory needs a directory", field="directory")
+
+    @property
+    def move_to(self) -> str | None:
+        return self.after_read[5:] if self.after_read.startswith("move:") else None
+
+
+@dataclass
+class ReadItem:
+    """One email as a record, with the handle that makes it count as delivered."""
+
+    record: ReadRecord
+    uid: int
+    _activity: ReadEmail = field(repr=False)
+    acked: bool = False
+
+    def ack(self) -> None:
+        """The record was taken downstream: remember it, then mark/move/delete the email (batched)."""
+        if not self.acked:
+            self._activity._ack(self)
+            self.acked = True
+
+
+class ReadEmail:
+    """The Read Email activity: ``with ReadEmail(conn, settings, store=store) as reader: for item in reader: ...``.
+
+    Without a store (``store=None``) the activity keeps no checkpoint: only the server's flags protect
+    against repeats, and ``keep_unread`` then repeats every message on every run.
+    """
+
+    def __init__(self, connection: Connection, settings: ReadSettings | None = None, *,
+                 store: Store | None = None, session: ImapSession | None = None, **overrides: Any) -> None:
+        base = settings.model_dump(by_alias=True) if settings else {}
+        self.settings = ReadSettings.model_validate({**base, **overrides})
+        self.settings.check()
+        self.connection = connection
+        self.store = store
+        self._session = session
+        self._state: FolderState | None = None
+        self._pending: list[int] = []
+        self._pending_done: set[int] = set()
+        self.total: int | None = None
+        self.yielded = 0
+        self.acked = 0
+
+    # ------------------------------------------------------------- lifecycle
+    def open(self) -> ReadEmail:
+        if self._session is None:
+            self._session = ImapSession(self.connection)
+        if not self._session._client:
+            self._session.connect()
+        self._select()
+        return self
+
+    def _select(self) -> None:
+        assert self._session is not None
+        self._state = self._session.select(self.settings.folder)
+        if self.settings.move_to and not self._session.folder_exists(self.settings.move_to):
+            raise ConfigError(f"folder {self.settings.move_to!r} for after_read does not exist",
+                              field="after_read", hint="create it, or list folders with `mailconnector folders`")
+
+    def close(self) -> None:
+        try:
+            if self._session is not None and self._session._client is not None:
+                self.flush()
+        finally:
+            if self._session is not None:
+                self._session.close()
+
+    def __enter__(self) -> ReadEmail:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def key(self) -> str:
+        return self.connection.name
+
+    # -------------------------------------------------------------- iterate
+    def __iter__(self) -> Iterator[ReadItem]:
+        return self.items()
+
+    def items(self) -> Iterator[ReadItem]:
+        if self._session is None or self._state is None:
+            self.open()
+        uids = self._candidates()
+        if self.settings.limit is not None:
+            uids = uids[: self.settings.limit]
+        self.total = len(uids)
+        size = self.settings.batch_size
+        for start in range(0, len(uids), size):
+            batch = uids[start:start + size]
+            for msg in self._fetch_with_retry(batch):
+                record = self._record(msg)
+                self.yielded += 1
+                yield ReadItem(record, msg.uid, self)
+            self.flush()
+
+    def records(self) -> Iterator[ReadRecord]:
+        """Each record, acked as soon as the caller asks for the next one (for simple scripts)."""
+        for item in self.items():
+            yield item.record
+            item.ack()
+
+    def _candidates(self) -> list[int]:
+        assert self._session is not None and self._state is not None
+        s = self.settings
+        search, charset = s.criteria.to_imap(unread=not s.include_read)
+        uids = self._session.search(search, charset=charset)
+        if self.store is None:
+            return uids
+        state = self._state
+        cp = self.store.checkpoint(self.key, s.folder)
+        if cp is not None and cp.uidvalidity != state.uidvalidity:
+            log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); "
+                        "matching delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
+            uids = self._skip_by_message_id(uids)
+            self.store.reset_checkpoint(self.key, s.folder, state.uidvalidity)
+        delivered = self.store.delivered_uids(self.key, s.folder, state.uidvalidity)
+        redo = [u for u in uids if u in delivered]
+        if redo and s.after_read != "keep_unread":
+            # Delivered before, but the action never reached the server: finish it, do not deliver again.
+            log.info("completing the after-read action of %d message(s) delivered in an earlier run", len(redo))
+            self._apply(redo)
+        return [u for u in uids if u not in delivered]
+
+    def _skip_by_message_id(self, uids: list[int]) -> list[int]:
+        assert self._session is not None and self.store is not None
+        seen = self.store.delivered_message_ids(self.key, self.settings.folder)
+        if not seen or not uids:
+            return uids
+        keep: list[int] = []
+        with self._session._translate("UID FETCH Message-ID"):
+            data = self._session.client.fetch(uids, [b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        for uid in uids:
+            raw = b""
+            for k, v in data.get(uid, {}).items():
+                if k.startswith(b"BODY[HEADER"):
+                    raw = bytes(v)
+            mid = raw.split(b":", 1)[1].strip().decode("ascii", "replace") if b":" in raw else None
+            if mid and mid in seen:
+                # Same message as one delivered under the old UIDVALIDITY: record it under the new one.
+                self.store.advance_checkpoint(self.key, self.settings.folder, self._uidvalidity(), uid, mid)
+                continue
+            keep.append(uid)
+        return keep
+
+    def _uidvalidity(self) -> int:
+        assert self._state is not None
+        return self._state.uidvalidity
+
+    def _fetch_with_retry(self, batch: Sequence[int]) -> list[FetchedMessage]:
+        assert self._session is not None
+        delay = 0.5
+        for attempt in range(1, 5):
+            try:
+                return list(self._session.fetch(batch))
+            except TransportError as exc:
+                if attempt == 4:
+                    raise
+                log.warning("fetch failed (%s); reconnecting (attempt %d of 3)", exc.message, attempt)
+                time.sleep(delay)
+                delay *= 2
+                self._reconnect()
+        return []
+
+    def _reconnect(self) -> None:
+        assert self._session is not None
+        old_validity = self._uidvalidity()
+        self._session.close()
+        self._session.connect()
+        self._select()
+        if self._uidvalidity() != old_validity:
+            raise TransportError("UIDVALIDITY changed while reading; run again to continue safely",
+                                 hint="the folder was recreated during the run")
+
+    def _record(self, msg: FetchedMessage) -> ReadRecord:
+        s = self.settings
+        directory = None
+        if s.attachments == "directory" or (s.include_raw and s.directory is not None):
+            assert s.directory is not None
+            directory = s.directory / f"{_slug(s.folder)}-{self._uidvalidity()}-{msg.uid}"
+            if directory.exists():  # an earlier, unacknowledged delivery of the same message
+                shutil.rmtree(directory)
+            directory.mkdir(parents=True)
+        options = ParseOptions(attachments=s.attachments, directory=directory,
+                               max_attachment_bytes=s.max_attachment_bytes,
+                               include_raw=s.include_raw and directory is None)
+        record = parse_message(msg.raw, options)
+        update: dict[str, Any] = {
+            "uid": msg.uid, "uidvalidity": self._uidvalidity(), "folder": s.folder,
+            "flags": list(msg.flags), "size": msg.size,
+            "received_at": msg.internal_date.isoformat() if msg.internal_date else None,
+        }
+        if s.include_raw and directory is not None:
+            raw_path = directory / "message.eml"
+            raw_path.write_bytes(msg.raw)
+            update["raw_path"] = str(raw_path)
+        return record.model_copy(update=update)
+
+    # ------------------------------------------------------------------ ack
+    def _ack(self, item: ReadItem) -> None:
+        if self.store is not None:
+            self.store.advance_checkpoint(self.key, self.settings.folder, self._uidvalidity(), item.uid,
+                                          item.record.message_id)
+        self.acked += 1
+        if self.settings.after_read != "keep_unread":
+            self._pending.append(item.uid)
+
+    def flush(self) -> None:
+        """Apply the after-read action to every acknowledged message not yet acted on."""
+        if not self._pending:
+            return
+        uids, self._pending = self._pending, []
+        try:
+            self._apply(uids)
+        except TransportError:
+            # The store already has them: the next run (or a reconnect) completes the action.
+            log.warning("after-read action for %d message(s) not applied; the next run applies it", len(uids))
+            raise
+
+    def _apply(self, uids: list[int]) -> None:
+        assert self._session is not None
+        action = self.settings.after_read
+        if action == "mark_read":
+            self._session.add_flags(uids, ["\\Seen"])
+        elif action == "delete":
+            self._session.delete(uids)
+        elif self.settings.move_to:
+            self._session.add_flags(uids, ["\\Seen"])  # read where it lands, as a mail client would
+            self._session.move(uids, self.settings.move_to)
+
+
+def _slug(folder: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", folder).strip("._") or "folder"

@@ -1,0 +1,311 @@
+"""Send Email: a target that takes records and sends each as one email over SMTP.
+
+- Each of ``concurrency`` workers owns one SMTP connection and reuses it for many messages (PIPELINING
+  where offered; a reconnect when the server closes it). An optional ``rate_limit`` is shared by all.
+- Temporary failures (421, 450, 451, 452, a drop before the data was accepted) are retried with
+  exponential backoff and jitter; permanent ones are not. A drop after the final dot is reported as
+  failed, not retryable, "may have been delivered", and is never sent again automatically.
+- The send ledger (``message_id`` → sent) is written before a success is reported, so a rerun of the
+  same input reports ``skipped_duplicate``. A record without ``message_id`` or ``id`` gets a deterministic
+  Message-ID when the caller names its input (``input_key``: the CLI uses the input's content hash),
+  otherwise a random one (and then only an explicit id protects a rerun).
+- A bad record fails alone, with an error naming the record and the field; the others are still sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..connection import Connection
+from ..errors import (
+    AuthenticationError,
+    MailConnectorError,
+    MessageError,
+    RecipientsRefusedError,
+    ServerResponseError,
+    TransportError,
+)
+from ..mime.compose import ComposedMessage, compose
+from ..records.send import (
+    ErrorInfo,
+    RecipientResult,
+    SendDefaults,
+    SendRequest,
+    SendResponse,
+    apply_defaults,
+    parse_send_request,
+)
+from ..smtp import MayHaveBeenDelivered, SmtpSession
+from ..store import Store
+
+__all__ = ["SendEmail", "SendSettings"]
+
+log = logging.getLogger("mailconnector.send")
+
+_TEMPORARY = {421, 450, 451, 452}
+# A record: a mapping (validated here), a validated request, or an input error standing in its place.
+Record = Mapping[str, Any] | SendRequest | MailConnectorError
+
+
+class SendSettings(BaseModel):
+    """The Send Email activity's settings (SPEC section 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(4, ge=1, le=64, description="SMTP connections used in parallel")
+    rate_limit: float | None = Field(None, gt=0, description="messages per second, across all connections")
+    retries: int = Field(3, ge=0, le=20, description="extra attempts after a temporary failure")
+    backoff: float = Field(1.0, ge=0, le=60, description="first retry delay in seconds; doubles, with jitter")
+    max_backoff: float = Field(30.0, ge=0, le=600)
+    dry_run: Path | None = Field(None, description="write each message as .eml here instead of sending")
+    defaults: SendDefaults | None = Field(None, description="a default for any record field")
+
+
+class _RateLimiter:
+    def __init__(self, per_second: float | None) -> None:
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class SendEmail:
+    """The Send Email activity. ``for response in SendEmail(conn).send(records): ...``.
+
+    Responses come as the messages finish (not in input order; each carries its ``index``).
+    """
+
+    def __init__(self, connection: Connection, settings: SendSettings | None = None, *,
+                 store: Store | None = None, base_dir: Path | None = None, **overrides: Any) -> None:
+        base = settings.model_dump() if settings else {}
+        self.settings = SendSettings.model_validate({**base, **overrides})
+        self.connection = connection
+        self.store = store
+        self.base_dir = base_dir
+        self._local = threading.local()
+        self._sessions: list[SmtpSession] = []
+        self._sessions_lock = threading.Lock()
+        self._claimed: set[str] = set()
+        self._claim_lock = threading.Lock()
+        self._rate = _RateLimiter(self.settings.rate_limit)
+        self._auth_failure: AuthenticationError | None = None
+
+    # ------------------------------------------------------------------ API
+    def send(self, records: Iterable[Record], *,
+             input_key: str | None = None) -> Iterator[SendResponse]:
+        """Send every record; yield one response per record as it finishes. Memory stays flat:
+        at most ``2 × concurrency`` records are in flight."""
+        workers = self.settings.concurrency
+        in_flight: set[Future[SendResponse]] = set()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
+            try:
+                for index, record in enumerate(records):
+                    in_flight.add(pool.submit(self._one, index, record, input_key))
+                    if len(in_flight) >= workers * 2:
+                        done, in_flight = _wait_some(in_flight)
+                        yield from (f.result() for f in done)
+                while in_flight:
+                    done, in_flight = _wait_some(in_flight)
+                    yield from (f.result() for f in done)
+            finally:
+                for f in in_flight:
+                    f.cancel()
+        self.close()
+
+    def send_one(self, record: Record) -> SendResponse:
+        try:
+            return self._one(0, record, None)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            s.close()
+
+    # --------------------------------------------------------------- worker
+    def _one(self, index: int, record: Record, input_key: str | None) -> SendResponse:
+        started = time.perf_counter()
+        rid: str | None = None
+        message_id = ""
+        try:
+            if isinstance(record, MailConnectorError):  # a line of the input that could not be read
+                raise record
+            request = record if isinstance(record, SendRequest) else parse_send_request(record, index=index)
+            rid = request.id
+            request = apply_defaults(request, self.settings.defaults)
+            if request.message_id is None:
+                request = request.model_copy(update={"message_id": self._derived_id(request, index, input_key)})
+            composed = compose(request, default_from=self.connection.from_address, base_dir=self.base_dir)
+            message_id = composed.message_id
+        except MailConnectorError as exc:
+            if isinstance(record, Mapping) and rid is None:
+                raw_id = record.get("id")
+                rid = str(raw_id) if raw_id is not None else None
+            return self._response(index, rid, message_id, "failed", started, error=_error_info(exc, index, rid))
+        if self.settings.dry_run is not None:
+            return self._dry_run(index, rid, composed, started)
+        if not self._claim(message_id):
+            return self._response(index, rid, message_id, "skipped_duplicate", started,
+                                  error=ErrorInfo(type="Duplicate", retryable=False,
+                                                  message="this message_id was already sent (send ledger)"))
+        return self._deliver(index, rid, composed, started)
+
+    def _derived_id(self, request: SendRequest, index: int, input_key: str | None) -> str | None:
+        """A stable Message-ID for a rerun of the same input; None leaves generation to the composer."""
+        if request.id is not None:
+            seed = f"id:{self.connection.name}:{request.id}"
+        elif input_key is not None:
+            seed = f"input:{self.connection.name}:{input_key}:{index}"
+        else:
+            return None
+        digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
+        sender = request.from_ or self.connection.from_address or self.connection.auth.username
+        domain = sender.rsplit("@", 1)[-1].strip(">").strip() if "@" in sender else "mailconnector.invalid"
+        domain = re.sub(r"[^A-Za-z0-9.-]", "", domain.encode("idna").decode("ascii", "replace")) or "localhost"
+        return f"<{digest}@{domain}>"
+
+    def _claim(self, message_id: str) -> bool:
+        with self._claim_lock:
+            if message_id in self._claimed:
+                return False
+            if self.store is not None and self.store.was_sent(message_id):
+                return False
+            self._claimed.add(message_id)
+            return True
+
+    def _session(self) -> SmtpSession:
+        session: SmtpSession | None = getattr(self._local, "session", None)
+        if session is None or not session.connected:
+            session = SmtpSession(self.connection)
+            session.connect()
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def _drop_session(self) -> None:
+        session: SmtpSession | None = getattr(self._local, "session", None)
+        self._local.session = None
+        if session is not None:
+            session.close()
+
+    def _deliver(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
+        data = composed.as_bytes()
+        attempts = 0
+        delay = self.settings.backoff
+        while True:
+            if self._auth_failure is not None:
+                return self._failed(index, rid, composed, started, self._auth_failure, attempts)
+            attempts += 1
+            try:
+                self._rate.wait()
+                session = self._session()
+                result = session.send(composed.envelope_from, composed.recipients, data,
+                                      smtputf8=composed.needs_smtputf8)
+            except MayHaveBeenDelivered as exc:
+                self._drop_session()
+                if self.store is not None:  # at most once: a rerun must not send it again
+                    self.store.record_sent(composed.message_id, self.connection.name, "uncertain", [])
+                return self._failed(index, rid, composed, started, exc, attempts)
+            except AuthenticationError as exc:
+                self._auth_failure = exc
+                self._drop_session()
+                return self._failed(index, rid, composed, started, exc, attempts)
+            except (TransportError, ServerResponseError) as exc:
+                temporary = isinstance(exc, TransportError) and exc.retryable or (
+                    isinstance(exc, ServerResponseError) and exc.code in _TEMPORARY)
+                if isinstance(exc, TransportError) or (isinstance(exc, ServerResponseError) and exc.code == 421):
+                    self._drop_session()
+                if not temporary or attempts > self.settings.retries:
+                    refused = exc.refused if isinstance(exc, RecipientsRefusedError) else {}
+                    return self._failed(index, rid, composed, started, exc, attempts, refused=refused)
+                pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
+                log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, attempts,
+                         pause)
+                time.sleep(pause)
+                delay *= 2
+                continue
+            status = "partial" if result.refused else "sent"
+            if self.store is not None:
+                self.store.record_sent(composed.message_id, self.connection.name, status, result.accepted)
+            return self._response(
+                index, rid, composed.message_id, status, started, attempts=attempts, accepted=result.accepted,
+                refused=[RecipientResult(address=a, code=c, text=t) for a, (c, t) in result.refused.items()],
+            )
+
+    def _failed(self, index: int, rid: str | None, composed: ComposedMessage, started: float,
+                exc: MailConnectorError, attempts: int, *,
+                refused: dict[str, tuple[int, str]] | None = None) -> SendResponse:
+        return self._response(
+            index, rid, composed.message_id, "failed", started, attempts=attempts,
+            error=_error_info(exc, index, rid),
+            refused=[RecipientResult(address=a, code=c, text=t) for a, (c, t) in (refused or {}).items()],
+        )
+
+    def _dry_run(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
+        directory = self.settings.dry_run
+        assert directory is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", composed.message_id.strip("<>"))[:80]
+        path = directory / f"{index:06d}-{stem}.eml"
+        path.write_bytes(composed.as_bytes())
+        return self._response(index, rid, composed.message_id, "dry_run", started, eml_path=str(path),
+                              accepted=list(composed.recipients))
+
+    @staticmethod
+    def _response(index: int, rid: str | None, message_id: str, status: str, started: float, *,
+                  attempts: int = 0, accepted: list[str] | None = None,
+                  refused: list[RecipientResult] | None = None, error: ErrorInfo | None = None,
+                  eml_path: str | None = None) -> SendResponse:
+        return SendResponse.model_validate({
+            "id": rid, "index": index, "message_id": message_id, "status": status,
+            "accepted": accepted or [], "refused": refused or [], "error": error, "attempts": attempts,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 2), "eml_path": eml_path,
+        })
+
+
+def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorInfo:
+    message = exc.message
+    if isinstance(exc, MessageError) and not message.startswith("record "):
+        message = f"record {rid!r}: {message}" if rid is not None else f"record {index}: {message}"
+    return ErrorInfo(
+        type=exc.kind, message=message, retryable=exc.retryable,
+        code=getattr(exc, "code", None) or None, field=getattr(exc, "field", None), hint=exc.hint,
+    )
+
+
+def _wait_some(futures: set[Future[SendResponse]]) -> tuple[set[Future[SendResponse]], set[Future[SendResponse]]]:
+    done, pending = wait(futures, return_when=FIRST_COMPLETED)
+    return set(done), set(pending)
+
+
+def input_key_for(data: bytes) -> str:
+    """The identity of an input (its content hash), for deterministic Message-IDs on a rerun."""
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def response_line(response: SendResponse) -> str:
+    return json.dumps(response.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False)

@@ -1,0 +1,86 @@
+"""``mailconnector read``: unread email out as JSON Lines, each acknowledged once its line is written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+from pydantic import ValidationError
+
+from .._validation import config_error_from_validation
+from ._common import DebugOpt, LogFormatOpt, ProjectOpt, VerboseOpt, err_console, progress, start
+
+
+def register(app: typer.Typer) -> None:
+    app.command("read")(read_cmd)
+
+
+def read_cmd(
+    connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON Lines file (default: stdout). "
+                                                "Lines are appended.")] = None,
+    folder: Annotated[str, typer.Option(help="IMAP folder.")] = "INBOX",
+    limit: Annotated[int | None, typer.Option(help="At most this many emails.", min=1)] = None,
+    attachments: Annotated[str, typer.Option(
+        help="inline (base64 in the record), none (metadata only), or a DIRECTORY to write them to.")] = "inline",
+    after_read: Annotated[str, typer.Option(
+        "--after-read", help="mark_read, keep_unread, move:FOLDER or delete.")] = "mark_read",
+    criteria: Annotated[str | None, typer.Option(
+        help='IMAP search added to "unread", e.g. \'FROM "alice@example.test" SINCE 1-Jan-2026\'.')] = None,
+    include_read: Annotated[bool, typer.Option("--include-read", help="Read emails too, not only unread.")] = False,
+    include_raw: Annotated[bool, typer.Option("--include-raw", help="Add the raw .eml (base64, or a file with "
+                                              "an attachment directory).")] = False,
+    max_attachment_bytes: Annotated[int | None, typer.Option(
+        help="Larger attachments are listed as skipped, not delivered.")] = 25 * 1024 * 1024,
+    batch_size: Annotated[int, typer.Option(help="Emails fetched per IMAP round trip.", min=1)] = 50,
+    project: ProjectOpt = None,
+    debug: DebugOpt = False,
+    verbose_protocol: VerboseOpt = False,
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Read unread email from a folder and write one JSON record per email (JSON Lines).
+
+    An email is marked read (or moved, or deleted, per --after-read) only after its line has been
+    written and flushed: stop the command at any point and the next run delivers exactly the rest.
+
+    Examples:
+      mailconnector read sandbox --limit 10
+      mailconnector read sandbox -o inbox.jsonl --attachments ./files --after-read move:Archive
+    """
+    from ..activities.read import ReadEmail, ReadSettings  # imported on use: keeps the CLI quick to start
+
+    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
+    conn = s.project.connection(connection)
+    directory: Path | None = None
+    mode = attachments
+    if attachments not in ("inline", "none"):
+        directory, mode = Path(attachments), "directory"
+    try:
+        settings = ReadSettings.model_validate({
+            "folder": folder, "limit": limit, "attachments": mode, "directory": directory,
+            "after_read": after_read, "criteria": criteria or {}, "include_read": include_read,
+            "include_raw": include_raw, "max_attachment_bytes": max_attachment_bytes, "batch_size": batch_size,
+        })
+    except ValidationError as exc:
+        raise config_error_from_validation(exc, source="command line") from None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    sink: TextIO = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    count = 0
+    try:
+        with ReadEmail(conn, settings, store=s.project.store()) as reader, progress("reading") as bar:
+            for item in reader:
+                bar.set_total(reader.total)
+                sink.write(json.dumps(item.record.model_dump(mode="json", by_alias=True), ensure_ascii=False))
+                sink.write("\n")
+                sink.flush()
+                item.ack()
+                count += 1
+                bar.advance()
+    finally:
+        if output:
+            sink.close()
+    err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else ""))

@@ -1,0 +1,525 @@
+"""Send record -> ``EmailMessage``: the MIME tree, the headers, and the guard against header injection.
+
+The tree, from the outside in::
+
+    multipart/mixed                      only when there are regular attachments
+      multipart/alternative              only when there are both text and HTML
+        text/plain
+        multipart/related                only when inline images exist (type="text/html")
+          text/html
+          image/...                      Content-ID, disposition inline
+      application/pdf ...                the attachments
+
+Bodies are always encoded 7-bit clean (quoted-printable or base64 when they are not plain ASCII with short
+lines), so a message never depends on the server's 8BITMIME. Only headers may need SMTPUTF8: when an
+address has a non-ASCII local part (``needs_smtputf8``), the message renders with ``policy.SMTPUTF8``;
+otherwise with ``policy.SMTP``, which encodes Unicode subjects and display names as RFC 2047 encoded words
+and Unicode attachment names as RFC 2231 parameters. Internationalised domains alone do not need SMTPUTF8:
+they are sent in their IDNA (``xn--``) form.
+
+Every value that reaches a header is checked here again for line breaks and control characters, because
+templates produce new values after the record was validated and a record may be built without validation.
+Paths of ``path`` attachments are trusted: a record can attach any file this process can read, so feed
+this only records from sources you trust, or check paths before (an allow-list belongs in the activity).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.utils import format_datetime, make_msgid
+from functools import lru_cache
+from pathlib import Path
+
+from mailconnector.errors import MessageError
+from mailconnector.mime._addresses import (
+    AddressError,
+    ParsedAddress,
+    check_header_text,
+    normalize_msg_id,
+    parse_address,
+    parse_msg_id_list,
+    short,
+)
+from mailconnector.mime._templates import TemplateProblem, render_template
+from mailconnector.records.send import (
+    MAX_FILENAME_CHARS,
+    AttachmentSpec,
+    SendRequest,
+    check_header_name,
+    guess_content_type,
+    parse_content_type,
+)
+
+__all__ = ["ComposedMessage", "compose"]
+
+# Attachment parts are built under a 7-bit policy so set_content never picks 8bit. Rendering never
+# refolds values we stored pre-formatted (see "the tree" below).
+_PART_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none")
+_SMTP_POLICY = policy.SMTP.clone(refold_source="none")
+_SMTPUTF8_POLICY = policy.SMTPUTF8.clone(refold_source="none")
+_MAX_LINE_OCTETS = 998
+_FOLD_AT = 78
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+_NOT_7BIT = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
+_WHITESPACE = re.compile(r"\s+")
+_PRIORITY_HEADERS = {
+    "high": (("X-Priority", "1 (Highest)"), ("Importance", "high")),
+    "low": (("X-Priority", "5 (Lowest)"), ("Importance", "low")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedMessage:
+    """A message ready for ``MAIL FROM`` / ``RCPT TO`` / ``DATA``."""
+
+    message: EmailMessage
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+    needs_smtputf8: bool
+
+    def as_bytes(self) -> bytes:
+        """The bytes that go after DATA (CRLF line ends; dot-stuffing is the SMTP layer's job)."""
+        chosen = _SMTPUTF8_POLICY if self.needs_smtputf8 else _SMTP_POLICY
+        try:
+            return self.message.as_bytes(policy=chosen)
+        except Exception as exc:  # the stdlib's folding can fail on odd input; that is the record's fault
+            raise MessageError(f"the message cannot be rendered: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True, slots=True)
+class _Content:
+    subject: str | None
+    text: str | None
+    html: str | None
+    subject_field: str
+
+
+@lru_cache(maxsize=64)
+def _read_template_file(path: str, mtime_ns: int, size: int) -> str:
+    """Cached per (path, mtime, size): an edited file is re-read, an unchanged one is not."""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _template_file(name: str, base_dir: Path | None, field: str) -> str:
+    path = _resolve(name, base_dir)
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise MessageError(f"{short(str(path))} is not a regular file", field=field)
+        return _read_template_file(str(path), st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        raise MessageError(f"file not found: {short(str(path))}", field=field) from None
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{short(str(path))} is not UTF-8 text: {exc.reason}", field=field) from None
+    except OSError as exc:
+        raise MessageError(f"{short(str(path))} cannot be read: {exc.strerror}", field=field) from None
+
+
+def _render(source: str, request: SendRequest, *, html: bool, field: str) -> str:
+    try:
+        return render_template(source, request.data, html=html)
+    except TemplateProblem as exc:
+        raise MessageError(str(exc), field=field) from None
+
+
+def _content(request: SendRequest, base_dir: Path | None) -> _Content:
+    spec = request.template
+    if spec is None:
+        return _Content(request.subject, request.text, request.html, "subject")
+    subject, text, html, subject_field = request.subject, request.text, request.html, "subject"
+    if spec.subject is not None:
+        subject = _render(spec.subject, request, html=False, field="template.subject")
+        subject_field = "template.subject"
+    if spec.text is not None:
+        text = _render(spec.text, request, html=False, field="template.text")
+    elif spec.text_file is not None:
+        source = _template_file(spec.text_file, base_dir, "template.text_file")
+        text = _render(source, request, html=False, field="template.text_file")
+    if spec.html is not None:
+        html = _render(spec.html, request, html=True, field="template.html")
+    elif spec.html_file is not None:
+        source = _template_file(spec.html_file, base_dir, "template.html_file")
+        html = _render(source, request, html=True, field="template.html_file")
+    return _Content(subject, text, html, subject_field)
+
+
+# --------------------------------------------------------------------------- header values
+
+
+def _address(text: str, field: str) -> ParsedAddress:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise MessageError(str(exc), field=field) from None
+
+
+def _addresses(items: Sequence[str], field: str) -> list[ParsedAddress]:
+    return [_address(item, f"{field}[{i}]") for i, item in enumerate(items)]
+
+
+def _header_text(value: str, field: str) -> str:
+    try:
+        return check_header_text(value)
+    except AddressError as exc:
+        raise MessageError(str(exc), field=field) from None
+
+
+def _header_address(parsed: ParsedAddress) -> Address:
+    return Address(display_name=parsed.display_name, username=parsed.local_part, domain=parsed.domain)
+
+
+def _msg_id(value: str, field: str, *, require_at: bool) -> str:
+    try:
+        return normalize_msg_id(value, require_at=require_at)
+    except AddressError as exc:
+        raise MessageError(str(exc), field=field) from None
+
+
+def _references(value: Sequence[str] | str) -> list[str]:
+    if isinstance(value, str):
+        try:
+            return parse_msg_id_list(value)
+        except AddressError as exc:
+            raise MessageError(str(exc), field="references") from None
+    return [_msg_id(item, f"references[{i}]", require_at=False) for i, item in enumerate(value)]
+
+
+def _custom_headers(request: SendRequest) -> list[tuple[str, str]]:
+    out = []
+    for name, value in request.headers.items():
+        field = f"headers.{name}"
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise MessageError("header names and values must be text", field=field)
+        try:
+            check_header_name(name, priority=request.priority)
+        except ValueError as exc:
+            raise MessageError(str(exc), field=field) from None
+        out.append((name, _header_text(value, field)))
+    return out
+
+
+# --------------------------------------------------------------------------- attachments
+
+
+def _resolve(name: str, base_dir: Path | None) -> Path:
+    path = Path(name)
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return path
+
+
+def _attachment_bytes(spec: AttachmentSpec, index: int, base_dir: Path | None) -> bytes:
+    if spec.content_base64 is not None:
+        field = f"attachments[{index}].content_base64"
+        compact = _WHITESPACE.sub("", spec.content_base64)
+        try:
+            return base64.b64decode(compact, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MessageError(f"is not valid base64: {exc}", field=field) from None
+    field = f"attachments[{index}].path"
+    if spec.path is None:
+        raise MessageError("give one of content_base64 or path", field=f"attachments[{index}]")
+    if "\x00" in spec.path:
+        raise MessageError(f"{short(spec.path)} contains a NUL character", field=field)
+    path = _resolve(spec.path, base_dir)
+    try:
+        if not path.is_file():
+            if not path.exists():
+                raise MessageError(f"file not found: {short(str(path))}", field=field)
+            # Devices and FIFOs could block or never end; directories cannot be attached.
+            raise MessageError(f"{short(str(path))} is not a regular file", field=field)
+        return path.read_bytes()
+    except OSError as exc:
+        raise MessageError(f"{short(str(path))} cannot be read: {exc.strerror}", field=field) from None
+
+
+def _filename(spec: AttachmentSpec, index: int) -> str | None:
+    name = spec.display_name
+    if name is None:
+        return None
+    field = f"attachments[{index}].filename"
+    _header_text(name, field)
+    if len(name) > MAX_FILENAME_CHARS:
+        raise MessageError(
+            f"is {len(name)} characters long; at most {MAX_FILENAME_CHARS} are allowed", field=field
+        )
+    if spec.filename is not None and ("/" in name or "\\" in name):
+        raise MessageError(f"{short(name)} must be a bare file name, without directories", field=field)
+    return name
+
+
+def _seven_bit_message(data: bytes) -> str | None:
+    """An embedded message as CRLF text if it may travel as 7bit (RFC 2046 forbids base64 there)."""
+    if not data.isascii() or b"\x00" in data:
+        return None
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if any(len(line) > _MAX_LINE_OCTETS for line in lines):
+        return None
+    return b"\r\n".join(lines).decode("ascii")
+
+
+def _attachment_part(spec: AttachmentSpec, index: int, base_dir: Path | None, *, inline: bool) -> MIMEPart:
+    name = _filename(spec, index)
+    content_id = None
+    if spec.content_id is not None:
+        content_id = _msg_id(spec.content_id, f"attachments[{index}].content_id", require_at=False)
+    content_type = spec.content_type or guess_content_type(name or spec.path)
+    try:
+        maintype, subtype, params = parse_content_type(content_type)
+    except ValueError as exc:
+        raise MessageError(str(exc), field=f"attachments[{index}].content_type") from None
+    data = _attachment_bytes(spec, index, base_dir)
+    disposition = "inline" if inline else "attachment"
+    part = _new()
+    if maintype == "message":
+        text = _seven_bit_message(data)
+        if text is not None:
+            part["Content-Type"] = f"{maintype}/{subtype}"
+            for key, value in params.items():
+                part.set_param(key, value)
+            part["Content-Transfer-Encoding"] = "7bit"
+            part["Content-Disposition"] = disposition
+            if name is not None:
+                part.set_param("filename", name, header="Content-Disposition")
+            if content_id is not None:
+                part["Content-ID"] = content_id
+            part.set_payload(text)
+            return part
+        # Not 7-bit clean: carry it as opaque bytes rather than break the message/* encoding rules.
+        maintype, subtype, params = "application", "octet-stream", {}
+    part.set_content(
+        data,
+        maintype,
+        subtype,
+        disposition=disposition,
+        filename=name,
+        cid=content_id,
+        params=params or None,
+    )
+    return part
+
+
+# --------------------------------------------------------------------------- the tree
+# Speed: composing is on the hot path of bulk sending, and the header registry of policy.default costs
+# far more than building the rest of a message. Values that need no encoding (plain ASCII, short enough)
+# are stored pre-formatted with set_raw(); anything else goes through the standard library's header
+# objects, which do the RFC 2047 / 2231 work. Rendering uses refold_source="none", so the pre-formatted
+# values are written as they are (we keep them within the line limits) and header objects fold themselves.
+
+
+def _body(content: str) -> tuple[str, str]:
+    """(payload, Content-Transfer-Encoding) for a text body, always 7-bit clean."""
+    lines = _NEWLINES.split(content)
+    if lines[-1] == "":
+        lines.pop()
+    if content.isascii() and not _NOT_7BIT.search(content) and all(len(x) <= _MAX_LINE_OCTETS for x in lines):
+        return "\n".join(lines) + "\n", "7bit"
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    high = len(data) - len(content.encode("ascii", "ignore"))
+    # Quoted-printable triples each non-ASCII byte; base64 costs a third of everything.
+    if high * 6 > len(data):
+        return base64.encodebytes(data).decode("ascii"), "base64"
+    return binascii.b2a_qp(data, istext=True).decode("ascii"), "quoted-printable"
+
+
+def _text_part(target: MIMEPart, content: str, subtype: str) -> MIMEPart:
+    payload, cte = _body(content)
+    target.set_raw("Content-Type", f'text/{subtype}; charset="utf-8"')
+    target.set_raw("Content-Transfer-Encoding", cte)
+    target.set_payload(payload)
+    return target
+
+
+def _multipart(target: MIMEPart, subtype: str, children: Iterable[MIMEPart], params: str = "") -> MIMEPart:
+    # A random boundary cannot occur in the content by chance, so the generator need not search for it.
+    boundary = f"=_{secrets.token_hex(16)}"
+    target.set_raw("Content-Type", f'multipart/{subtype};{params}\n boundary="{boundary}"')
+    for child in children:
+        target.attach(child)
+    return target
+
+
+def _new() -> MIMEPart:
+    return MIMEPart(policy=_PART_POLICY)
+
+
+def _fill_body(
+    root: EmailMessage,
+    text: str | None,
+    html: str | None,
+    inline: list[MIMEPart],
+    regular: list[MIMEPart],
+) -> None:
+    """Put the body tree into ``root`` (which already carries the envelope headers)."""
+    if html is None and inline:
+        # Nothing can reference them; send them along, still marked inline with their Content-ID.
+        regular = inline + regular
+        inline = []
+
+    def html_node(target: MIMEPart) -> MIMEPart:
+        if not inline:
+            return _text_part(target, html or "", "html")
+        return _multipart(target, "related", [_text_part(_new(), html or "", "html"), *inline],
+                          ' type="text/html";')
+
+    def body_node(target: MIMEPart) -> MIMEPart:
+        if text is not None and html is not None:
+            return _multipart(target, "alternative", [_text_part(_new(), text, "plain"), html_node(_new())])
+        if html is not None:
+            return html_node(target)
+        return _text_part(target, text or "", "plain")
+
+    root.set_raw("MIME-Version", "1.0")
+    if not regular:
+        body_node(root)
+        return
+    body = [body_node(_new())] if text is not None or html is not None else []
+    _multipart(root, "mixed", [*body, *regular])
+
+
+_PHRASE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
+_PLAIN_RE = re.compile(r"[!-~]+(?: [!-~]+)*")
+
+
+def _plain_address(parsed: ParsedAddress) -> str | None:
+    """The address formatted for a header if that needs no encoding, else None."""
+    if parsed.smtputf8:
+        return None
+    name = parsed.display_name
+    if not name:
+        return parsed.addr_spec
+    if not name.isascii() or "=?" in name:
+        return None
+    if _PHRASE_RE.fullmatch(name):
+        return f"{name} <{parsed.addr_spec}>"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{parsed.addr_spec}>'
+
+
+def _put_addresses(msg: EmailMessage, name: str, parsed: Sequence[ParsedAddress]) -> None:
+    formatted = [_plain_address(p) for p in parsed]
+    if any(f is None or len(f) > _FOLD_AT - 2 for f in formatted):
+        msg[name] = [_header_address(p) for p in parsed]
+        return
+    out: list[str] = []
+    width = len(name) + 2
+    for i, item in enumerate(formatted):
+        token = f"{item}," if i < len(formatted) - 1 else str(item)
+        if out and width + 1 + len(token) > _FOLD_AT:
+            out.append("\n ")
+            width = 1
+        elif out:
+            out.append(" ")
+            width += 1
+        out.append(token)
+        width += len(token)
+    msg.set_raw(name, "".join(out))
+
+
+def _put_text(msg: EmailMessage, name: str, value: str) -> None:
+    """An unstructured header: raw when short plain ASCII, else the header registry encodes it."""
+    if len(name) + 2 + len(value) <= _FOLD_AT and _PLAIN_RE.fullmatch(value) and "=?" not in value:
+        msg.set_raw(name, value)
+    else:
+        msg[name] = value
+
+
+def compose(
+    request: SendRequest,
+    *,
+    default_from: str | None = None,
+    base_dir: Path | None = None,
+) -> ComposedMessage:
+    """Build the message for one record; raise MessageError naming the field at fault.
+
+    ``default_from`` is the connection's sender, used when the record has no ``from``. ``base_dir``
+    anchors relative attachment and template paths (default: the current directory).
+    """
+    content = _content(request, base_dir)
+
+    sender_text = request.from_ or default_from
+    if not sender_text:
+        raise MessageError(
+            "no sender: give 'from' in the record or the activity settings, or the connection's from_address",
+            field="from",
+        )
+    sender = _address(sender_text, "from")
+    to = _addresses(request.to, "to")
+    cc = _addresses(request.cc, "cc")
+    bcc = _addresses(request.bcc, "bcc")
+    reply_to = _addresses(request.reply_to, "reply_to")
+    if not (to or cc or bcc):
+        raise MessageError("at least one recipient is required in to, cc or bcc", field="to")
+
+    subject = None if content.subject is None else _header_text(content.subject, content.subject_field)
+    custom = _custom_headers(request)
+    if request.message_id:
+        message_id = _msg_id(request.message_id, "message_id", require_at=True)
+    else:
+        message_id = make_msgid(domain=sender.ascii_domain)
+    in_reply_to = None if not request.in_reply_to else _msg_id(request.in_reply_to, "in_reply_to",
+                                                                require_at=False)
+    references = _references(request.references) if request.references else []
+
+    inline_parts: list[MIMEPart] = []
+    regular_parts: list[MIMEPart] = []
+    for index, spec in enumerate(request.attachments):
+        if spec.inline:
+            inline_parts.append(_attachment_part(spec, index, base_dir, inline=True))
+        else:
+            regular_parts.append(_attachment_part(spec, index, base_dir, inline=False))
+
+    needs_smtputf8 = any(a.smtputf8 for a in (sender, *to, *cc, *bcc, *reply_to))
+    msg = EmailMessage(policy=_SMTPUTF8_POLICY if needs_smtputf8 else _SMTP_POLICY)
+    _put_addresses(msg, "From", [sender])
+    if to:
+        _put_addresses(msg, "To", to)
+    if cc:
+        _put_addresses(msg, "Cc", cc)
+    if reply_to:
+        _put_addresses(msg, "Reply-To", reply_to)
+    if subject is not None:
+        _put_text(msg, "Subject", subject)
+    msg.set_raw("Date", format_datetime(datetime.now().astimezone()))
+    msg.set_raw("Message-ID", message_id)  # ids are never folded: a fold inside one breaks threading
+    if in_reply_to:
+        msg.set_raw("In-Reply-To", in_reply_to)
+    if references:
+        msg.set_raw("References", "\n ".join(references))
+    for name, value in _PRIORITY_HEADERS.get(request.priority or "", ()):
+        msg.set_raw(name, value)
+    for name, value in custom:
+        try:
+            _put_text(msg, name, value)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise MessageError(f"cannot be used as a header value: {exc}", field=f"headers.{name}") from None
+
+    _fill_body(msg, content.text, content.html, inline_parts, regular_parts)
+
+    recipients: list[str] = []
+    seen: set[str] = set()
+    for parsed in (*to, *cc, *bcc):
+        if parsed.addr_spec not in seen:
+            seen.add(parsed.addr_spec)
+            recipients.append(parsed.addr_spec)
+    return ComposedMessage(
+        message=msg,
+        message_id=message_id,
+        envelope_from=sender.addr_spec,
+        recipients=recipients,
+        needs_smtputf8=needs_smtputf8,
+    )
