@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,9 @@ from .errors import ConfigError
 __all__ = ["config_error_from_validation", "describe_validation_error", "loc_to_path"]
 
 Locate = Callable[[Sequence[str | int]], int | None]
+
+# A model-level check names the field it is about at the start of its message ("smtp.port: ...").
+_LEADING_PATH = re.compile(r"^([A-Za-z_]+(?:\.[A-Za-z_]+)+): ")
 
 _REWRITES = {
     "extra_forbidden": "unknown field",
@@ -48,7 +52,8 @@ def describe_validation_error(exc: ValidationError, *, prefix: str | None = None
         loc: list[str | int] = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         full: list[str | int] = [*(prefix.split(".") if prefix else []), *loc]
         path = loc_to_path(full)
-        line = locate(full) if locate else None
+        named = _LEADING_PATH.match(_message(err)) if not loc else None
+        line = locate([*full, *named.group(1).split(".")] if named else full) if locate else None
         where = f"line {line}: " if line else ""
         lines.append(f"{where}{path}: {_message(err)}" if path else f"{where}{_message(err)}")
     return lines

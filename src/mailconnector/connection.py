@@ -126,6 +126,14 @@ class ServerSettings(_Model):
             raise ValueError(f"{v!r} is not a valid host name or IP address")
         return v
 
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_not_bool(cls, v: Any) -> Any:
+        # YAML reads `port: yes` as True, which would otherwise become port 1.
+        if isinstance(v, bool):
+            raise ValueError("must be a port number, not true/false")
+        return v
+
     @field_validator("port")
     @classmethod
     def _port(cls, v: int) -> int:
@@ -244,7 +252,8 @@ class Connection(_Model):
             given = merged.get(proto)
             if isinstance(preset, str) and preset in PRESETS and (given is None or isinstance(given, Mapping)):
                 given = {**PRESETS[preset][proto], **(given or {})}
-            if isinstance(given, Mapping) and not given.get("port"):
+            # Only an absent port takes the default: an explicit 0 must reach the port check and be refused.
+            if isinstance(given, Mapping) and given.get("port") is None:
                 security = given.get("security", "ssl")
                 if security in DEFAULT_PORTS[proto]:
                     given = {**given, "port": DEFAULT_PORTS[proto][security]}

@@ -385,15 +385,29 @@ class ImapSession:
         return None
 
     # ------------------------------------------------------------------- idle
-    def idle_wait(self, timeout: float) -> bool:
-        """IDLE until the server reports a change or ``timeout`` seconds pass; True when something changed."""
+    def idle_wait(self, timeout: float, *, stop: threading.Event | None = None,
+                  renew_every: float = 25 * 60) -> bool:
+        """Wait for new mail with IDLE: True as soon as the server reports a change, False after ``timeout``
+        seconds or when ``stop`` is set. IDLE is re-issued every ``renew_every`` seconds (servers drop an
+        IDLE after 30 minutes), which also keeps the connection alive."""
+        deadline = time.monotonic() + timeout
         with self._translate("IDLE"):
-            self.client.idle()
-            try:
-                responses = self.client.idle_check(timeout=timeout)
-            finally:
-                self.client.idle_done()
-        return any(r[1] in (b"EXISTS", b"RECENT") for r in responses if isinstance(r, tuple) and len(r) > 1)
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+                self.client.idle()
+                renew_at = min(deadline, time.monotonic() + renew_every)
+                changed = False
+                try:
+                    while time.monotonic() < renew_at and not (stop is not None and stop.is_set()):
+                        responses = self.client.idle_check(timeout=min(1.0, max(0.05, renew_at - time.monotonic())))
+                        if any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")
+                               for r in responses):
+                            changed = True
+                            break
+                finally:
+                    self.client.idle_done()
+                if changed:
+                    return True
+        return False
 
     def noop(self) -> None:
         with self._translate("NOOP"):

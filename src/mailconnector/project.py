@@ -7,20 +7,130 @@ stops the commands that need it; every error names the file, the line and the fi
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from ._validation import config_error_from_validation
 from ._yaml import LocatedYaml, load_yaml
 from .connection import Connection
 from .errors import ConfigError
 from .store import Store
 
-__all__ = ["PROJECT_ENV", "PROJECT_FILE", "Project", "find_project_file"]
+__all__ = [
+    "PROJECT_ENV",
+    "PROJECT_FILE",
+    "FileActivity",
+    "OperationConfig",
+    "Project",
+    "ReadActivity",
+    "SendActivity",
+    "Transformation",
+    "find_project_file",
+    "project_schema",
+]
 
 PROJECT_FILE = "mailconnector.yaml"
 PROJECT_ENV = "MAILCONNECTOR_PROJECT"
 _TOP_LEVEL = {"connections", "activities", "operations", "settings"}
+
+
+class FileActivity(BaseModel):
+    """A file endpoint: JSON / JSON Lines / CSV records, a directory of .eml files, or stdin/stdout (``-``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["file"]
+    path: str = Field(description="a file, a directory (format eml), or - for stdin/stdout")
+    format: Literal["json", "jsonl", "csv", "eml"] | None = Field(
+        None, description="default: from the file name (a directory means eml)")
+    append: bool = Field(False, description="as a target: append instead of replacing the file")
+
+
+class SendActivity(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the remaining keys are record defaults (to, subject, ...)
+
+    type: Literal["send-email"]
+    connection: str
+
+
+class ReadActivity(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the remaining keys are ReadSettings
+
+    type: Literal["read-email"]
+    connection: str
+
+
+ActivityConfig = Annotated[FileActivity | SendActivity | ReadActivity, Field(discriminator="type")]
+
+
+class Transformation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callable: str | None = Field(None, description="module:function; record in, record / list / None out")
+    mapping: dict[str, str] | None = Field(None, description="output field -> Jinja expression over `record`")
+    keep: bool = Field(False, description="with mapping: start from the source record, not an empty one")
+
+    @model_validator(mode="after")
+    def _one(self) -> Transformation:
+        if (self.callable is None) == (self.mapping is None):
+            raise ValueError("give exactly one of callable or mapping")
+        if self.callable is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.callable):
+            raise ValueError(f"{self.callable!r} is not module:function")
+        return self
+
+
+class OperationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str
+    target: str
+    transformation: Transformation | None = None
+    on_error: Literal["continue", "stop"] = Field("continue", description="per-record error policy")
+    on_success: list[str] = Field(default_factory=list, description="operations to run after a clean run")
+    on_failure: list[str] = Field(default_factory=list, description="operations to run after a failed run")
+    interval: float = Field(60.0, gt=0, description="watch mode: seconds between polls without IDLE")
+
+    @field_validator("on_success", "on_failure", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("transformation", mode="before")
+    @classmethod
+    def _short(cls, v: Any) -> Any:
+        return {"callable": v} if isinstance(v, str) else v
+
+
+_ACTIVITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(ActivityConfig)
+SOURCE_TYPES = ("read-email", "file")
+TARGET_TYPES = ("send-email", "file")
+
+
+class ProjectSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: str | None = Field(None, description="the SQLite store (default .mailconnector/state.db)")
+    log_retention_days: float | None = Field(90, gt=0, description="operation logs older than this are removed")
+    log_retention_runs: int | None = Field(10000, gt=0, description="at most this many runs are kept")
+
+
+class _ProjectFile(BaseModel):
+    """The whole file, for the published JSON Schema (entries are validated one by one when used)."""
+
+    model_config = ConfigDict(extra="forbid", title="mailconnector project file")
+
+    connections: dict[str, Connection] = Field(default_factory=dict)
+    activities: dict[str, ActivityConfig] = Field(default_factory=dict)
+    operations: dict[str, OperationConfig] = Field(default_factory=dict)
+    settings: ProjectSettings = Field(default_factory=ProjectSettings)
+
+
+def project_schema() -> dict[str, Any]:
+    return _ProjectFile.model_json_schema(by_alias=True)
 
 
 def find_project_file(explicit: Path | None = None) -> Path:
@@ -74,8 +184,12 @@ class Project:
         return list(self._section("connections"))
 
     @property
-    def settings(self) -> dict[str, Any]:
-        return self._section("settings")
+    def settings(self) -> ProjectSettings:
+        try:
+            return ProjectSettings.model_validate(self._section("settings"))
+        except ValidationError as exc:
+            raise config_error_from_validation(exc, source=self.source, prefix="settings",
+                                               locate=self.doc.line_of) from None
 
     def connection(self, name: str) -> Connection:
         if name in self._connections:
@@ -83,7 +197,9 @@ class Project:
         entries = self._section("connections")
         if name not in entries:
             known = ", ".join(entries) or "none"
-            raise ConfigError(f"no connection named {name!r} (defined: {known})", source=self.source,
+            line = self.doc.line_of(["connections"])
+            where = f"line {line}: " if line else ""
+            raise ConfigError(f"{where}no connection named {name!r} (defined: {known})", source=self.source,
                               hint="add it under connections:, or run `mailconnector sandbox` for a local one")
         entry = entries[name]
         if not isinstance(entry, dict):
@@ -96,9 +212,65 @@ class Project:
 
     def store(self) -> Store:
         if self._store is None:
-            configured = self.settings.get("state")
+            configured = self.settings.state
             path = Path(configured) if configured else self.directory / ".mailconnector" / "state.db"
             if not path.is_absolute():
                 path = self.directory / path
             self._store = Store(path)
         return self._store
+
+    def activity(self, name: str) -> FileActivity | SendActivity | ReadActivity:
+        entries = self._section("activities")
+        if name not in entries:
+            raise ConfigError(f"no activity named {name!r} (defined: {', '.join(entries) or 'none'})",
+                              source=self.source)
+        entry = entries[name]
+        try:
+            act = _ACTIVITY_ADAPTER.validate_python(entry)
+        except ValidationError as exc:
+            raise config_error_from_validation(exc, source=self.source, prefix=f"activities.{name}",
+                                               locate=self.doc.line_of) from None
+        if isinstance(act, SendActivity | ReadActivity) and act.connection not in self.connection_names:
+            line = self.doc.line_of(["activities", name, "connection"])
+            raise ConfigError(f"line {line}: activities.{name}.connection: no connection named {act.connection!r} "
+                              f"(defined: {', '.join(self.connection_names) or 'none'})", source=self.source)
+        return act
+
+
+    def operation(self, name: str) -> OperationConfig:
+        entries = self._section("operations")
+        if name not in entries:
+            raise ConfigError(f"no operation named {name!r} (defined: {', '.join(entries) or 'none'})",
+                              source=self.source)
+        try:
+            op = OperationConfig.model_validate(entries[name])
+        except ValidationError as exc:
+            raise config_error_from_validation(exc, source=self.source, prefix=f"operations.{name}",
+                                               locate=self.doc.line_of) from None
+        for role, allowed in (("source", SOURCE_TYPES), ("target", TARGET_TYPES)):
+            act_name = getattr(op, role)
+            line = self.doc.line_of(["operations", name, role])
+            if act_name not in self._section("activities"):
+                raise ConfigError(f"line {line}: operations.{name}.{role}: no activity named {act_name!r}",
+                                  source=self.source)
+            act = self.activity(act_name)
+            if act.type not in allowed:
+                kind = "a target-only" if role == "source" else "a source-only"
+                raise ConfigError(
+                    f"line {line}: operations.{name}.{role}: {act_name!r} is {kind} activity ({act.type}); "
+                    f"a {role} must be one of: {', '.join(allowed)}", source=self.source)
+        for chained in (*op.on_success, *op.on_failure):
+            if chained not in self._section("operations"):
+                raise ConfigError(f"line {self.doc.line_of(['operations', name])}: operations.{name}: "
+                                  f"chains to unknown operation {chained!r}", source=self.source)
+        return op
+
+
+    def validate_all(self) -> None:
+        """Validate every entry (for `mailconnector init` checks and CI of projects)."""
+        for name in self.connection_names:
+            self.connection(name)
+        for name in self._section("activities"):
+            self.activity(name)
+        for name in self._section("operations"):
+            self.operation(name)

@@ -166,23 +166,6 @@ def test_wrong_password_imap(sandbox: Sandbox) -> None:
     assert ei.value.hint
 
 
-def test_wrong_password_in_the_test_fails_at_authentication(sandbox: Sandbox) -> None:
-    report = build(sandbox, password="not-the-password-42").test()
-    assert not report.ok
-    assert report.exit_code == 4
-    for server, later in (("smtp", "sender accepted"), ("imap", "folder can be selected")):
-        steps = steps_of(report, server)
-        auth = steps["authentication"]
-        assert auth.status == "failed", auth
-        assert auth.error_type == "AuthenticationError"
-        assert auth.hint
-        assert steps[later].status == "skipped"
-        assert steps["greeting"].status == "passed"
-    first = report.first_failure()
-    assert first is not None and first.server == "smtp" and first.name == "authentication"
-    assert "not-the-password-42" not in repr(report.to_dict())
-
-
 # ------------------------------------------------------------------------------------------ wrong port
 @pytest.mark.parametrize("proto", ["smtp", "imap"])
 def test_tls_spoken_to_a_plain_port(sandbox: Sandbox, proto: str) -> None:
@@ -207,11 +190,10 @@ def test_tls_spoken_to_a_plain_port(sandbox: Sandbox, proto: str) -> None:
     assert report.exit_code == 5
 
 
-@pytest.mark.parametrize(("proto", "security"), [("smtp", "none"), ("smtp", "starttls"), ("imap", "none"),
-                                                 ("imap", "starttls")])
+@pytest.mark.parametrize(("proto", "security"), [("smtp", "none"), ("imap", "none")])
 def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str) -> None:
     """The server waits for a TLS ClientHello, the client for a greeting: a timeout with the right hint."""
-    timeouts = {"connect": 2, "command": 1}
+    timeouts = {"connect": 1, "command": 1}
     if proto == "smtp":
         conn = smtp_conn(sandbox, "smtps", security, timeouts=timeouts)
         session: Any = SmtpSession(conn)
@@ -222,16 +204,34 @@ def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str)
     with pytest.raises(TransportError) as ei:
         session.connect()
     elapsed = time.monotonic() - t0
-    assert elapsed < timeouts["command"] + 1.5, elapsed
+    assert elapsed < 2.5, elapsed
     assert ei.value.exit_code == 5
     assert "implicit TLS" in (ei.value.hint or ""), ei.value.to_dict()
     assert "security: ssl" in (ei.value.hint or "")
+    assert "greeting" in ei.value.message
+    # The library's exception is chained, never raised as it is.
+    assert ei.value.__cause__ is not None
+    assert not isinstance(ei.value, smtplib.SMTPException)
 
+
+@pytest.mark.parametrize("proto", ["smtp", "imap"])
+def test_plain_spoken_to_a_tls_port_in_the_test(sandbox: Sandbox, proto: str) -> None:
+    timeouts = {"connect": 1, "command": 1}
+    if proto == "smtp":
+        conn = smtp_conn(sandbox, "smtps", "starttls", timeouts=timeouts)
+    else:
+        conn = imap_conn(sandbox, "imaps", "starttls", timeouts=timeouts)
+    t0 = time.monotonic()
     report = run_test(conn)
+    assert time.monotonic() - t0 < 2.5
     step = report.first_failure()
     assert step is not None and step.name == "greeting", [s.to_dict() for s in report.steps]
+    assert step.error_type in ("TransportError", "ProtocolTimeoutError")
     assert "implicit TLS" in (step.hint or "")
-    assert {s.name: s.status for s in report.steps}["TCP connect"] == "passed"
+    assert report.exit_code == 5
+    statuses = {s.name: s.status for s in report.steps}
+    assert statuses["TCP connect"] == "passed"
+    assert statuses["authentication"] == "skipped"
 
 
 # ------------------------------------------------------------------------------------------ certificates
@@ -446,7 +446,7 @@ def black_hole() -> Iterator[int]:
 @pytest.mark.parametrize("proto", ["smtp", "imap"])
 def test_connect_timeout_bounds_a_connect_that_hangs(sandbox: Sandbox, proto: str, black_hole: int) -> None:
     """The connect timeout, not the (longer) command timeout, bounds the wait; the error says so."""
-    timeouts = {"connect": 1, "command": 30}
+    timeouts = {"connect": 0.5, "command": 30}
     server = {"port": black_hole, "security": "none"}
     if proto == "smtp":
         conn = build(sandbox, smtp=server, activities="send", timeouts=timeouts)
@@ -458,22 +458,15 @@ def test_connect_timeout_bounds_a_connect_that_hangs(sandbox: Sandbox, proto: st
     with pytest.raises(ProtocolTimeoutError) as ei:
         session.connect()
     elapsed = time.monotonic() - t0
-    assert 0.9 < elapsed < timeouts["connect"] + 1, elapsed
+    assert 0.4 < elapsed < timeouts["connect"] + 1, elapsed
     assert isinstance(ei.value, TimeoutError)
-    assert "no connection within 1 s" in ei.value.message
+    assert "no connection within 0.5 s" in ei.value.message
     assert ei.value.exit_code == 5
+    assert ei.value.retryable
 
-    t0 = time.monotonic()
-    failed = run_test(conn).first_failure()
-    assert time.monotonic() - t0 < timeouts["connect"] + 1
-    assert failed is not None and failed.name == "TCP connect"
-    assert failed.error_type == "ProtocolTimeoutError"
-
-
-def test_smtplib_exceptions_never_escape(sandbox: Sandbox) -> None:
-    """Whatever fails, the caller sees our hierarchy with the library error chained as the cause."""
-    conn = smtp_conn(sandbox, "smtps", "none", timeouts={"connect": 1, "command": 1})
-    with pytest.raises(TransportError) as ei:
-        SmtpSession(conn).connect()
-    assert not isinstance(ei.value, smtplib.SMTPException)
-    assert ei.value.__cause__ is not None
+    if proto == "smtp":  # the Test's TCP probe is the same for both protocols
+        t0 = time.monotonic()
+        failed = run_test(conn).first_failure()
+        assert time.monotonic() - t0 < timeouts["connect"] + 1
+        assert failed is not None and failed.name == "TCP connect"
+        assert failed.error_type == "ProtocolTimeoutError"

@@ -22,11 +22,12 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import connection_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers the commands)
+from . import connection_cmds, project_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers commands)
 
 connection_cmds.register(app)
 send_cmd.register(app)
 read_cmd.register(app)
+project_cmds.register(app)
 sandbox_cmd.register(app)
 
 

@@ -51,8 +51,10 @@ def send_cmd(
     verbose_protocol: VerboseOpt = False,
     log_format: LogFormatOpt = "text",
 ) -> None:
-    """Send email: each input record is one message (fields: from, to, cc, bcc, reply_to, subject, text,
-    html, attachments, headers, in_reply_to, references, priority, message_id, template, data).
+    """Send email: each input record becomes one message.
+
+    Record fields: from, to, cc, bcc, reply_to, subject, text, html, attachments, headers, in_reply_to,
+    references, priority, message_id, template, data (see `mailconnector schema send-request`).
 
     A bad record fails alone (its error names the record and the field); the others are sent. A rerun of
     the same input sends nothing twice (the send ledger). Exit 1 when some records failed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from mailconnector.mime._parse_decode import Defects
 
@@ -34,8 +34,9 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)("?)', re.S)
 _UNESCAPE = re.compile(r"\\(.)", re.S)
 _ATOM = re.compile(r'[^\s"(),:;<>\[]+')
 _LITERAL = re.compile(r"\[[^\]]*\]?")
+# Fast paths for the usual single mailbox; no nested quantifiers, so no backtracking blow-up.
 _SIMPLE_NAMED = re.compile(
-    r'\s*(?:"((?:[^"\\]|\\.)*)"|([^"<>,;:()\\@\[\]]*?))\s*<([^<>\s,;:"()\\@]+@[^<>\s,;:"()\\@]+)>\s*'
+    r'\s*(?:"((?:[^"\\]|\\.)*)"\s*|([^"<>,;:()\\@\[\]]*))<([^<>\s,;:"()\\@]+@[^<>\s,;:"()\\@]+)>\s*'
 )
 _SIMPLE_BARE = re.compile(r'\s*([^\s<>,;:"()\\@]+@[^\s<>,;:"()\\@]+)\s*')
 
@@ -274,8 +275,8 @@ def _zone_minutes(zone: str | None, shown: str, defects: Defects) -> int:
         return _RFC_ZONES[upper]
     if upper in _OTHER_ZONES:
         offset = _OTHER_ZONES[upper]
-        sign = "-" if offset < 0 else "+"
-        defects.add(f"date uses the time zone name {zone!r}; read as {sign}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}")
+        shown_offset = f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+        defects.add(f"date uses the time zone name {zone!r}; read as {shown_offset}")
         return offset
     defects.add(f"date {shown!r} has an unknown time zone {zone!r}; read as UTC")
     return 0
@@ -327,7 +328,7 @@ def parse_date(value: str, defects: Defects) -> str | None:
     defects.add(f"date {shown!r} is ISO 8601, not RFC 5322; read anyway")
     if moment.tzinfo is None:
         defects.add(f"date {shown!r} has no time zone; read as UTC")
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.isoformat()
 
 

@@ -1,0 +1,576 @@
+"""Raw message bytes -> :class:`ReadRecord`: the hot path of Read Email.
+
+Why a scanner of our own rather than the standard library's parser: ``policy.default`` costs three
+times what imap-tools does and the legacy parser still splits every line in Python. Here the structure
+is found with ``bytes.find`` on the message buffer (boundaries, blank lines), parts are never copied
+until they are decoded, transfer decoding is done by ``binascii`` in C, and only the top-level headers
+and the few part headers that matter are decoded. ``bench/bench_parse.py`` measures the result.
+
+The promise is total: any input gives a record, and whatever had to be repaired is listed in
+``defects``. The one exception is writing attachments to a directory, where an I/O error (disk full,
+permissions) raises :class:`MessageError` -- the record would otherwise claim content that is not
+there, and the message must stay unread until it can be delivered whole.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from mailconnector.errors import MessageError
+from mailconnector.mime._parse_decode import (
+    CHUNK,
+    Defects,
+    decode_8bit,
+    decode_all,
+    decode_text,
+    decode_words,
+    estimate_decoded_size,
+    line_chunks,
+    make_decoder,
+    parse_params,
+)
+from mailconnector.mime._parse_fields import parse_address_list, parse_date, parse_msg_id, parse_msg_ids
+from mailconnector.mime._safe_names import safe_filename, unique_path
+from mailconnector.records.read import Address, AttachmentInfo, ParseOptions, ReadRecord
+
+__all__ = ["parse_message"]
+
+_log = logging.getLogger("mailconnector.mime")
+
+_DEFAULT_OPTIONS = ParseOptions()
+_HEADER_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
+_CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_:.+-]{1,40})""", re.I)
+_GUESS_BOUNDARY = re.compile(rb"^--([\x21-\x7e]{1,200}?)[ \t]*\r?$", re.M)
+_KNOWN_CTE = frozenset(["7bit", "8bit", "binary", "base64", "quoted-printable"])
+_IDENTITY_CTE = {"7-bit": "7bit", "8-bit": "8bit", "8bits": "8bit", "7bits": "7bit", "": "7bit"}
+_ADDRESS_HEADERS = ("from", "sender", "to", "cc", "bcc", "reply-to")
+_LIST_HEADERS = ("to", "cc", "bcc", "reply-to")
+_SINGLE_HEADERS = ("from", "sender", "subject", "date", "message-id", "in-reply-to", "references")
+_MESSAGE_TYPES = ("message/rfc822", "message/global")
+
+
+def parse_message(raw: bytes, options: ParseOptions | None = None) -> ReadRecord:
+    """Parse one message. Never raises on bad input; repairs are listed in ``record.defects``.
+
+    Raises :class:`MessageError` only when ``options.attachments == "directory"`` and an attachment
+    cannot be written (the cause is chained).
+    """
+    opts = options if options is not None else _DEFAULT_OPTIONS
+    try:
+        return _Parser(raw, opts).parse()
+    except MessageError:
+        raise
+    except Exception as exc:  # the promise is a record for every input: a bug must not lose the message
+        _log.warning("parser failed on a %d-byte message; returning a minimal record", _size(raw), exc_info=True)
+        return ReadRecord(
+            size=_size(raw),
+            defects=[f"the parser failed ({type(exc).__name__}); only the size and raw message are given"],
+            raw_base64=_b64(bytes(raw)) if opts.include_raw and isinstance(raw, bytes | bytearray) else None,
+        )
+
+
+def _size(raw: object) -> int:
+    return len(raw) if isinstance(raw, bytes | bytearray | memoryview | str) else 0
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+@dataclass(slots=True)
+class _Entity:
+    """One MIME entity: where its headers and body are in the buffer, and where it sits in the tree."""
+
+    start: int
+    body_start: int
+    end: int
+    headers: list[tuple[str, bytes]]
+    path: str  # IMAP-style part number ("2.1"); "" for the top-level message
+    depth: int
+    parent: str  # content type of the enclosing multipart; "" at the top
+
+    @property
+    def what(self) -> str:
+        return f"part {self.path}" if self.path else "body"
+
+    def first(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+def parse_header_block(buf: bytes, start: int, end: int, defects: Defects | None,
+                       what: str) -> tuple[list[tuple[str, bytes]], int]:
+    """Headers of the entity at ``buf[start:end]`` as (lower-case name, unfolded value) and the body start.
+
+    A line that is neither a header nor a continuation ends the headers (the blank line is missing).
+    """
+    if start >= end:
+        return [], end
+    if buf.startswith(b"\n", start, end):
+        return [], start + 1
+    if buf.startswith(b"\r\n", start, end):
+        return [], start + 2
+    lf = buf.find(b"\n\n", start, end)
+    crlf = buf.find(b"\n\r\n", start, end)
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        block_end, body_start = lf + 1, lf + 2
+    elif crlf >= 0:
+        block_end, body_start = crlf + 1, crlf + 3
+    else:
+        block_end = body_start = end
+    headers: list[tuple[str, bytes]] = []
+    name: str | None = None
+    value: list[bytes] = []
+    pos = start
+    for index, line in enumerate(buf[start:block_end].split(b"\n")):
+        line_start = pos
+        pos += len(line) + 1
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        first = line[0]
+        if first == 32 or first == 9:
+            if name is not None:
+                # Unfold (RFC 5322, 2.2.3); a folding tab reads as a space.
+                value.append(b" " + line[1:] if first == 9 else line)
+            elif defects is not None:
+                defects.add(f"{what}: indented first header line ignored")
+            continue
+        colon = line.find(b":")
+        if colon > 0 and _HEADER_NAME.fullmatch(line, 0, colon):
+            if name is not None:
+                headers.append((name, b"".join(value).strip()))
+            name = line[:colon].rstrip(b" \t").decode("ascii").lower()
+            value = [line[colon + 1 :]]
+            continue
+        if index == 0 and line.startswith(b"From "):
+            continue  # an mbox separator line, not part of the message
+        if defects is not None:
+            defects.add(f"{what}: headers end without a blank line; the rest is read as the body")
+        body_start = line_start
+        break
+    if name is not None:
+        headers.append((name, b"".join(value).strip()))
+    return headers, body_start
+
+
+def _split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """Body parts of a multipart body as (start, end) offsets, and whether the closing delimiter was seen.
+
+    A delimiter is ``--boundary`` at the start of a line, optionally followed by ``--`` (closing),
+    white space and the line end. The line end before it belongs to the delimiter (RFC 2046, 5.1.1).
+    """
+    delimiter = b"--" + boundary
+    size = len(delimiter)
+    parts: list[tuple[int, int]] = []
+    part_start = -1
+    pos = start
+    while True:
+        found = buf.find(delimiter, pos, end)
+        if found < 0:
+            break
+        if found > start and buf[found - 1] != 10:
+            pos = found + 1
+            continue
+        cursor = found + size
+        closing = buf.startswith(b"--", cursor, end)
+        if closing:
+            cursor += 2
+        while cursor < end and buf[cursor] in (32, 9):
+            cursor += 1
+        if cursor < end and buf[cursor] == 13:
+            cursor += 1
+        if cursor < end:
+            if buf[cursor] != 10:
+                pos = found + 1  # "--boundary" was only the start of a longer line
+                continue
+            cursor += 1
+        if part_start >= 0:
+            part_end = found - 1 if found > start else found
+            if part_end > part_start and buf[part_end - 1] == 13:
+                part_end -= 1
+            parts.append((part_start, max(part_end, part_start)))
+        if closing:
+            return parts, True
+        part_start = pos = cursor
+    if part_start >= 0:
+        parts.append((part_start, end))
+    return parts, False
+
+
+class _Parser:
+    """One message, parsed once. Holds the buffer and collects bodies, attachments and defects."""
+
+    def __init__(self, raw: bytes, options: ParseOptions) -> None:
+        self.defects = Defects()
+        if not isinstance(raw, bytes):
+            if isinstance(raw, str):
+                self.defects.add("message given as text, not bytes; encoded as utf-8")
+                raw = raw.encode("utf-8", "surrogateescape")
+            else:
+                raw = bytes(raw)
+        self.raw = raw
+        self.buf = raw
+        if b"\n" not in raw and b"\r" in raw:
+            self.buf = raw.replace(b"\r", b"\n")
+            self.defects.add("line ends are bare CR; read as line feeds")
+        self.options = options
+        self.limit = options.max_attachment_bytes
+        self.text: str | None = None
+        self.html: str | None = None
+        self.attachments: list[AttachmentInfo] = []
+
+    # ----------------------------------------------------------------------------------------- record
+
+    def parse(self) -> ReadRecord:
+        buf = self.buf
+        if not buf:
+            self.defects.add("the message is empty")
+        headers, body_start = parse_header_block(buf, 0, len(buf), self.defects, "message headers")
+        if buf and not headers:
+            self.defects.add("the message has no headers")
+        record = self._top_fields(headers)
+        self._walk(_Entity(0, body_start, len(buf), headers, "", 0, ""))
+        record.text = self.text
+        record.html = self.html
+        record.attachments = self.attachments
+        record.size = len(self.raw)
+        record.defects = self.defects.result()
+        if self.options.include_raw:
+            record.raw_base64 = _b64(self.raw)
+        return record
+
+    def _decode_header(self, name: str, raw: bytes) -> tuple[str, str]:
+        """(text before RFC 2047 decoding, decoded text) of one header; lenient fallback with a defect."""
+        what = f"header {name!r}"
+        try:
+            text = decode_8bit(raw, what, self.defects)
+            if "\x00" in text:
+                text = text.replace("\x00", "")
+                self.defects.add(f"{what}: NUL characters removed")
+            return text, decode_words(text, what, self.defects)
+        except Exception:  # a bug in a decoder must cost one header's polish, not the message
+            _log.debug("header decoding failed", exc_info=True)
+            self.defects.add(f"{what}: could not be decoded; kept as raw text")
+            text = raw.decode("latin-1").replace("\x00", "")
+            return text, text
+
+    def _top_fields(self, headers: list[tuple[str, bytes]]) -> ReadRecord:
+        decoded: dict[str, list[str]] = {}
+        undecoded: dict[str, list[str]] = {}
+        for name, raw in headers:
+            text, value = self._decode_header(name, raw)
+            decoded.setdefault(name, []).append(value)
+            if name in _ADDRESS_HEADERS:
+                undecoded.setdefault(name, []).append(text)
+        for name in _SINGLE_HEADERS:
+            count = len(decoded.get(name, ()))
+            if count > 1:
+                self.defects.add(f"header {name!r} appears {count} times; the first is used")
+        for name in _LIST_HEADERS:
+            count = len(decoded.get(name, ()))
+            if count > 1:
+                self.defects.add(f"header {name!r} appears {count} times; all are used")
+
+        def addresses(name: str, only_first: bool) -> list[Address]:
+            what = f"header {name!r}"
+            values = undecoded.get(name, [])
+            found: list[Address] = []
+            for value in values[:1] if only_first else values:
+                pairs = parse_address_list(value, what, self.defects,
+                                           lambda text: decode_words(text, what, self.defects))
+                found.extend(Address(name=n, address=a) for n, a in pairs)
+            if values and not found and only_first:
+                self.defects.add(f"{what} holds no address")
+            return found
+
+        def first(name: str) -> str | None:
+            values = decoded.get(name)
+            return values[0] if values else None
+
+        if "from" not in decoded:
+            self.defects.add("no 'from' header")
+        authors = addresses("from", True)
+        senders = addresses("sender", True)
+        date_text = first("date")
+        if date_text is None:
+            self.defects.add("no 'date' header")
+            date = None
+        else:
+            date = parse_date(date_text, self.defects)
+        message_id = first("message-id")
+        in_reply_to = first("in-reply-to")
+        references = first("references")
+        return ReadRecord(
+            message_id=parse_msg_id(message_id, "header 'message-id'", self.defects) if message_id else None,
+            from_=authors[0] if authors else None,
+            sender=senders[0] if senders else None,
+            to=addresses("to", False),
+            cc=addresses("cc", False),
+            bcc=addresses("bcc", False),
+            reply_to=addresses("reply-to", False),
+            subject=(first("subject") or "").strip(),
+            date=date,
+            in_reply_to=(
+                parse_msg_id(in_reply_to, "header 'in-reply-to'", self.defects) if in_reply_to else None
+            ),
+            references=parse_msg_ids(references, "header 'references'", self.defects) if references else [],
+            headers=decoded,
+        )
+
+    # ----------------------------------------------------------------------------------------- structure
+
+    def _walk(self, top: _Entity) -> None:
+        """Depth-first, in document order, with an explicit stack: nesting depth costs no recursion."""
+        stack = [top]
+        while stack:
+            entity = stack.pop()
+            ctype, params = self._content_type(entity)
+            if ctype.startswith("multipart/"):
+                children = self._children(entity, ctype, params)
+                if children is not None:
+                    stack.extend(reversed(children))
+                    continue
+                ctype, params = "text/plain", {"charset": params.get("charset", "")}
+            self._leaf(entity, ctype, params)
+
+    def _content_type(self, entity: _Entity) -> tuple[str, dict[str, str]]:
+        raw = entity.first("content-type")
+        default = "message/rfc822" if entity.parent == "multipart/digest" else "text/plain"
+        if raw is None:
+            return default, {}
+        what = f"{entity.what} content type"
+        ctype, params = parse_params(decode_8bit(raw, what, self.defects), what, self.defects)
+        if not _CONTENT_TYPE.fullmatch(ctype):
+            self.defects.add(f"{entity.what}: invalid content type {ctype[:60]!r}; read as {default}")
+            return default, params
+        return ctype, params
+
+    def _children(self, entity: _Entity, ctype: str, params: dict[str, str]) -> list[_Entity] | None:
+        """The parts of a multipart; None when it has none and its body should be read as text."""
+        buf = self.buf
+        if entity.depth >= self.options.max_depth:
+            self.defects.add(
+                f"multipart nesting deeper than {self.options.max_depth} levels; the rest kept as one attachment"
+            )
+            self._attachment(entity, ctype, {}, "attachment", None, "binary", whole=True)
+            return []
+        boundary = params.get("boundary", "").encode("utf-8", "replace")
+        parts: list[tuple[int, int]] = []
+        closed = False
+        if boundary:
+            parts, closed = _split_multipart(buf, entity.body_start, entity.end, boundary)
+        if not parts:
+            guessed = self._guess_boundary(entity)
+            if guessed is not None and guessed != boundary:
+                parts, closed = _split_multipart(buf, entity.body_start, entity.end, guessed)
+                if parts:
+                    reason = "boundary never found" if boundary else "no boundary parameter"
+                    self.defects.add(f"{entity.what}: {ctype} has {reason}; used the boundary found in the body")
+        if not parts:
+            reason = "boundary never found" if boundary else "no boundary parameter"
+            self.defects.add(f"{entity.what}: {ctype} has {reason}; its body is read as text")
+            return None
+        if not closed:
+            self.defects.add(f"{entity.what}: {ctype} has no closing boundary (message cut short?)")
+        children = []
+        for number, (start, end) in enumerate(parts, 1):
+            path = f"{entity.path}.{number}" if entity.path else str(number)
+            headers, body_start = parse_header_block(buf, start, end, self.defects, f"part {path}")
+            children.append(_Entity(start, body_start, end, headers, path, entity.depth + 1, ctype))
+        return children
+
+    def _guess_boundary(self, entity: _Entity) -> bytes | None:
+        match = _GUESS_BOUNDARY.search(self.buf, entity.body_start, entity.end)
+        if match is None:
+            return None
+        found = match.group(1)
+        if found.endswith(b"--") and len(found) > 2:
+            # The first delimiter line seen was a closing one.
+            found = found[:-2]
+        return found
+
+    def _cte(self, entity: _Entity) -> str:
+        raw = entity.first("content-transfer-encoding")
+        if raw is None:
+            return "7bit"
+        value = raw.decode("latin-1").strip().lower()
+        value = value.split()[0].strip("\"'") if value.split() else ""
+        if value in _KNOWN_CTE:
+            return value
+        if value in _IDENTITY_CTE:
+            return _IDENTITY_CTE[value]
+        self.defects.add(f"{entity.what}: unknown transfer encoding {value[:40]!r}; content kept as it is")
+        return "binary"
+
+    def _leaf(self, entity: _Entity, ctype: str, params: dict[str, str]) -> None:
+        disposition = ""
+        disposition_params: dict[str, str] = {}
+        raw = entity.first("content-disposition")
+        if raw is not None:
+            what = f"{entity.what} content disposition"
+            disposition, disposition_params = parse_params(decode_8bit(raw, what, self.defects), what,
+                                                           self.defects)
+        filename = (disposition_params.get("filename") or params.get("name") or "").strip() or None
+        cte = self._cte(entity)
+        # RFC 2183: an unknown disposition type is treated as an attachment.
+        marked = disposition not in ("", "inline") or filename is not None
+        if not marked and ctype == "text/plain" and self.text is None:
+            self.text = self._body(entity, params, cte, ctype)
+            return
+        if not marked and ctype == "text/html" and self.html is None:
+            self.html = self._body(entity, params, cte, ctype)
+            return
+        self._attachment(entity, ctype, params, disposition, filename, cte)
+
+    def _body(self, entity: _Entity, params: dict[str, str], cte: str, ctype: str) -> str:
+        what = f"{entity.what} ({ctype})"
+        data = decode_all(self.buf, entity.body_start, entity.end, cte, False, what, self.defects)
+        charset = params.get("charset")
+        if not charset and ctype == "text/html" and not data.isascii():
+            meta = _META_CHARSET.search(data, 0, 4096)
+            if meta is not None:
+                charset = meta.group(1).decode("ascii")
+        text = decode_text(data, charset, what, self.defects)
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        if "\x00" in text:
+            text = text.replace("\x00", "")
+            self.defects.add(f"{what}: NUL characters removed")
+        return text
+
+    # ----------------------------------------------------------------------------------------- attachments
+
+    def _content_id(self, entity: _Entity) -> str | None:
+        raw = entity.first("content-id")
+        if raw is None:
+            return None
+        text = decode_8bit(raw, f"{entity.what} content id", self.defects).strip()
+        if text.startswith("<"):
+            text = text[1:]
+        if text.endswith(">"):
+            text = text[:-1]
+        return text.strip() or None
+
+    def _nested_subject(self, entity: _Entity, cte: str) -> str:
+        """The subject of an attached message, to name it; read from its first 64 KB at most."""
+        scratch = Defects()
+        start, end = entity.body_start, entity.end
+        if cte in ("base64", "quoted-printable"):
+            stop = min(end, start + 65536)
+            newline = self.buf.rfind(b"\n", start, stop)
+            stop = end if stop == end or newline < 0 else newline + 1
+            data = make_decoder(cte, False).feed(self.buf, start, stop)
+            headers, _ = parse_header_block(data, 0, len(data), None, "")
+        else:
+            headers, _ = parse_header_block(self.buf, start, end, None, "")
+        for name, raw in headers:
+            if name == "subject":
+                return decode_words(decode_8bit(raw, "", scratch), "", scratch).strip()
+        return ""
+
+    def _attachment(self, entity: _Entity, ctype: str, params: dict[str, str], disposition: str,
+                    filename: str | None, cte: str, *, whole: bool = False) -> None:
+        buf = self.buf
+        start = entity.start if whole else entity.body_start
+        end = entity.end
+        what = f"{entity.what} ({ctype})"
+        content_id = self._content_id(entity)
+        name = filename or ""
+        if filename is None and ctype in _MESSAGE_TYPES:
+            subject = self._nested_subject(entity, cte)
+            name = subject + ".eml" if subject else ""
+        inline = disposition != "attachment" and (
+            (disposition == "inline" and content_id is not None) or entity.parent == "multipart/related"
+        )
+        info = AttachmentInfo(
+            filename=safe_filename(name, ctype),
+            content_type=ctype,
+            size=estimate_decoded_size(buf, start, end, cte),
+            content_id=content_id,
+            inline=inline,
+            original_filename=filename,
+        )
+        canonical = ctype.startswith(("text/", "message/"))
+        mode = self.options.attachments
+        if self.limit is not None and info.size > self.limit:
+            info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+        elif mode == "inline":
+            data = decode_all(buf, start, end, cte, canonical, what, self.defects)
+            info.size = len(data)
+            if self.limit is not None and info.size > self.limit:
+                info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+            else:
+                info.content_base64 = _b64(data)
+        elif mode == "none":
+            info.size = sum(len(piece) for piece in self._chunks(start, end, cte, canonical, what))
+        else:
+            self._write(info, start, end, cte, canonical, what)
+        self.attachments.append(info)
+
+    def _chunks(self, start: int, end: int, cte: str, canonical: bool, what: str) -> Iterator[bytes]:
+        """The decoded content in pieces of about a megabyte, so no part is ever whole in memory."""
+        decoder = make_decoder(cte, canonical)
+        for chunk_start, chunk_end in line_chunks(self.buf, start, end, CHUNK):
+            yield decoder.feed(self.buf, chunk_start, chunk_end)
+        yield decoder.finish()
+        decoder.report(what, self.defects)
+
+    def _write(self, info: AttachmentInfo, start: int, end: int, cte: str, canonical: bool, what: str) -> None:
+        directory = self.options.directory
+        assert directory is not None  # ParseOptions refuses "directory" without one
+        index = len(self.attachments)
+        path, handle = _create(Path(directory), info.filename, index)
+        size = 0
+        try:
+            with handle:
+                for piece in self._chunks(start, end, cte, canonical, what):
+                    handle.write(piece)
+                    size += len(piece)
+        except OSError as exc:
+            _remove(path)
+            raise MessageError(
+                f"cannot write attachment {path.name!r}: {exc.strerror or type(exc).__name__}",
+                field=f"attachments[{index}]",
+            ) from exc
+        info.size = size
+        if self.limit is not None and size > self.limit:
+            _remove(path)
+            info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+            return
+        info.filename = path.name
+        info.path = str(path)
+
+
+def _create(directory: Path, name: str, index: int) -> tuple[Path, IO[bytes]]:
+    """Create a new file exclusively (never following or replacing what is there)."""
+    for _ in range(1000):
+        path = unique_path(directory, name)
+        try:
+            return path, open(path, "xb")  # closed by the caller's with-block
+        except FileExistsError:
+            continue  # lost a race with another writer: take the next free name
+        except OSError as exc:
+            raise MessageError(
+                f"cannot write attachment {name!r}: {exc.strerror or type(exc).__name__}",
+                field=f"attachments[{index}]",
+            ) from exc
+    raise MessageError(f"cannot find a free file name for attachment {name!r}", field=f"attachments[{index}]")
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        _log.debug("could not remove a partly written attachment", exc_info=True)
