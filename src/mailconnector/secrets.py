@@ -66,13 +66,30 @@ def register_secret(secret: str) -> None:
     global _pattern
     if len(secret) < 4:  # too short to redact without mangling ordinary text
         return
-    forms = {secret, base64.b64encode(secret.encode()).decode().rstrip("=")}
+    forms = {secret, *_base64_forms(secret.encode())}
     with _lock:
         if forms <= _known:
             return
         _known.update(forms)
         alternatives = sorted(_known, key=len, reverse=True)
         _pattern = re.compile("|".join(re.escape(a) for a in alternatives))
+
+
+def _base64_forms(raw: bytes) -> set[str]:
+    """The secret's base64 alone, and the part of it that shows inside a longer base64 payload.
+
+    Inside ``base64("\\0user\\0password")`` the secret may start at any offset modulo 3, so its encoding
+    differs; for each offset keep only the characters that depend on the secret alone.
+    """
+    forms = {base64.b64encode(raw).decode().rstrip("=")}
+    for offset in (0, 1, 2):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        start = 4 if offset else 0  # the first group mixes in bytes before the secret
+        end = len(encoded) - (4 if (offset + len(raw)) % 3 else 0)  # the last group may mix in bytes after it
+        inner = encoded[start:end]
+        if len(inner) >= 8:  # long enough not to match ordinary text by chance
+            forms.add(inner)
+    return forms
 
 
 def redact(text: str) -> str:

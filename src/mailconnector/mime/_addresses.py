@@ -47,6 +47,7 @@ _WS_RE = re.compile(r"\s+")
 _ID_RE = re.compile(r"[!-;=?-~]+")
 _ID_SPLIT_RE = re.compile(r"[\s,]+")
 _TEST_SUFFIX = ".test"
+_UNQUOTED_SPECIALS = re.compile(r"[@\[\]:;\\]")
 
 
 class AddressError(ValueError):
@@ -179,6 +180,11 @@ def _display_name(raw: str, whole: str) -> str:
     else:
         if '"' in raw:
             raise AddressError(f"{short(whole)} has a stray quote in the display name")
+        if _UNQUOTED_SPECIALS.search(raw):
+            # 'alice@example.org <bob@example.com>' must not look like two addresses or a spoof.
+            raise AddressError(
+                f"{short(whole)} has one of @ [ ] : ; \\ in its display name: put the name in double quotes"
+            )
         name = raw
         if "=?" in name:
             # Someone pasted an already-encoded header value; decode it so it is not encoded twice.

@@ -20,6 +20,7 @@ __all__ = [
     "IdentityDecoder",
     "QuotedPrintableDecoder",
     "TransferDecoder",
+    "base64_as_is",
     "decode_8bit",
     "decode_all",
     "decode_text",
@@ -475,20 +476,31 @@ class Base64Decoder(TransferDecoder):
             defects.add(f"{what}: base64 padding missing; repaired")
 
 
+def _well_formed_base64(buf: bytes, start: int, end: int) -> bytes | None:
+    """The part without its line ends if it is well-formed base64 (alphabet, padding only at the end)."""
+    cleaned = buf[start:end].translate(None, b"\r\n")
+    rest = cleaned.translate(None, _B64_ALPHABET)
+    if len(cleaned) % 4 or len(rest) > 2 or rest.strip(b"=") or not cleaned.endswith(rest):
+        return None
+    return cleaned
+
+
 def _clean_base64(buf: bytes, start: int, end: int) -> bytes | None:
     """Decode well-formed base64 in one C call; None when anything is unusual (the careful path runs)."""
-    try:
-        out = binascii.a2b_base64(memoryview(buf)[start:end])
-    except binascii.Error:
+    cleaned = _well_formed_base64(buf, start, end)
+    return None if cleaned is None else binascii.a2b_base64(cleaned)
+
+
+def base64_as_is(buf: bytes, start: int, end: int) -> tuple[str, int] | None:
+    """A well-formed base64 part as the base64 text of a record, and its decoded size, without decoding it.
+
+    Decoding and encoding again would cost two passes over the data for the same result.
+    """
+    cleaned = _well_formed_base64(buf, start, end)
+    if cleaned is None:
         return None
-    # The C decoder skips junk silently and stops at the first padding: check it saw clean data only.
-    core = end - start - buf.count(b"\n", start, end) - buf.count(b"\r", start, end)
-    pads = buf.count(b"=", start, end)
-    if core % 4 or pads > 2:
-        return None
-    if pads and not buf[max(start, end - 8) : end].rstrip(b"\r\n").endswith(b"=" * pads):
-        return None
-    return out if len(out) == core // 4 * 3 - pads else None
+    pads = len(cleaned) - len(cleaned.rstrip(b"="))
+    return cleaned.decode("ascii"), len(cleaned) // 4 * 3 - pads
 
 
 def make_decoder(cte: str, canonical: bool) -> TransferDecoder:

@@ -27,6 +27,7 @@ from mailconnector.errors import MessageError
 from mailconnector.mime._parse_decode import (
     CHUNK,
     Defects,
+    base64_as_is,
     decode_8bit,
     decode_all,
     decode_text,
@@ -46,6 +47,8 @@ _log = logging.getLogger("mailconnector.mime")
 
 _DEFAULT_OPTIONS = ParseOptions()
 _HEADER_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
+# Stops at the first blank line: finding "\n\n" alone would scan a whole CRLF message for nothing.
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_:.+-]{1,40})""", re.I)
 _GUESS_BOUNDARY = re.compile(rb"^--([\x21-\x7e]{1,200}?)[ \t]*\r?$", re.M)
@@ -120,12 +123,9 @@ def parse_header_block(buf: bytes, start: int, end: int, defects: Defects | None
         return [], start + 1
     if buf.startswith(b"\r\n", start, end):
         return [], start + 2
-    lf = buf.find(b"\n\n", start, end)
-    crlf = buf.find(b"\n\r\n", start, end)
-    if lf >= 0 and (crlf < 0 or lf < crlf):
-        block_end, body_start = lf + 1, lf + 2
-    elif crlf >= 0:
-        block_end, body_start = crlf + 1, crlf + 3
+    blank = _BLANK_LINE.search(buf, start, end)
+    if blank is not None:
+        block_end, body_start = blank.start() + 1, blank.end()
     else:
         block_end = body_start = end
     headers: list[tuple[str, bytes]] = []
@@ -497,22 +497,28 @@ class _Parser:
         info = AttachmentInfo(
             filename=safe_filename(name, ctype),
             content_type=ctype,
-            size=estimate_decoded_size(buf, start, end, cte),
+            size=0,
             content_id=content_id,
             inline=inline,
             original_filename=filename,
         )
         canonical = ctype.startswith(("text/", "message/"))
         mode = self.options.attachments
-        if self.limit is not None and info.size > self.limit:
+        # Judged on the encoded bytes before anything is decoded: a huge part is never held decoded.
+        if self.limit is not None and (estimate := estimate_decoded_size(buf, start, end, cte)) > self.limit:
+            info.size = estimate
             info.skipped = f"larger than max_attachment_bytes ({self.limit})"
         elif mode == "inline":
-            data = decode_all(buf, start, end, cte, canonical, what, self.defects)
-            info.size = len(data)
-            if self.limit is not None and info.size > self.limit:
-                info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+            as_is = base64_as_is(buf, start, end) if cte == "base64" else None
+            if as_is is not None:
+                info.content_base64, info.size = as_is
             else:
+                data = decode_all(buf, start, end, cte, canonical, what, self.defects)
+                info.size = len(data)
                 info.content_base64 = _b64(data)
+            if self.limit is not None and info.size > self.limit:
+                info.content_base64 = None
+                info.skipped = f"larger than max_attachment_bytes ({self.limit})"
         elif mode == "none":
             info.size = sum(len(piece) for piece in self._chunks(start, end, cte, canonical, what))
         else:
