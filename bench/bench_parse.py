@@ -24,6 +24,7 @@ of 3 rounds)::
 from __future__ import annotations
 
 import argparse
+import base64
 import email
 import email.policy
 import random
@@ -65,9 +66,10 @@ def make_corpus(count: int, seed: int = 7) -> list[bytes]:
                 f"relay{hop}.example.test with ESMTPS id {rng.getrandbits(48):x} for <bob@example.test>; "
                 f"{format_datetime(start + timedelta(minutes=number, seconds=hop))}"
             )
+        signature = base64.b64encode(rng.getrandbits(2048).to_bytes(256, "big")).decode("ascii")
         msg["DKIM-Signature"] = (
             "v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test; s=sel; h=from:to:subject:date; "
-            f"bh={rng.getrandbits(256):x}; b={rng.getrandbits(1024):x}"
+            f"bh={signature[:44]}; b=" + " ".join(signature[i : i + 64] for i in range(0, len(signature), 64))
         )
         msg["From"] = f"Ännchen Müller {number} <annchen{number}@example.test>"
         msg["To"] = "Bob Example <bob@example.test>, carol@example.test"
@@ -76,7 +78,7 @@ def make_corpus(count: int, seed: int = 7) -> list[bytes]:
         msg["Date"] = format_datetime(start + timedelta(minutes=number))
         msg["Message-ID"] = make_msgid(domain="example.test")
         msg["X-Mailer"] = "bench"
-        paragraphs = [_sentence(rng, rng.randint(20, 60)) for _ in range(rng.randint(3, 8))]
+        paragraphs = [_sentence(rng, rng.randint(20, 60)) for _ in range(rng.randint(4, 9))]
         msg.set_content("\n\n".join(paragraphs))
         html = "".join(f"<p style=\"margin:0 0 1em 0;font-family:Arial\">{p}</p>\n" for p in paragraphs)
         msg.add_alternative(f"<html><body>{html}</body></html>", subtype="html")

@@ -166,6 +166,10 @@ class OAuth2Settings(_Model):
     token_url: str | None = Field(None, description="generic (and Google) token endpoint")
     service_account_file: Path | None = Field(None, description="Google: service account JSON key")
     mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
+    client_auth: Literal["post", "basic"] = Field(
+        "post", description="generic: client_id/client_secret in the form (post) or as HTTP Basic (basic)"
+    )
+    token_cache: bool = Field(True, description="keep access tokens in the project's store between runs")
 
     @model_validator(mode="after")
     def _grant_needs(self) -> OAuth2Settings:

@@ -20,6 +20,7 @@ from imapclient import exceptions as imap_exc
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
 from .auth import TokenProvider, token_provider_for
+from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
 from .connection import Connection
 from .errors import (
@@ -256,10 +257,8 @@ class ImapSession:
                 provider.invalidate()
                 log.info("OAuth2 token refused (%s); refreshing once", detail)
                 return self._oauth_login(user, retried=True)
-            raise AuthenticationError(
-                f"{exc.message} ({detail or 'no detail'})",
-                hint="the token was refused: check it is for this user, unexpired, and has the mail scope",
-            ) from exc
+            why, hint = explain_refusal(self.connection, token, exc.message, login=user)
+            raise AuthenticationError(f"{exc.message} ({detail or 'no detail'}){why}", hint=hint) from exc
         client._imap.state = "AUTH"
         client._cached_capabilities = None
 

@@ -21,6 +21,7 @@ from typing import Any
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
 from .auth import TokenProvider, token_provider_for
+from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
 from .connection import Connection
 from .errors import (
@@ -281,13 +282,16 @@ class SmtpSession:
                         provider.invalidate()
                         log.info("OAuth2 token refused (%s); refreshing once", detail)
                         return self._oauth_login(user, offered, retried=True)
+                    why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
                     raise AuthenticationError(
-                        f"SMTP login as {user!r} refused: {code} {_text(resp)} ({detail or 'no detail'})",
-                        hint="the token was refused: check it is for this user, unexpired, and has the mail scope",
+                        f"SMTP login as {user!r} refused: {code} {_text(resp)} ({detail or 'no detail'}){why}",
+                        hint=hint,
                     )
             smtp._in_auth = False
             if code != 235:
-                raise self._auth_error(code, _text(resp))
+                # No challenge (Exchange Online answers 535 at once): the provider's usual causes.
+                why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
+                raise AuthenticationError(f"SMTP login as {user!r} refused: {code} {_text(resp)}{why}", hint=hint)
             smtp.does_esmtp = True
 
     # ------------------------------------------------------------ properties

@@ -45,14 +45,21 @@ if TYPE_CHECKING:
     from ..store import Store
 
 __all__ = [
+    "GOOGLE_AUTHORIZATION_URL",
     "CachingTokenProvider",
     "Grant",
+    "LoginRequest",
     "TokenSource",
     "cache_key",
     "explain_refusal",
     "forget_providers",
+    "google_authorization_request",
+    "google_exchange_code",
     "jwt_claims",
+    "microsoft_device_login",
     "provider_for",
+    "requests_session",
+    "sign_rs256",
     "use_store",
 ]
 
@@ -62,6 +69,7 @@ REFRESH_MARGIN = 300.0  # seconds before expiry at which a token is replaced...
 REFRESH_FRACTION = 0.1  # ...or this fraction of its lifetime, when that is shorter
 ROTATED_RT_DAYS = 90  # how long a rotated refresh token is kept in the store
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+GOOGLE_AUTHORIZATION_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 MICROSOFT_HOST = "login.microsoftonline.com"
 _MSAL_RESERVED = {"openid", "profile", "offline_access"}
 
@@ -495,7 +503,7 @@ class _MicrosoftSource:
 
     @contextlib.contextmanager
     def _translate(self) -> Iterator[None]:
-        import requests  # type: ignore[import-untyped]
+        import requests
         from msal.exceptions import MsalError
 
         try:
@@ -570,8 +578,10 @@ def requests_session(conn: Connection) -> Any:
         pinned = str(tls.ca_file)
     timeout = (conn.timeouts.connect, conn.timeouts.command)
 
-    class _Session(requests.Session):  # type: ignore[misc]
-        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+    class _Session(requests.Session):
+        def request(  # only fills in a default timeout
+            self, method: str, url: str | bytes, *args: Any, **kwargs: Any
+        ) -> requests.Response:
             if kwargs.get("timeout") is None:
                 kwargs["timeout"] = timeout
             return super().request(method, url, *args, **kwargs)
@@ -594,11 +604,9 @@ def requests_session(conn: Connection) -> Any:
 # ------------------------------------------------------- plain token endpoints
 def _lifetime(expires_in: object, token: str) -> float:
     """Seconds the token is valid: ``expires_in``, else the JWT's ``exp``, else an hour."""
-    try:
-        if expires_in is not None:
-            return float(expires_in)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        pass
+    if isinstance(expires_in, int | float | str):
+        with contextlib.suppress(ValueError):
+            return float(expires_in)
     claims = jwt_claims(token)
     if claims and isinstance(claims.get("exp"), int | float):
         return float(claims["exp"]) - time.time()
@@ -621,10 +629,11 @@ class _HttpTokenSource:
     uses_refresh_token = False
     description = "token endpoint"
 
-    def __init__(self, conn: Connection, url: str) -> None:
+    def __init__(self, conn: Connection, url: str, *, grant_label: str | None = None) -> None:
         self.conn = conn
         self.o = _oauth(conn)
         self.url = url
+        self.grant_label = grant_label or self.o.grant
         self._client: Any = None
 
     def _where(self) -> str:
@@ -668,7 +677,7 @@ class _HttpTokenSource:
     def _error(self, body: dict[str, Any], status: int) -> MailConnectorError:
         error = str(body.get("error", "no access_token in the answer"))
         desc = body.get("error_description")
-        msg = f"{self._where()} refused the {self.o.grant} request: {error}"
+        msg = f"{self._where()} refused the {self.grant_label} request: {error}"
         if desc:
             msg += f" — {_clean(desc, 300)}"
         hint = _ENDPOINT_HINTS.get(error, "check the OAuth2 settings of this connection")
@@ -677,7 +686,9 @@ class _HttpTokenSource:
                 "refresh_token": "the refresh token has expired or was revoked: run `mailconnector auth login "
                                  "CONNECTION` again",
                 "password": "check auth.username and auth.password",
-            }.get(self.o.grant, "check the grant's credentials")
+                "authorization_code": "the code was not accepted (used already, expired, or copied incompletely): "
+                                      "run `mailconnector auth login` again",
+            }.get(self.grant_label, "check the grant's credentials")
         return AuthenticationError(msg, hint=hint)
 
     def _grant(self, body: dict[str, Any]) -> Grant:
@@ -835,6 +846,100 @@ def sign_rs256(claims: dict[str, Any], private_key_pem: str, *, kid: str | None 
     return f"{signing_input}.{_b64url(signature)}"
 
 
+# ------------------------------------------------ interactive sign-in (auth login)
+def microsoft_device_login(connection: Connection, *, show: Callable[[str], None]) -> Grant:
+    """The device code flow: ``show`` gets the instructions (a URL and a code); blocks until signed in."""
+    source = _MicrosoftSource(connection)
+    app = source._application()
+    with source._translate():
+        flow = app.initiate_device_flow(scopes=source.scopes)
+    if not isinstance(flow, dict) or "user_code" not in flow:
+        raise _microsoft_error(flow if isinstance(flow, dict) else {}, "device_code")
+    show(str(flow.get("message") or f"open {flow.get('verification_uri')} and enter the code {flow['user_code']}"))
+    with source._translate():
+        result = app.acquire_token_by_device_flow(flow)
+    if not isinstance(result, dict) or "access_token" not in result:
+        raise _microsoft_error(result if isinstance(result, dict) else {}, "device_code")
+    return _interactive_grant(result)
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """An authorization request to open in a browser; ``verifier`` and ``state`` stay here (PKCE, RFC 7636)."""
+
+    url: str
+    redirect_uri: str
+    verifier: str = field(repr=False)
+    state: str
+
+
+def google_authorization_request(connection: Connection, *, authorization_url: str = GOOGLE_AUTHORIZATION_URL,
+                                 redirect_uri: str = "http://localhost") -> LoginRequest:
+    """The installed-app flow's first step: the URL where the user signs in and consents (offline access)."""
+    import secrets as random
+    from urllib.parse import urlencode
+
+    o = _oauth(connection)
+    verifier = random.token_urlsafe(48)
+    state = random.token_urlsafe(12)
+    challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
+    query = urlencode({
+        "client_id": o.client_id or "",
+        "redirect_uri": redirect_uri,
+        "response_type": "code",
+        "scope": " ".join(o.effective_scopes()),
+        "access_type": "offline",
+        "prompt": "consent",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "state": state,
+        "login_hint": connection.auth.username,
+    })
+    sep = "&" if "?" in authorization_url else "?"
+    return LoginRequest(f"{authorization_url}{sep}{query}", redirect_uri, verifier, state)
+
+
+def google_exchange_code(connection: Connection, request: LoginRequest, answer: str) -> Grant:
+    """The installed-app flow's second step: ``answer`` is the code, or the whole address the browser was
+    sent to (its ``state`` must match)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    o = _oauth(connection)
+    answer = answer.strip()
+    code = answer
+    if "code=" in answer:
+        query = parse_qs(urlsplit(answer).query or answer.split("?", 1)[-1])
+        if "error" in query:
+            raise AuthenticationError(f"the sign-in was not completed: {_clean(query['error'][0], 100)}",
+                                      hint="run `mailconnector auth login` again and accept the consent screen")
+        if query.get("state", [request.state])[0] != request.state:
+            raise AuthenticationError("the address pasted belongs to another sign-in (state does not match)",
+                                      hint="paste the address from this sign-in, or run the command again")
+        code = query.get("code", [""])[0]
+    if not code:
+        raise ConfigError("no authorization code given", hint="paste the code, or the whole address from the browser")
+    source = _HttpTokenSource(connection, o.token_url or GOOGLE_TOKEN_URL, grant_label="authorization_code")
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": request.redirect_uri,
+            "client_id": o.client_id or "", "code_verifier": request.verifier}
+    if o.client_secret is not None:
+        data["client_secret"] = o.client_secret.get_secret_value()
+    return _interactive_grant(source._post(data))
+
+
+def _interactive_grant(result: dict[str, Any]) -> Grant:
+    token = str(result["access_token"])
+    secrets.register_secret(token)
+    rt = result.get("refresh_token")
+    if not rt:
+        raise AuthenticationError(
+            "signed in, but the identity provider gave no refresh token",
+            hint="the client must be allowed offline access (Microsoft: the offline_access permission; Google: "
+                 "a Desktop app client, with access_type=offline and prompt=consent)",
+        )
+    secrets.register_secret(str(rt))
+    return Grant(token, _lifetime(result.get("expires_in"), token), str(rt))
+
+
 # -------------------------------------------------------- why a token was refused
 def jwt_claims(token: str) -> dict[str, Any] | None:
     """The claims of a JWT access token, unverified (for diagnosis only), or None for an opaque token."""
@@ -881,9 +986,7 @@ def explain_refusal(connection: Connection, token: str | None, reply: str = "",
         if o is not None and o.provider == "microsoft365" and "graph.microsoft.com" in aud:
             return ("; the token is for Microsoft Graph, not Exchange Online",
                     "use the scope https://outlook.office365.com/.default (or the IMAP/SMTP delegated scopes)")
-    host = ""
-    with contextlib.suppress(AssertionError):
-        host = " ".join(s.host.lower() for s in (connection.smtp, connection.imap) if s is not None)
+    host = " ".join(s.host.lower() for s in (connection.smtp, connection.imap) if s is not None)
     microsoft = (o is not None and o.provider == "microsoft365") or "office365" in host or "outlook" in host
     google = (o is not None and o.provider == "google") or "gmail" in host or "google" in host
     text = reply.lower()

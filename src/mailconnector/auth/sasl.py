@@ -31,15 +31,22 @@ def oauthbearer_string(user: str, token: str, host: str, port: int) -> bytes:
 
 
 def decode_oauth_error(challenge: str | bytes) -> str | None:
-    """Words for a failure challenge: base64 JSON such as ``{"status":"401","schemes":..,"scope":..}``."""
+    """Words for a failure challenge: JSON such as ``{"status":"401","schemes":..,"scope":..}``.
+
+    Accepts it base64-encoded (an SMTP ``334`` reply) or already decoded (imaplib decodes the IMAP ``+``
+    continuation before it calls the authenticator).
+    """
     if isinstance(challenge, bytes):
-        challenge = challenge.decode("ascii", "replace")
+        challenge = challenge.decode("utf-8", "replace")
     text = challenge.strip()
     if not text:
         return None
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-        data = json.loads(raw)
+        if text.startswith("{"):
+            data = json.loads(text)
+        else:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+            data = json.loads(raw)
     except (binascii.Error, ValueError):
         return None
     if not isinstance(data, dict):

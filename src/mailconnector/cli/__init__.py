@@ -22,13 +22,14 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import connection_cmds, project_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers commands)
+from . import auth_cmd, connection_cmds, project_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers commands)
 
 connection_cmds.register(app)
 send_cmd.register(app)
 read_cmd.register(app)
 project_cmds.register(app)
 sandbox_cmd.register(app)
+auth_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

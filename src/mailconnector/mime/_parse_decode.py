@@ -217,21 +217,21 @@ _B64_STRIP = re.compile(rb"[^A-Za-z0-9+/]")
 _WS = re.compile(r"\s+")
 
 
-def _word_bytes(encoding: str, text: str) -> tuple[bytes, bool]:
-    """Decoded bytes of one encoded word, and whether it had to be repaired."""
+def _b_word(text: str) -> tuple[bytes, bool]:
+    """Bytes of a "B" encoded word, and whether it had to be repaired (junk or missing padding)."""
     data = text.encode("ascii", "replace")
-    if encoding in "qQ":
-        return binascii.a2b_qp(data, header=True), False
+    try:
+        return binascii.a2b_base64(data, strict_mode=True), False
+    except binascii.Error:
+        pass
     clean = _B64_STRIP.sub(b"", data)
-    repaired = len(clean) != len(data.rstrip(b"="))
     rest = len(clean) % 4
     if rest == 1:
-        clean, repaired = clean[:-1], True
+        clean = clean[:-1]
     elif rest:
         clean += b"=" * (4 - rest)
-        repaired = repaired or not data.endswith(b"=")
     try:
-        return binascii.a2b_base64(clean), repaired
+        return binascii.a2b_base64(clean), True
     except binascii.Error:
         return b"", True
 
@@ -239,37 +239,39 @@ def _word_bytes(encoding: str, text: str) -> tuple[bytes, bool]:
 def _decode_words_with(pattern: re.Pattern[str], value: str, what: str, defects: Defects) -> tuple[str, bool]:
     out: list[str] = []
     pos = 0
-    pending = bytearray()
-    pending_charset: str | None = None
+    pending: list[bytes] = []
+    pending_charset = ""
     repaired = False
-
-    def flush() -> None:
-        nonlocal pending_charset
-        if pending_charset is not None:
-            out.append(decode_text(bytes(pending), pending_charset, what, defects))
-            pending.clear()
-            pending_charset = None
-
+    loose = pattern is _LOOSE_WORD
     for match in pattern.finditer(value):
-        between = value[pos : match.start()]
+        start = match.start()
         # White space between two encoded words is not part of the text (RFC 2047, 6.2).
-        if pending_charset is None or between.strip(" \t\r\n"):
-            flush()
-            out.append(between)
-        encoded = match.group(3)
-        if pattern is _LOOSE_WORD and _WS.search(encoded):
+        if not pending_charset or (start > pos and not value[pos:start].isspace()):
+            if pending_charset:
+                out.append(decode_text(b"".join(pending), pending_charset, what, defects))
+                pending = []
+                pending_charset = ""
+            out.append(value[pos:start])
+        charset, encoding, encoded = match.groups()
+        if loose and _WS.search(encoded):
             encoded = _WS.sub("", encoded)
             repaired = True
-        data, bad = _word_bytes(match.group(2), encoded)
-        repaired = repaired or bad
-        charset = match.group(1).lower()
+        if encoding in "qQ":
+            data = binascii.a2b_qp(encoded.encode("ascii", "replace"), header=True)
+        else:
+            data, bad = _b_word(encoded)
+            repaired = repaired or bad
+        charset = charset.lower()
         # Adjacent words in one charset are joined first: senders split multi-byte characters across words.
         if charset != pending_charset:
-            flush()
+            if pending_charset:
+                out.append(decode_text(b"".join(pending), pending_charset, what, defects))
+                pending = []
             pending_charset = charset
-        pending += data
+        pending.append(data)
         pos = match.end()
-    flush()
+    if pending_charset:
+        out.append(decode_text(b"".join(pending), pending_charset, what, defects))
     out.append(value[pos:])
     return "".join(out), repaired
 

@@ -135,22 +135,19 @@ def parse_header_block(buf: bytes, start: int, end: int, defects: Defects | None
     for index, line in enumerate(buf[start:block_end].split(b"\n")):
         line_start = pos
         pos += len(line) + 1
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
+        if not line or line == b"\r":
             continue
         first = line[0]
         if first == 32 or first == 9:
             if name is not None:
-                # Unfold (RFC 5322, 2.2.3); a folding tab reads as a space.
-                value.append(b" " + line[1:] if first == 9 else line)
+                value.append(line)
             elif defects is not None:
                 defects.add(f"{what}: indented first header line ignored")
             continue
         colon = line.find(b":")
         if colon > 0 and _HEADER_NAME.fullmatch(line, 0, colon):
             if name is not None:
-                headers.append((name, b"".join(value).strip()))
+                headers.append((name, _unfold(value)))
             name = line[:colon].rstrip(b" \t").decode("ascii").lower()
             value = [line[colon + 1 :]]
             continue
@@ -161,8 +158,16 @@ def parse_header_block(buf: bytes, start: int, end: int, defects: Defects | None
         body_start = line_start
         break
     if name is not None:
-        headers.append((name, b"".join(value).strip()))
+        headers.append((name, _unfold(value)))
     return headers, body_start
+
+
+def _unfold(lines: list[bytes]) -> bytes:
+    """Join a field's lines (RFC 5322, 2.2.3): line ends go, a folding tab reads as a space."""
+    if len(lines) == 1:
+        return lines[0].strip()
+    joined = b"".join(line[:-1] if line.endswith(b"\r") else line for line in lines)
+    return joined.replace(b"\t", b" ").strip() if b"\t" in joined else joined.strip()
 
 
 def _split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:

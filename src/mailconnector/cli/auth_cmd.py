@@ -1,0 +1,149 @@
+"""``mailconnector auth login CONNECTION``: sign in once, interactively, to get a refresh token.
+
+Microsoft 365 uses the device code flow (open a page, type a code, sign in: works from a server without a
+browser); Google the installed-app flow (open the URL, consent, paste the code back). The refresh token is
+written to a file of its own (mode 0600) and the command prints the ``${file:...}`` reference to put in the
+project file: the token itself is never printed, logged or written into the project file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..auth.oauth2 import (
+    GOOGLE_AUTHORIZATION_URL,
+    google_authorization_request,
+    google_exchange_code,
+    microsoft_device_login,
+)
+from ..connection import Connection
+from ..errors import ConfigError, StateError
+from ..project import Project
+from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, emit_json, err_console, out_console, start
+
+__all__ = ["auth_app", "login_cmd", "register"]
+
+auth_app = typer.Typer(help="OAuth2 sign-in for connections that use a refresh token.", no_args_is_help=True)
+
+# Stands in for the refresh token while the connection is validated before anyone has signed in.
+_PENDING = "pending-mailconnector-auth-login"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(auth_app, name="auth")
+
+
+@auth_app.command("login")
+def login_cmd(
+    connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write the refresh token (default: "
+        ".mailconnector/secrets/CONNECTION.refresh_token beside the project file).", show_default=False)] = None,
+    authorization_url: Annotated[str, typer.Option(
+        help="Google: the authorization endpoint to open in the browser.")] = GOOGLE_AUTHORIZATION_URL,
+    redirect_uri: Annotated[str, typer.Option(
+        help="Google: where the browser is sent after consent (a loopback address of a Desktop app client).")
+    ] = "http://localhost",
+    project: ProjectOpt = None,
+    json_output: JsonOpt = False,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Sign in interactively and save the connection's refresh token in a file (mode 0600).
+
+    Microsoft 365: the device code flow — open the page shown, enter the code, sign in as the mailbox user.
+    Google: open the URL shown, consent, then paste the code (or the whole address the browser ends on).
+    Prints the ${file:...} reference to write as auth.oauth2.refresh_token; never the token.
+
+    Example: mailconnector auth login office
+    """
+    s = start(project, debug=debug, log_format=log_format, json_output=json_output)
+    proj = s.project
+    conn = _connection_for_login(proj, connection)
+    oauth = conn.auth.oauth2
+    assert oauth is not None
+    if oauth.provider == "microsoft365":
+        grant = microsoft_device_login(conn, show=lambda text: err_console.print(text, markup=False,
+                                                                                 highlight=False))
+    elif oauth.provider == "google":
+        request = google_authorization_request(conn, authorization_url=authorization_url,
+                                               redirect_uri=redirect_uri)
+        err_console.print("Open this address in a browser, sign in as "
+                          f"{conn.auth.username} and allow access:", markup=False, highlight=False)
+        err_console.print(request.url, markup=False, highlight=False, soft_wrap=True)
+        err_console.print("The browser then goes to an address that may not load; that is expected: copy the "
+                          "code from it (or the whole address).", markup=False, highlight=False)
+        answer = typer.prompt("Code or address", err=True, hide_input=True)
+        grant = google_exchange_code(conn, request, str(answer))
+    else:
+        raise ConfigError(
+            "auth login knows the sign-in pages of microsoft365 and google only",
+            field=f"connections.{connection}.auth.oauth2.provider",
+            hint="for another identity provider, obtain a refresh token with its own tools and reference it "
+                 "with ${file:...}",
+        )
+    assert grant.refresh_token is not None
+    path = output if output is not None else proj.directory / ".mailconnector" / "secrets" / \
+        f"{connection}.refresh_token"
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    _write_private(path, grant.refresh_token)
+    reference = "${file:" + _relative_to(path, proj.directory) + "}"
+    result: dict[str, Any] = {"connection": connection, "provider": oauth.provider, "file": str(path),
+                              "reference": reference, "grant": "refresh_token"}
+    if json_output:
+        emit_json(result)
+        return
+    out_console.print(f"Signed in. The refresh token is saved in {path} (mode 0600).", markup=False,
+                      highlight=False)
+    out_console.print(f"In the project file, under connections.{connection}.auth.oauth2, set:", markup=False,
+                      highlight=False)
+    out_console.print("  grant: refresh_token", markup=False, highlight=False)
+    out_console.print(f"  refresh_token: {reference}", markup=False, highlight=False)
+    if oauth.grant != "refresh_token":
+        out_console.print(f"(its grant is {oauth.grant} now)", markup=False, highlight=False)
+
+
+def _connection_for_login(project: Project, name: str) -> Connection:
+    """The connection as configured, except that its refresh token need not exist yet."""
+    entries = project.doc.data.get("connections") or {}
+    entry = entries.get(name) if isinstance(entries, dict) else None
+    if not isinstance(entry, dict):
+        return project.connection(name)  # the usual error: no such connection, or not a mapping
+    data = copy.deepcopy(entry)
+    auth = data.get("auth")
+    oauth = auth.get("oauth2") if isinstance(auth, dict) else None
+    if not isinstance(auth, dict) or auth.get("type") != "oauth2" or not isinstance(oauth, dict):
+        raise ConfigError("auth login is for OAuth2 connections: set auth.type: oauth2 and an auth.oauth2 block "
+                          "(provider, client_id, ...)", field=f"connections.{name}.auth", source=project.source)
+    oauth["grant"] = "refresh_token"
+    oauth["refresh_token"] = _PENDING
+    return Connection.from_dict(data, name=name, source=project.source, base_dir=project.directory,
+                                locate=project.doc.line_of)
+
+
+def _write_private(path: Path, secret: str) -> None:
+    """Write a secret readable by its owner only (the directory too, when it is ours to create)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (secret + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateError(f"cannot write the refresh token to {path}: {exc.strerror}",
+                         hint="choose another place with --output") from exc
+
+
+def _relative_to(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
