@@ -66,7 +66,46 @@ _EXPORTS: dict[str, str] = {
     "StateError": "errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AuthSettings",
+    "AuthenticationError",
+    "ConfigError",
+    "Connection",
+    "Criteria",
+    "ImapSession",
+    "MailConnectorError",
+    "MessageError",
+    "OAuth2Settings",
+    "ParseOptions",
+    "Project",
+    "ProtocolTimeoutError",
+    "ReadEmail",
+    "ReadItem",
+    "ReadRecord",
+    "ReadSettings",
+    "RecipientsRefusedError",
+    "Sandbox",
+    "SendDefaults",
+    "SendEmail",
+    "SendRequest",
+    "SendResponse",
+    "SendSettings",
+    "SenderRefusedError",
+    "ServerResponseError",
+    "ServerSettings",
+    "SmtpSession",
+    "StateError",
+    "Store",
+    "TLSSecurityError",
+    "TestReport",
+    "Timeouts",
+    "TlsSettings",
+    "TransportError",
+    "__version__",
+    "compose",
+    "configure_logging",
+    "parse_message",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime

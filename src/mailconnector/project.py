@@ -226,7 +226,7 @@ class Project:
                               source=self.source)
         entry = entries[name]
         try:
-            act = _ACTIVITY_ADAPTER.validate_python(entry)
+            act: FileActivity | SendActivity | ReadActivity = _ACTIVITY_ADAPTER.validate_python(entry)
         except ValidationError as exc:
             raise config_error_from_validation(exc, source=self.source, prefix=f"activities.{name}",
                                                locate=self.doc.line_of) from None

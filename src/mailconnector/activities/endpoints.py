@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,7 +21,7 @@ from .._validation import config_error_from_validation
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo, SendDefaults
-from .files import iter_records, read_input, write_jsonl
+from .files import RecordFormat, iter_records, read_input, write_jsonl
 
 __all__ = ["Source", "SourceItem", "Target", "build_source", "build_target"]
 
@@ -99,7 +99,7 @@ class FileSource:
             yield from self._eml_items(path)
             return
         data, label = read_input(self.path)
-        for i, rec in enumerate(iter_records(data, name=label, fmt=fmt)):  # type: ignore[arg-type]
+        for i, rec in enumerate(iter_records(data, name=label, fmt=_record_format(fmt))):
             if isinstance(rec, MailConnectorError):
                 yield SourceItem(None, error=rec, label=f"record {i}")
             else:
@@ -185,7 +185,7 @@ class FileTarget:
             else:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 mode = "a" if self.config.append else "w"
-                self._sink = open(self.path, mode, encoding="utf-8", newline="")  # noqa: SIM115
+                self._sink = cast(TextIO, open(self.path, mode, encoding="utf-8", newline=""))  # noqa: SIM115
         return self._sink
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -242,6 +242,12 @@ def _validated(model: type[M], data: Mapping[str, Any], project: Project, name: 
     except ValidationError as exc:
         raise config_error_from_validation(exc, source=project.source, prefix=f"activities.{name}",
                                            locate=project.doc.line_of) from None
+
+
+def _record_format(fmt: str | None) -> RecordFormat | None:
+    if fmt in ("json", "jsonl", "csv"):
+        return cast(RecordFormat, fmt)
+    return None
 
 
 def _format_of(path: str) -> str:

@@ -235,7 +235,7 @@ class SendEmail:
                 self._drop_session()
                 return self._failed(index, rid, composed, started, exc, attempts)
             except (TransportError, ServerResponseError) as exc:
-                temporary = isinstance(exc, TransportError) and exc.retryable or (
+                temporary = (isinstance(exc, TransportError) and exc.retryable) or (
                     isinstance(exc, ServerResponseError) and exc.code in _TEMPORARY)
                 if isinstance(exc, TransportError) or (isinstance(exc, ServerResponseError) and exc.code == 421):
                     self._drop_session()
