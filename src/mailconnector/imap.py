@@ -11,6 +11,8 @@ import imaplib
 import logging
 import threading
 import time
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +25,7 @@ from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
 from .auth import TokenProvider, token_provider_for
 from .auth.oauth2 import explain_refusal
-from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
+from .auth.sasl import decode_oauth_error, oauthbearer_string, token_refused, xoauth2_string
 from .connection import Connection
 from .errors import (
     AuthenticationError,
@@ -171,6 +173,7 @@ class ImapSession:
         if not wire.isEnabledFor(logging.DEBUG):
             imap.debug = 0  # imaplib formats every line when debugging: costly on large fetches
             return
+        imap.debug = 4  # the lines sent and received; 5 adds imaplib's own parsing notes
         state = {"auth": False}
 
         def mesg(text: Any, secs: Any = None) -> None:
@@ -255,7 +258,7 @@ class ImapSession:
                     raise imap_exc.LoginError(str(exc)) from exc
         except AuthenticationError as exc:
             detail = next((c for c in challenges if c), "")
-            if not retried and "401" in detail:
+            if not retried and token_refused(detail):
                 provider.invalidate()
                 log.info("OAuth2 token refused (%s); refreshing once", detail)
                 return self._oauth_login(user, retried=True)
@@ -333,8 +336,10 @@ class ImapSession:
             if raw is None:
                 continue  # expunged meanwhile
             flags = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ()))
-            yield FetchedMessage(int(uid), bytes(raw), flags, item.get(b"INTERNALDATE"),
-                                 int(item.get(b"RFC822.SIZE", len(raw))))
+            when = item.get(b"INTERNALDATE")
+            if when is not None and when.tzinfo is None:
+                when = when.astimezone()  # IMAPClient gives naive local time: keep the offset in the record
+            yield FetchedMessage(int(uid), bytes(raw), flags, when, int(item.get(b"RFC822.SIZE", len(raw))))
             item.clear()
 
     def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:

@@ -20,20 +20,26 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from .activities.endpoints import FileSource, ReadEmailSource, build_source, build_target
+from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSource, build_source, build_target
 from .errors import ConfigError, MailConnectorError, StateError, TransportError
 from .project import OperationConfig, Project, Transformation
 from .records.send import ErrorInfo
 
-__all__ = ["RunResult", "run_operation", "watch_operation"]
+if TYPE_CHECKING:
+    from .activities.endpoints import SendEmailTarget
+    from .connection import Connection
+    from .imap import ImapSession
+    from .store import Store
+
+__all__ = ["RunResult", "build_transformation", "run_operation", "watch_operation"]
 
 log = logging.getLogger("mailconnector.operations")
 
-LEASE_TTL = 60.0
+MAX_CHAIN_DEPTH = 10
 Transform = Callable[[dict[str, Any]], list[dict[str, Any]]]
 _env = SandboxedEnvironment(autoescape=False)
 
@@ -53,6 +59,10 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "success" and all(c.ok for c in self.chained)
 
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "interrupted" or any(c.interrupted for c in self.chained)
+
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "operation": self.operation, "status": self.status, "read": self.read,
                 "written": self.written, "failed": self.failed, "error": self.error,
@@ -60,43 +70,53 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------- transformations
-def build_transformation(spec: Transformation | None, project: Project) -> Transform:
+def build_transformation(spec: Transformation | None, project: Project, operation: str = "") -> Transform:
+    """The operation's transformation as ``record -> [records]`` (empty: drop the record)."""
     if spec is None:
         return lambda record: [record]
     if spec.callable is not None:
-        return _callable_transform(spec.callable, project)
+        return _callable_transform(spec.callable, project, operation)
     assert spec.mapping is not None
     compiled = {}
     for out_field, expr in spec.mapping.items():
         try:
             compiled[out_field] = _env.compile_expression(expr, undefined_to_none=True)
-        except Exception as exc:  # jinja2.TemplateSyntaxError and friends
-            raise ConfigError(f"transformation.mapping.{out_field}: invalid expression {expr!r}: {exc}") from None
+        except Exception as exc:  # jinja2.TemplateSyntaxError; the project check reports it with its line
+            where = project.locate("operations", operation, "transformation", "mapping", out_field)
+            raise ConfigError(f"{where}operations.{operation}.transformation.mapping.{out_field}: "
+                              f"invalid expression {expr!r}: {exc}", source=project.source) from None
     keep = spec.keep
 
     def mapping(record: dict[str, Any]) -> list[dict[str, Any]]:
         out: dict[str, Any] = dict(record) if keep else {}
+        # Each field of the record is a variable, and `record` is the whole record (it wins a name clash).
+        context = {k: v for k, v in record.items() if isinstance(k, str) and k.isidentifier()}
+        context["record"] = record
         for out_field, fn in compiled.items():
-            out[out_field] = fn(record=record, **{k: v for k, v in record.items() if k.isidentifier()})
+            out[out_field] = fn(context)
         return [out]
 
     return mapping
 
 
-def _callable_transform(target: str, project: Project) -> Transform:
+def _callable_transform(target: str, project: Project, operation: str) -> Transform:
     """Only the declared ``module:function`` is imported (from the project directory first)."""
     module_name, func_name = target.split(":", 1)
+    where = project.locate("operations", operation, "transformation")
+    field_name = f"operations.{operation}.transformation"
     project_dir = str(project.directory)
     if project_dir not in sys.path:
         sys.path.insert(0, project_dir)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise ConfigError(f"transformation {target!r}: cannot import {module_name}: {exc}",
+        raise ConfigError(f"{where}{field_name}: cannot import {module_name} ({type(exc).__name__}: {exc})",
+                          source=project.source,
                           hint="the module must be importable from the project directory") from None
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise ConfigError(f"transformation {target!r}: {module_name} has no function {func_name}")
+        raise ConfigError(f"{where}{field_name}: module {module_name} has no function {func_name}",
+                          source=project.source)
 
     def call(record: dict[str, Any]) -> list[dict[str, Any]]:
         result = func(record)
@@ -121,16 +141,19 @@ class _Pending:
 
 class _Run:
     def __init__(self, project: Project, name: str, stop: threading.Event, holder: str,
-                 keep_lease: bool = False) -> None:
+                 keep_lease: bool = False, append_files: bool | None = None) -> None:
         self.keep_lease = keep_lease  # watch mode holds the lease between runs
+        self.append_files = append_files  # watch mode appends to file targets after its first run
         self.project = project
         self.name = name
         self.op: OperationConfig = project.operation(name)
         self.stop = stop
         self.holder = holder
         self.store = project.store()
+        self.ttl = project.settings.lease_seconds
         self.read = self.written = self.failed = 0
-        self.halted = False  # on_error: stop
+        self.halted = False  # on_error: stop, after a failed record
+        self.cut_short = False  # stop was set (SIGTERM / Ctrl-C) before the source was exhausted
         self.run_id = ""
 
     def fail(self, label: str, error: ErrorInfo | dict[str, Any]) -> None:
@@ -142,59 +165,79 @@ class _Run:
             self.halted = True
 
     def execute(self) -> RunResult:
+        transform = build_transformation(self.op.transformation, self.project, self.name)
         source = build_source(self.project, self.op.source)
-        target = build_target(self.project, self.op.target)
-        transform = build_transformation(self.op.transformation, self.project)
+        try:
+            target = build_target(self.project, self.op.target, operation=self.name, append=self.append_files)
+        except BaseException:
+            source.close()
+            raise
         settings = {"source": source.describe(), "target": target.describe(),
                     "transformation": self.op.transformation.model_dump(exclude_none=True)
                     if self.op.transformation else None, "on_error": self.op.on_error}
         lease = source.lease_name if isinstance(source, ReadEmailSource) else None
-        if lease and self.store.acquire_lease(lease, ttl=LEASE_TTL, holder=self.holder) is None:
+        if lease and self.store.acquire_lease(lease, ttl=self.ttl, holder=self.holder) is None:
             source.close()
+            target.close()
             raise _lease_error(self.store, lease)
         self.run_id = self.store.start_run(self.name, settings)
         status, error = "success", None
+        pending_exc: BaseException | None = None
         try:
             self._pump(source, target, transform, lease)
-        except MailConnectorError as exc:
-            status, error = "error", exc.message
-            raise
-        except Exception as exc:
-            status, error = "error", f"{type(exc).__name__}: {exc}"
-            log.debug("run %s crashed:\n%s", self.run_id, traceback.format_exc())
-            raise
-        finally:
+        except BaseException as exc:
+            pending_exc = exc
+            status, error = _describe_crash(exc)
+            if not isinstance(exc, MailConnectorError):
+                log.debug("run %s crashed:\n%s", self.run_id, traceback.format_exc())
+        # Closing applies the after-read action to what was acknowledged; it can fail on its own (a dropped
+        # connection): the store already knows those emails were delivered, and the next run completes it.
+        for closer in (target.close, source.close):
             try:
-                target.close()
-            finally:
-                source.close()
-                if lease and not self.keep_lease:
-                    self.store.release_lease(lease, self.holder)
-            if status == "success":
-                if self.stop.is_set():
-                    status = "interrupted"
-                elif self.failed:
-                    status = "partial" if self.written else "failed"
-            self.store.finish_run(self.run_id, status=status, read=self.read, written=self.written,
-                                  failed=self.failed, error=error)
-            retention = self.project.settings
-            self.store.prune_runs(max_age_days=retention.log_retention_days, max_count=retention.log_retention_runs)
+                closer()
+            except BaseException as exc:
+                if pending_exc is None:
+                    pending_exc = exc
+                    status, error = _describe_crash(exc)
+        if lease and not self.keep_lease:
+            try:
+                self.store.release_lease(lease, self.holder)
+            except MailConnectorError as exc:
+                log.warning("could not release %s: %s", lease, exc.message)
+        if status == "success":
+            if self.cut_short:
+                status = "interrupted"
+            elif self.failed:
+                status = "partial" if self.written else "failed"
+        self.store.finish_run(self.run_id, status=status, read=self.read, written=self.written,
+                              failed=self.failed, error=error)
+        retention = self.project.settings
+        try:
+            self.store.prune_runs(max_age_days=retention.log_retention_days,
+                                  max_count=retention.log_retention_runs)
+        except MailConnectorError as exc:
+            log.warning("could not prune the operation logs: %s", exc.message)
+        if pending_exc is not None:
+            raise pending_exc
         return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error)
 
-    def _pump(self, source: ReadEmailSource | FileSource, target: Any, transform: Transform,
-              lease: str | None) -> None:
+    def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
+              transform: Transform, lease: str | None) -> None:
         pending: dict[int, _Pending] = {}
         tickets: dict[int, tuple[int, str]] = {}
         next_ticket = 0
         renewed = time.monotonic()
 
-        def feed() -> Iterator[tuple[int, dict[str, Any]]]:
+        def feed() -> Iterator[Delivery]:
             nonlocal next_ticket, renewed
             for index, item in enumerate(source.items()):
-                if self.stop.is_set() or self.halted:
+                if self.halted:
                     return
-                if lease and time.monotonic() - renewed > LEASE_TTL / 3:
-                    if self.store.acquire_lease(lease, ttl=LEASE_TTL, holder=self.holder) is None:
+                if self.stop.is_set():
+                    self.cut_short = True
+                    return
+                if lease and time.monotonic() - renewed > self.ttl / 3:
+                    if self.store.acquire_lease(lease, ttl=self.ttl, holder=self.holder) is None:
                         raise _lease_error(self.store, lease)
                     renewed = time.monotonic()
                 self.read += 1
@@ -213,9 +256,10 @@ class _Run:
                     item.ack()  # the transformation dropped it: nothing to deliver
                     continue
                 pending[index] = _Pending(len(outputs), item.ack)
-                for out in outputs:
-                    tickets[next_ticket] = (index, label)
-                    yield next_ticket, out
+                for n, out in enumerate(outputs):
+                    tickets[next_ticket] = (index, label if len(outputs) == 1 else f"{label} output {n}")
+                    key = f"{item.key}#{n}" if item.key else None
+                    yield next_ticket, out, key
                     next_ticket += 1
 
         for ticket, error in target.deliver(feed()):
@@ -233,20 +277,34 @@ class _Run:
                     entry.ack()
 
 
-def _lease_error(store: Any, lease: str) -> StateError:
+def _describe_crash(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, MailConnectorError):
+        return "error", exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "aborted (a second interrupt)"
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _lease_error(store: Store, lease: str) -> StateError:
     holder = store.lease_holder(lease)
-    until = f" for up to {max(0, holder[1] - time.time()):.0f} s more" if holder else ""
+    until = f" (its lease runs for up to {max(0, holder[1] - time.time()):.0f} s more)" if holder else ""
     return StateError(f"{lease.split(':', 1)[1]} is being processed by another run{until}",
                       hint="only one consumer per connection and folder at a time; wait for it, or use --wait")
 
 
 def run_operation(project: Project, name: str, *, stop: threading.Event | None = None,
-                  holder: str | None = None, keep_lease: bool = False, _depth: int = 0) -> RunResult:
-    """Run an operation once, then the operations it chains to (on_success / on_failure)."""
-    if _depth > 10:
-        raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)")
+                  holder: str | None = None, keep_lease: bool = False, append_files: bool | None = None,
+                  _depth: int = 0) -> RunResult:
+    """Run an operation once, then the operations it chains to (on_success / on_failure).
+
+    The operation's own failure to start (configuration, lease, connection) raises; a chained operation's
+    failure to start is reported in ``chained`` instead, so the first run's result is never lost.
+    """
+    if _depth > MAX_CHAIN_DEPTH:
+        raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)",
+                          source=project.source)
     stop = stop or threading.Event()
-    run = _Run(project, name, stop, holder or uuid.uuid4().hex, keep_lease)
+    run = _Run(project, name, stop, holder or uuid.uuid4().hex, keep_lease, append_files)
     try:
         result = run.execute()
     except MailConnectorError as exc:
@@ -257,77 +315,153 @@ def run_operation(project: Project, name: str, *, stop: threading.Event | None =
     for next_name in chain:
         if stop.is_set():
             break
-        result.chained.append(run_operation(project, next_name, stop=stop, _depth=_depth + 1))
+        try:
+            result.chained.append(run_operation(project, next_name, stop=stop, _depth=_depth + 1))
+        except MailConnectorError as exc:
+            log.warning("chained operation %s did not run: %s", next_name, exc.message)
+            result.chained.append(RunResult("", next_name, "error", error=exc.message))
     return result
 
 
+# ------------------------------------------------------------------------------------------------- watch
 def watch_operation(project: Project, name: str, *, stop: threading.Event, interval: float | None = None,
                     wait_for_lease: bool = False, on_run: Callable[[RunResult], None] | None = None,
                     max_backoff: float = 60.0) -> None:
-    """Keep an operation running until ``stop`` is set: run, wait for mail (IDLE or poll), run again."""
+    """Keep an operation running until ``stop`` is set: run, wait for mail (IDLE or poll), run again.
+
+    The lease on the source folder is held for the whole watch (renewed as it goes), so a second watcher of
+    the same folder waits (``wait_for_lease``) or fails at once with a ``StateError``.
+    """
     op = project.operation(name)
     interval = interval or op.interval
-    holder = uuid.uuid4().hex
+    ttl = project.settings.lease_seconds
     source = build_source(project, op.source)
-    lease = source.lease_name if isinstance(source, ReadEmailSource) else None
+    if not isinstance(source, ReadEmailSource):
+        raise ConfigError(f"operation {name!r} cannot be watched: its source {op.source!r} is a file, which has "
+                          "no new records to wait for (each run reads it whole)", source=project.source,
+                          hint="watch operations whose source is a read-email activity; run file sources once "
+                          "per input, or from a scheduler")
+    lease = source.lease_name
+    folder = source.settings.folder
+    connection = source.connection
     source.close()
     store = project.store()
-    if lease:
-        while store.acquire_lease(lease, ttl=LEASE_TTL, holder=holder) is None:
-            if not wait_for_lease:
-                raise _lease_error(store, lease)
-            log.info("waiting for %s to be free", lease)
-            if stop.wait(min(5.0, LEASE_TTL / 4)):
-                return
+    holder = uuid.uuid4().hex
+    announced = False
+    while store.acquire_lease(lease, ttl=ttl, holder=holder) is None:
+        if not wait_for_lease:
+            raise _lease_error(store, lease)
+        if not announced:
+            log.warning("%s is being processed by another run; waiting for it to finish", lease.split(":", 1)[1])
+            announced = True
+        if stop.wait(min(5.0, ttl / 4)):
+            return
+    log.info("watching %s (lease %s)", lease.split(":", 1)[1], holder[:8])
+    waiter = _MailWaiter(connection, folder, store, lease, holder, ttl)
     backoff = 1.0
+    first = True
     try:
         while not stop.is_set():
             try:
-                result = run_operation(project, name, stop=stop, holder=holder, keep_lease=True)
+                mark = waiter.mark()
+                result = run_operation(project, name, stop=stop, holder=holder, keep_lease=True,
+                                       append_files=None if first else True)
+                first = False
                 if on_run is not None:
                     on_run(result)
                 backoff = 1.0
-                _wait_for_mail(project, op, stop, interval, lease, holder)
+                waiter.wait(mark, interval, stop)
             except TransportError as exc:
+                waiter.reset()
                 log.warning("connection problem (%s); reconnecting in %.0f s", exc.message, backoff)
                 if stop.wait(backoff):
                     break
                 backoff = min(backoff * 2, max_backoff)
+                _renew(store, lease, holder, ttl)
     finally:
-        if lease:
+        waiter.close()
+        try:
             store.release_lease(lease, holder)
+        except MailConnectorError as exc:
+            log.warning("could not release %s: %s", lease, exc.message)
 
 
-def _wait_for_mail(project: Project, op: OperationConfig, stop: threading.Event, interval: float,
-                   lease: str | None, holder: str) -> None:
-    store = project.store()
-    source = build_source(project, op.source)
-    if not isinstance(source, ReadEmailSource):
-        stop.wait(interval)
-        return
-    from .imap import ImapSession
+def _renew(store: Store, lease: str, holder: str, ttl: float) -> None:
+    if store.acquire_lease(lease, ttl=ttl, holder=holder) is None:
+        raise _lease_error(store, lease)
 
-    session = ImapSession(source.connection)
-    source.close()
-    try:
-        session.connect()
-        if not session.has_capability("IDLE"):
-            _sleep_renewing(stop, interval, store, lease, holder)
+
+class _MailWaiter:
+    """Waits for new mail in one folder on its own IMAP connection, kept open between runs.
+
+    Before each run it notes the folder's UIDNEXT; after the run, if UIDNEXT moved, mail arrived while the
+    run was busy (maybe after its search), so the next run starts at once. Otherwise it waits with IDLE
+    (renewing the lease every third of its time) or, without IDLE, sleeps ``interval`` seconds.
+    """
+
+    def __init__(self, connection: Connection, folder: str, store: Store, lease: str, holder: str, ttl: float) -> None:
+        self.connection = connection
+        self.folder = folder
+        self.store = store
+        self.lease = lease
+        self.holder = holder
+        self.ttl = ttl
+        self.session: ImapSession | None = None
+        self.idle: bool | None = None
+
+    def _session(self) -> ImapSession:
+        if self.session is None:
+            from .imap import ImapSession
+
+            session = ImapSession(self.connection)
+            try:
+                session.connect()
+            except BaseException:
+                session.close()
+                raise
+            self.session = session
+            self.idle = session.has_capability("IDLE")
+        return self.session
+
+    def _state(self) -> tuple[int | None, int]:
+        state = self._session().select(self.folder, readonly=True)
+        return (state.uidnext, 0) if state.uidnext is not None else (None, state.exists)
+
+    def mark(self) -> tuple[int | None, int] | None:
+        if self.idle is False:
+            return None  # polling: nothing to compare
+        return self._state()
+
+    def wait(self, mark: tuple[int | None, int] | None, interval: float, stop: threading.Event) -> None:
+        if not self.idle or mark is None:
+            self.reset()  # no connection held between polls
+            _sleep_renewing(stop, interval, self.store, self.lease, self.holder, self.ttl)
             return
-        session.select(source.settings.folder, readonly=True)
-        deadline = time.monotonic() + max(interval, 25 * 60)
+        if self._state() != mark:
+            log.debug("new mail arrived during the run; running again")
+            return
+        session = self._session()
+        deadline = time.monotonic() + 25 * 60  # re-run now and then even without news (a safety net)
         while not stop.is_set() and time.monotonic() < deadline:
-            if lease:
-                store.acquire_lease(lease, ttl=LEASE_TTL, holder=holder)
-            if session.idle_wait(min(LEASE_TTL / 3, deadline - time.monotonic()), stop=stop):
+            _renew(self.store, self.lease, self.holder, self.ttl)
+            if session.idle_wait(min(self.ttl / 3, max(0.0, deadline - time.monotonic())), stop=stop):
                 return
-    finally:
-        session.close()
+
+    def reset(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            try:
+                session.close()
+            except Exception as exc:  # closing a broken connection must not hide the real problem
+                log.debug("closing the IDLE connection: %s", exc)
+
+    def close(self) -> None:
+        self.reset()
 
 
-def _sleep_renewing(stop: threading.Event, seconds: float, store: Any, lease: str | None, holder: str) -> None:
+def _sleep_renewing(stop: threading.Event, seconds: float, store: Store, lease: str, holder: str,
+                    ttl: float) -> None:
     deadline = time.monotonic() + seconds
     while not stop.is_set() and time.monotonic() < deadline:
-        if lease:
-            store.acquire_lease(lease, ttl=LEASE_TTL, holder=holder)
-        stop.wait(min(LEASE_TTL / 3, max(0.0, deadline - time.monotonic())))
+        _renew(store, lease, holder, ttl)
+        stop.wait(min(ttl / 3, max(0.0, deadline - time.monotonic())))

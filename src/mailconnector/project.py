@@ -67,6 +67,9 @@ class ReadActivity(BaseModel):
 ActivityConfig = Annotated[FileActivity | SendActivity | ReadActivity, Field(discriminator="type")]
 
 
+_CALLABLE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
 class Transformation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,20 +81,37 @@ class Transformation(BaseModel):
     def _one(self) -> Transformation:
         if (self.callable is None) == (self.mapping is None):
             raise ValueError("give exactly one of callable or mapping")
-        if self.callable is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.callable):
+        if self.callable is not None and not re.fullmatch(_CALLABLE, self.callable):
             raise ValueError(f"{self.callable!r} is not module:function")
         return self
+
+
+def _callable_shorthand(schema: dict[str, Any]) -> None:
+    """The schema also accepts what the validator accepts: ``transformation: module:function``."""
+    schema["anyOf"].insert(0, {"type": "string", "pattern": _CALLABLE, "description": "module:function"})
+
+
+def _one_or_many(schema: dict[str, Any]) -> None:
+    """The schema also accepts one operation name instead of a list."""
+    items = {k: schema.pop(k) for k in ("type", "items")}
+    schema["anyOf"] = [{"type": "string"}, items]
 
 
 class OperationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str
-    target: str
-    transformation: Transformation | None = None
-    on_error: Literal["continue", "stop"] = Field("continue", description="per-record error policy")
-    on_success: list[str] = Field(default_factory=list, description="operations to run after a clean run")
-    on_failure: list[str] = Field(default_factory=list, description="operations to run after a failed run")
+    source: str = Field(description="a read-email or file activity")
+    target: str = Field(description="a send-email or file activity")
+    transformation: Transformation | None = Field(
+        None, description="module:function, or {callable: ...} / {mapping: ...}",
+        json_schema_extra=_callable_shorthand)
+    on_error: Literal["continue", "stop"] = Field(
+        "continue", description="after a failed record: go on with the next, or stop reading (what was not "
+        "delivered stays unread for the next run)")
+    on_success: list[str] = Field(default_factory=list, description="operations to run after a clean run",
+                                  json_schema_extra=_one_or_many)
+    on_failure: list[str] = Field(default_factory=list, description="operations to run after a run with a "
+                                  "failed record or an error", json_schema_extra=_one_or_many)
     interval: float = Field(60.0, gt=0, description="watch mode: seconds between polls without IDLE")
 
     @field_validator("on_success", "on_failure", mode="before")
@@ -106,16 +126,35 @@ class OperationConfig(BaseModel):
 
 
 _ACTIVITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(ActivityConfig)
+ACTIVITY_TYPES = ("file", "send-email", "read-email")
 SOURCE_TYPES = ("read-email", "file")
 TARGET_TYPES = ("send-email", "file")
+
+
+def mapping_expression_problem(expr: str) -> str | None:
+    """Why a mapping's Jinja expression cannot be compiled, or None (checked when the project is loaded)."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        SandboxedEnvironment().compile_expression(expr)
+    except TemplateSyntaxError as exc:
+        return exc.message or str(exc)
+    return None
 
 
 class ProjectSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state: str | None = Field(None, description="the SQLite store (default .mailconnector/state.db)")
-    log_retention_days: float | None = Field(90, gt=0, description="operation logs older than this are removed")
-    log_retention_runs: int | None = Field(10000, gt=0, description="at most this many runs are kept")
+    state: str | None = Field(None, description="the SQLite store (default .mailconnector/state.db); processes "
+                              "that share one (on a shared disk) share the send ledger, checkpoints and leases")
+    log_retention_days: float | None = Field(90, gt=0, description="operation logs older than this are removed "
+                                             "(null: kept whatever their age)")
+    log_retention_runs: int | None = Field(10000, gt=0, description="at most this many runs are kept "
+                                           "(null: no limit)")
+    lease_seconds: float = Field(60.0, ge=1, le=3600, description="how long a folder stays locked to a "
+                                 "consumer that stopped renewing its lease (a killed process); renewed every "
+                                 "third of it")
 
 
 class _ProjectFile(BaseModel):
@@ -130,7 +169,34 @@ class _ProjectFile(BaseModel):
 
 
 def project_schema() -> dict[str, Any]:
-    return _ProjectFile.model_json_schema(by_alias=True)
+    """The JSON Schema of ``mailconnector.yaml``, activity settings included (their models live with the
+    activities, so they are merged in here)."""
+    from pydantic.json_schema import models_json_schema
+
+    from .activities.read import ReadSettings
+    from .activities.send import SendSettings
+    from .records.send import SendDefaults
+
+    _, top = models_json_schema(
+        [(_ProjectFile, "validation"), (ReadSettings, "validation"), (SendSettings, "validation"),
+         (SendDefaults, "validation")], by_alias=True)
+    defs: dict[str, Any] = top["$defs"]
+    schema: dict[str, Any] = defs.pop("_ProjectFile")
+    send, read = defs["SendActivity"], defs["ReadActivity"]
+    send["properties"].update({k: v for k, v in defs["SendSettings"]["properties"].items()})
+    send["properties"].update({k: v for k, v in defs["SendDefaults"]["properties"].items()
+                               if k not in send["properties"]})
+    send["description"] = ("Send Email: connection, the activity's settings, and a default for any record "
+                           "field (directly here or under defaults)")
+    read["properties"].update(defs["ReadSettings"]["properties"])
+    read["description"] = "Read Email: connection and the activity's settings"
+    for entry in (send, read):
+        entry["additionalProperties"] = False
+    for name in ("SendSettings", "ReadSettings"):
+        defs.pop(name)
+    schema["$defs"] = defs
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
 
 
 def find_project_file(explicit: Path | None = None) -> Path:
@@ -225,17 +291,34 @@ class Project:
             raise ConfigError(f"no activity named {name!r} (defined: {', '.join(entries) or 'none'})",
                               source=self.source)
         entry = entries[name]
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{self.locate('activities', name)}activities.{name}: must be a mapping with a type",
+                              source=self.source)
+        kind = entry.get("type")
+        if kind not in ACTIVITY_TYPES:
+            where = ("activities", name, "type") if "type" in entry else ("activities", name)
+            what = f"unknown activity type {kind!r}" if "type" in entry else "type is required"
+            raise ConfigError(f"{self.locate(*where)}activities.{name}.type: {what} "
+                              f"(expected one of: {', '.join(ACTIVITY_TYPES)})", source=self.source)
         try:
             act: FileActivity | SendActivity | ReadActivity = _ACTIVITY_ADAPTER.validate_python(entry)
         except ValidationError as exc:
             raise config_error_from_validation(exc, source=self.source, prefix=f"activities.{name}",
                                                locate=self.doc.line_of) from None
         if isinstance(act, SendActivity | ReadActivity) and act.connection not in self.connection_names:
-            line = self.doc.line_of(["activities", name, "connection"])
-            raise ConfigError(f"line {line}: activities.{name}.connection: no connection named {act.connection!r} "
+            raise ConfigError(f"{self.locate('activities', name, 'connection')}activities.{name}.connection: "
+                              f"no connection named {act.connection!r} "
                               f"(defined: {', '.join(self.connection_names) or 'none'})", source=self.source)
-        return act
+        if isinstance(act, SendActivity | ReadActivity):
+            # The settings beside `type` and `connection` are checked here too, so that `validate_all()`
+            # (and every command) reports a bad setting, with its line, before anything runs.
+            from .activities.endpoints import read_settings_of, send_settings_of
 
+            if isinstance(act, SendActivity):
+                send_settings_of(self, name, act)
+            else:
+                read_settings_of(self, name, act)
+        return act
 
     def operation(self, name: str) -> OperationConfig:
         entries = self._section("operations")
@@ -259,12 +342,26 @@ class Project:
                 raise ConfigError(
                     f"line {line}: operations.{name}.{role}: {act_name!r} is {kind} activity ({act.type}); "
                     f"a {role} must be one of: {', '.join(allowed)}", source=self.source)
-        for chained in (*op.on_success, *op.on_failure):
-            if chained not in self._section("operations"):
-                raise ConfigError(f"line {self.doc.line_of(['operations', name])}: operations.{name}: "
-                                  f"chains to unknown operation {chained!r}", source=self.source)
+        for key in ("on_success", "on_failure"):
+            for i, chained in enumerate(getattr(op, key)):
+                if chained not in self._section("operations"):
+                    value = (entries[name] or {}).get(key)
+                    line = self.doc.line_of(["operations", name, key, *([i] if isinstance(value, list) else [])])
+                    raise ConfigError(f"line {line}: operations.{name}.{key}: no operation named {chained!r} "
+                                      f"(defined: {', '.join(self._section('operations'))})", source=self.source)
+        if op.transformation is not None and op.transformation.mapping is not None:
+            for out_field, expr in op.transformation.mapping.items():
+                problem = mapping_expression_problem(expr)
+                if problem is not None:
+                    line = self.doc.line_of(["operations", name, "transformation", "mapping", out_field])
+                    raise ConfigError(f"line {line}: operations.{name}.transformation.mapping.{out_field}: "
+                                      f"invalid Jinja expression {expr!r}: {problem}", source=self.source)
         return op
 
+    def locate(self, *path: str | int) -> str:
+        """``line N: `` for a place in the project file (empty when unknown), for error messages."""
+        line = self.doc.line_of(list(path))
+        return f"line {line}: " if line else ""
 
     def validate_all(self) -> None:
         """Validate every entry (for `mailconnector init` checks and CI of projects)."""

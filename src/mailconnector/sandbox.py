@@ -450,6 +450,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
                     proc.wait(timeout=5)
             else:
                 _wait_gone(pid)
+            # The master's children (smtpd, imap-login, ...) exit just after it: wait for the whole group.
+            _wait_group_gone(pid)
             self.info.pids.pop(name, None)
 
     def remove(self) -> None:
@@ -579,6 +581,40 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Is any process of the group still running? Zombies waiting for init to reap them do not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return True
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.01)
 
 
 def _wait_gone(pid: int, timeout: float = 5.0) -> None:

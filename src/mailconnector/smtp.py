@@ -22,7 +22,7 @@ from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
 from .auth import TokenProvider, token_provider_for
 from .auth.oauth2 import explain_refusal
-from .auth.sasl import decode_oauth_error, oauthbearer_string, xoauth2_string
+from .auth.sasl import decode_oauth_error, oauthbearer_string, token_refused, xoauth2_string
 from .connection import Connection
 from .errors import (
     AuthenticationError,
@@ -75,6 +75,9 @@ class _SMTP(smtplib.SMTP):
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = socket.create_connection((host, port), self._connect_timeout)
         try:
+            # Commands are written whole (a pipelined batch, the data, the final dot); Nagle would only
+            # hold the last small write back for the peer's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._implicit_tls is not None:
                 sock.settimeout(self._command_timeout)
                 sock = self._implicit_tls.wrap_socket(sock, server_hostname=host)
@@ -278,7 +281,7 @@ class SmtpSession:
                 code, resp = smtp.docmd("")
                 if code not in (235, 503):
                     smtp._in_auth = False
-                    if not retried and detail and "401" in detail:
+                    if not retried and token_refused(detail):
                         provider.invalidate()
                         log.info("OAuth2 token refused (%s); refreshing once", detail)
                         return self._oauth_login(user, offered, retried=True)
@@ -337,17 +340,16 @@ class SmtpSession:
                 "the message needs SMTPUTF8 (an internationalised address) and the server does not offer it",
                 code=553, hint="use ASCII addresses, or a server that supports SMTPUTF8",
             )
-        payload = _EOL.sub(CRLF, data)
-        payload = _DOT.sub(b"..", payload)
-        if not payload.endswith(CRLF):
-            payload += CRLF
-        payload += b"." + CRLF
         limit = self.max_size
-        if limit is not None and len(data) > limit:
+        if limit is not None and len(data) > limit:  # checked before any copy of a message that big is made
             raise ServerResponseError(
                 f"message is {len(data):,} bytes; the server accepts at most {limit:,} (SIZE)", code=552,
                 hint="make the attachments smaller or send them as links",
             )
+        payload = _wire_payload(data)
+        trailer = (b"" if payload.endswith(CRLF) else CRLF) + b"." + CRLF
+        # Commands carry a non-ASCII address only with SMTPUTF8 (smtplib's non-pipelined path encodes them).
+        smtp.command_encoding = "utf-8" if smtputf8 else "ascii"
         opts = [f"SIZE={len(data)}"]
         if "8bitmime" in self.extensions:
             opts.append("BODY=8BITMIME")
@@ -394,7 +396,11 @@ class SmtpSession:
             raise ServerResponseError(f"DATA refused: {data_reply[0]} {_text(data_reply[1])}",
                                       code=data_reply[0], text=_text(data_reply[1]))
         with self._translate("DATA"):
-            smtp.send(payload)
+            if len(payload) < 65536:
+                smtp.send(payload + trailer)
+            else:  # no copy of a large message just to append three bytes
+                smtp.send(payload)
+                smtp.send(trailer)
         # From here on the server may have the whole message: never report this as safe to retry.
         try:
             code, text = smtp.getreply()
@@ -461,6 +467,20 @@ class SmtpSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wire_payload(data: bytes) -> bytes:
+    """CRLF line ends and dot-stuffing (RFC 5321 4.5.2); copies the message only when something changes.
+
+    A composed message already has CRLF line ends and rarely a line starting with a dot, so the common
+    case costs a few scans instead of two regex passes that each copy the whole message.
+    """
+    crlf = data.count(CRLF)
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _EOL.sub(CRLF, data)
+    if data.startswith(b".") or b"\n." in data:
+        data = _DOT.sub(b"..", data)
+    return data
 
 
 def _tls_detail(sock: object) -> str:

@@ -144,8 +144,12 @@ class Store:
 
     # ------------------------------------------------------------- send ledger
     def was_sent(self, message_id: str) -> bool:
-        row = self._db().execute("SELECT 1 FROM send_ledger WHERE message_id = ?", (message_id,)).fetchone()
-        return row is not None
+        return self.sent_status(message_id) is not None
+
+    def sent_status(self, message_id: str) -> str | None:
+        """The ledger's status for ``message_id`` (``sent``, ``partial``, ``uncertain``), None if never sent."""
+        row = self._db().execute("SELECT status FROM send_ledger WHERE message_id = ?", (message_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def record_sent(self, message_id: str, connection: str, status: str, accepted: list[str]) -> None:
         with self._tx() as db:
@@ -187,6 +191,22 @@ class Store:
             db.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, 0, ?)",
                 (connection, folder, uidvalidity, time.time()),
+            )
+
+    def adopt_delivered(self, connection: str, folder: str, uidvalidity: int,
+                        matches: list[tuple[int, str | None]]) -> None:
+        """Move a folder's checkpoint to a new UIDVALIDITY, recording ``matches`` (new UID, Message-ID of a
+        message delivered under the old one) as delivered -- in one transaction, so that a crash half-way
+        leaves the old UIDVALIDITY in place and the next run matches again."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?, ?, ?)",
+                [(connection, folder, uidvalidity, uid, mid, now) for uid, mid in matches],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                (connection, folder, uidvalidity, max((uid for uid, _ in matches), default=0), now),
             )
 
     def delivered_uids(self, connection: str, folder: str, uidvalidity: int) -> set[int]:

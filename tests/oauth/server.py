@@ -75,6 +75,7 @@ class TokenServer:
         self.jwt_lifetime = 3600  # the ``exp`` written into the token
         self.expires_in: int | None = None  # what the response says (default: jwt_lifetime)
         self.token_subject: str | None = None  # force ``sub`` (a token for another user)
+        self.rotate_refresh_tokens = False  # /token: hand out a new refresh token with each refresh
         self.requests: list[Request] = []
         self.issued: list[str] = []  # every access and refresh token handed out
         self._lock = threading.Lock()
@@ -139,6 +140,7 @@ class TokenServer:
         self.jwt_lifetime = 3600
         self.expires_in = None
         self.token_subject = None
+        self.rotate_refresh_tokens = False
 
     def token_requests(self, grant_type: str | None = None) -> int:
         """POSTs to a token endpoint (any grant, or the one named)."""
@@ -335,6 +337,8 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 if holder is None or holder[0] != cid:
                     raise _Reply(400, {"error": "invalid_grant", "error_description": "Token has been expired or "
                                        "revoked."})
+                if server.rotate_refresh_tokens:
+                    return server._grant(holder[1], client_id=cid, refresh_for=holder[1], scope=scope)
                 return server._grant(holder[1], scope=scope)
             if grant == "authorization_code":
                 entry = server.auth_codes.pop(form.get("code", ""), None)

@@ -26,7 +26,10 @@ from mailconnector.mime._addresses import (
         ("a@example.test, b@example.test", ["a@example.test", "b@example.test"]),
         ("a@example.test; b@example.test", ["a@example.test", "b@example.test"]),
         ('"Doe, Jane" <jane@example.test>, bob@example.test', ['"Doe, Jane" <jane@example.test>', "bob@example.test"]),
-        ('"Say \\"hi\\", ok" <x@example.test>,y@example.test', ['"Say \\"hi\\", ok" <x@example.test>', "y@example.test"]),
+        (
+            '"Say \\"hi\\", ok" <x@example.test>,y@example.test',
+            ['"Say \\"hi\\", ok" <x@example.test>', "y@example.test"],
+        ),
         ("a@example.test (Doe, Jane), b@example.test", ["a@example.test (Doe, Jane)", "b@example.test"]),
         ("a@example.test,,  ,b@example.test,", ["a@example.test", "b@example.test"]),
         ("", []),
@@ -113,7 +116,7 @@ def test_special_use_domains_are_accepted(address: str) -> None:
 def test_special_use_list_of_the_library_is_not_modified() -> None:
     before = list(email_validator.SPECIAL_USE_DOMAIN_NAMES)
     parse_address("a@x.invalid")
-    assert email_validator.SPECIAL_USE_DOMAIN_NAMES == before
+    assert before == email_validator.SPECIAL_USE_DOMAIN_NAMES
     # And the library itself still refuses it for everybody else in the process.
     with pytest.raises(email_validator.EmailNotValidError):
         email_validator.validate_email("a@x.invalid", check_deliverability=False)
@@ -180,6 +183,11 @@ def test_normalize_msg_id(value: str, expected: str) -> None:
 def test_invalid_message_ids(value: str) -> None:
     with pytest.raises(AddressError):
         normalize_msg_id(value, require_at=True)
+
+
+def test_overlong_id_is_refused() -> None:
+    with pytest.raises(AddressError, match="at most 900"):
+        normalize_msg_id("a" * 1000 + "@x", require_at=True)
 
 
 def test_reference_ids_need_no_at_sign() -> None:

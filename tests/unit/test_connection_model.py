@@ -63,8 +63,8 @@ def test_bad_host_names(host: str) -> None:
     assert "imap.host" in refused(with_("imap.host", host)).message
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "mail.example.test", "localhost", "xn--bcher-kva.example",
-                                  "bücher.example"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "mail.example.test", "localhost",
+                                  "xn--bcher-kva.example", "bücher.example"])
 def test_good_host_names(host: str) -> None:
     conn = Connection.from_dict(with_("smtp.host", host), name="c")
     assert conn.smtp is not None and conn.smtp.host == host.strip("[]")

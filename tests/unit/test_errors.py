@@ -32,7 +32,8 @@ def test_each_family_has_its_exit_code(cls: type[MailConnectorError], code: int)
 
 
 def test_exit_codes_of_the_families_are_distinct() -> None:
-    families = [ConfigError, AuthenticationError, TransportError, ServerResponseError, MessageError, StateError]
+    families: list[type[MailConnectorError]] = [ConfigError, AuthenticationError, TransportError,
+                                                ServerResponseError, MessageError, StateError]
     codes = [f.exit_code for f in families]
     assert codes == [3, 4, 5, 6, 7, 8]
     assert MailConnectorError.exit_code not in codes

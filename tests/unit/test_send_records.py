@@ -182,6 +182,13 @@ def test_all_errors_are_listed_first_is_the_field() -> None:
     assert err.field == "to[0]"
 
 
+def test_values_of_secret_looking_headers_are_not_quoted() -> None:
+    err = error_of({"to": "a@example.test", "headers": {"Authorization": "Bearer s3cr3t-value\r\nX: y"}})
+    assert err.field == "headers.Authorization"
+    assert "s3cr3t" not in str(err)
+    assert "U+000D" in str(err)
+
+
 def test_long_values_are_truncated_in_messages() -> None:
     err = error_of({"to": "x" * 5000})
     assert len(str(err)) < 400

@@ -1,19 +1,26 @@
 """Sources and targets as an operation sees them, built from the project file's activities.
 
-A source yields ``SourceItem``s (a record as a JSON-ready dict, plus an ``ack``); a target takes
-``(ticket, record)`` pairs and yields ``(ticket, error or None)`` as each record is taken or fails — in
-any order, so a parallel target (Send Email) can report as it goes.
+A source yields ``SourceItem``s (a record as a JSON-ready dict, plus an ``ack`` and a stable ``key``); a
+target takes ``(ticket, record, key)`` triples and yields ``(ticket, error or None)`` once each record is
+really taken (written to disk, accepted by the SMTP server) or has failed — in any order, so a parallel
+target (Send Email) can report as it goes. An operation acknowledges a source item only after that.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
+import io
 import json
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,7 +30,24 @@ from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo, SendDefaults
 from .files import RecordFormat, iter_records, read_input, write_jsonl
 
-__all__ = ["Source", "SourceItem", "Target", "build_source", "build_target"]
+if TYPE_CHECKING:
+    from .read import ReadSettings
+    from .send import SendSettings
+
+__all__ = [
+    "Delivery",
+    "Source",
+    "SourceItem",
+    "Target",
+    "build_source",
+    "build_target",
+    "read_settings_of",
+    "send_settings_of",
+]
+
+# What a target is handed: (ticket, record, key). The key names the source item and the output's place
+# among the records made of it; a Send Email target derives the Message-ID (the send ledger's key) from it.
+Delivery = tuple[int, dict[str, Any], str | None]
 
 
 @dataclass
@@ -32,6 +56,7 @@ class SourceItem:
     ack: Callable[[], None] = field(default=lambda: None)
     error: MailConnectorError | None = None  # the source could not make a record of this item
     label: str = ""
+    key: str | None = None  # stable across runs for the same input item
 
 
 class Source(Protocol):
@@ -43,23 +68,55 @@ class Source(Protocol):
 
 
 class Target(Protocol):
-    def deliver(self, records: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, ErrorInfo | None]]: ...
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]: ...
 
     def close(self) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
 
 
+# ------------------------------------------------------------------------------------------------ settings
+def read_settings_of(project: Project, name: str, config: ReadActivity) -> ReadSettings:
+    """The Read Email settings of an activity, validated, with errors naming the project file's line."""
+    from .read import ReadSettings
+
+    settings = dict(config.model_extra or {})
+    directory = settings.get("directory")
+    if isinstance(directory, str) and not Path(directory).expanduser().is_absolute():
+        settings["directory"] = str(project.directory / directory)
+    result = _validated(ReadSettings, settings, project, name)
+    try:
+        result.check()
+    except ConfigError as exc:
+        key = exc.field or "type"
+        raise ConfigError(f"{project.locate('activities', name, key)}activities.{name}.{key}: "
+                          f"{exc.message.split(': ', 1)[-1]}", source=project.source, hint=exc.hint) from None
+    return result
+
+
+def send_settings_of(project: Project, name: str, config: SendActivity) -> SendSettings:
+    """The Send Email settings of an activity: its own settings, and a default for any record field
+    (given under ``defaults:`` or directly beside the settings)."""
+    from .send import SendSettings
+
+    extra = dict(config.model_extra or {})
+    settings_keys = set(SendSettings.model_fields) - {"defaults"}
+    settings = {k: extra.pop(k) for k in list(extra) if k in settings_keys}
+    defaults = dict(extra.pop("defaults", None) or {})
+    defaults.update(extra)  # to, cc, subject, ... given directly on the activity
+    if isinstance(settings.get("dry_run"), str) and not Path(settings["dry_run"]).expanduser().is_absolute():
+        settings["dry_run"] = str(project.directory / settings["dry_run"])
+    if defaults:
+        settings["defaults"] = _validated(SendDefaults, defaults, project, name)
+    return _validated(SendSettings, settings, project, name)
+
+
 # ------------------------------------------------------------------------------------------------ sources
 class ReadEmailSource:
     def __init__(self, project: Project, name: str, config: ReadActivity) -> None:
-        from .read import ReadEmail, ReadSettings
+        from .read import ReadEmail
 
-        settings = {k: v for k, v in (config.model_extra or {}).items()}
-        directory = settings.get("directory")
-        if directory is not None and not Path(directory).is_absolute():
-            settings["directory"] = str(project.directory / directory)
-        self.settings = _validated(ReadSettings, settings, project, name)
+        self.settings = read_settings_of(project, name, config)
         if self.settings.directory is not None:
             self.settings.directory.mkdir(parents=True, exist_ok=True)
         self.connection = project.connection(config.connection)
@@ -73,7 +130,8 @@ class ReadEmailSource:
     def items(self) -> Iterator[SourceItem]:
         for item in self.reader.items():
             record = item.record.model_dump(mode="json", by_alias=True)
-            yield SourceItem(record, item.ack, label=f"uid {item.uid}")
+            key = f"imap:{self.connection.name}/{self.settings.folder}/{record.get('uidvalidity')}/{item.uid}"
+            yield SourceItem(record, item.ack, label=f"uid {item.uid}", key=key)
 
     def flush(self) -> None:
         self.reader.flush()
@@ -87,6 +145,9 @@ class ReadEmailSource:
 
 
 class FileSource:
+    """Records of a file (or stdin). A file has no "read" flag: each run reads it whole, so an operation
+    with a file source is run once per input (a watch refuses it)."""
+
     def __init__(self, project: Project, name: str, config: FileActivity) -> None:
         self.config = config
         self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
@@ -99,11 +160,13 @@ class FileSource:
             yield from self._eml_items(path)
             return
         data, label = read_input(self.path)
+        digest = hashlib.sha256(data).hexdigest()[:24]
         for i, rec in enumerate(iter_records(data, name=label, fmt=_record_format(fmt))):
+            key = f"file:{digest}:{i}"
             if isinstance(rec, MailConnectorError):
-                yield SourceItem(None, error=rec, label=f"record {i}")
+                yield SourceItem(None, error=rec, label=f"record {i}", key=key)
             else:
-                yield SourceItem(dict(rec), label=f"record {i}")
+                yield SourceItem(dict(rec), label=f"record {i}", key=key)
 
     def _eml_items(self, directory: Path) -> Iterator[SourceItem]:
         from ..mime.parse import parse_message
@@ -111,8 +174,9 @@ class FileSource:
         if not directory.is_dir():
             raise ConfigError(f"{directory} is not a directory of .eml files", field="path")
         for path in sorted(directory.glob("*.eml")):
-            record = parse_message(path.read_bytes()).model_dump(mode="json", by_alias=True)
-            yield SourceItem(record, label=path.name)
+            raw = path.read_bytes()
+            record = parse_message(raw).model_dump(mode="json", by_alias=True)
+            yield SourceItem(record, label=path.name, key=f"eml:{hashlib.sha256(raw).hexdigest()[:24]}")
 
     def close(self) -> None:
         pass
@@ -123,27 +187,34 @@ class FileSource:
 
 # ------------------------------------------------------------------------------------------------ targets
 class SendEmailTarget:
-    def __init__(self, project: Project, name: str, config: SendActivity) -> None:
-        from .send import SendEmail, SendSettings
+    """Send Email as a target. A record without ``message_id`` or ``id`` gets a Message-ID derived from the
+    operation and its source item, so that a rerun over the same input (the same file, or an email that was
+    delivered but not yet acknowledged when a run died) is found in the send ledger and not sent again."""
 
-        extra = dict(config.model_extra or {})
-        settings_keys = set(SendSettings.model_fields) - {"defaults"}
-        settings = {k: extra.pop(k) for k in list(extra) if k in settings_keys}
-        defaults = extra.pop("defaults", None) or {}
-        defaults.update(extra)  # to, cc, subject, ... given directly on the activity
-        if defaults:
-            settings["defaults"] = _validated(SendDefaults, defaults, project, name)
-        send_settings = _validated(SendSettings, settings, project, name)
+    def __init__(self, project: Project, name: str, config: SendActivity, *, operation: str = "") -> None:
+        from .send import SendEmail
+
+        send_settings = send_settings_of(project, name, config)
         self.connection = project.connection(config.connection)
         self.activity = SendEmail(self.connection, send_settings, store=project.store(), base_dir=project.directory)
         self.name = name
+        self.operation = operation
+        sender = self.connection.from_address or self.connection.auth.username or ""
+        domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else ""
+        self._domain = re.sub(r"[^A-Za-z0-9.-]", "", domain) or "mailconnector.invalid"
 
-    def deliver(self, records: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, ErrorInfo | None]]:
+    def _message_id(self, key: str) -> str:
+        digest = hashlib.sha256(f"{self.operation}\0{self.connection.name}\0{key}".encode()).hexdigest()[:32]
+        return f"<{digest}.op@{self._domain}>"
+
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
         tickets: list[int] = []
 
         def feed() -> Iterator[Mapping[str, Any]]:
-            for ticket, record in records:
+            for ticket, record, key in records:
                 tickets.append(ticket)
+                if key is not None and not record.get("message_id") and record.get("id") in (None, ""):
+                    record = {**record, "message_id": self._message_id(key)}
                 yield record
 
         for response in self.activity.send(feed()):
@@ -159,24 +230,72 @@ class SendEmailTarget:
 
 
 class FileTarget:
-    def __init__(self, project: Project, name: str, config: FileActivity) -> None:
+    """JSON Lines, CSV, JSON or a directory of .eml files. A record counts as taken once it is written and
+    flushed to the file; a JSON array is written whole (atomically) at the end of the run, so its records
+    are reported taken only then."""
+
+    def __init__(self, project: Project, name: str, config: FileActivity, *, append: bool | None = None) -> None:
         self.config = config
         self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
         self.name = name
+        self.append = config.append if append is None else append
         self._sink: TextIO | None = None
         self._csv: csv.DictWriter[str] | None = None
-        self._json_items: list[dict[str, Any]] = []
+        self._columns: list[str] | None = None
         self._fmt = config.format or _format_of(self.path)
 
-    def deliver(self, records: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, ErrorInfo | None]]:
-        for ticket, record in records:
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
+        if self._fmt == "json":
+            yield from self._deliver_json(records)
+            return
+        for ticket, record, _key in records:
             try:
                 self._write(record)
             except (OSError, ValueError, TypeError) as exc:
-                yield ticket, ErrorInfo(type="TargetError", message=f"cannot write to {self.path}: {exc}",
-                                        retryable=False)
+                yield ticket, _write_error(self.path, exc)
                 continue
             yield ticket, None
+
+    def _deliver_json(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
+        tickets: list[int] = []
+        items: list[dict[str, Any]] = []
+        for ticket, record, _key in records:
+            tickets.append(ticket)
+            items.append(record)
+        try:
+            self._write_json(items)
+        except (OSError, ValueError, TypeError) as exc:
+            error = _write_error(self.path, exc)
+            for ticket in tickets:
+                yield ticket, error
+            return
+        for ticket in tickets:
+            yield ticket, None
+
+    def _write_json(self, items: list[dict[str, Any]]) -> None:
+        if self.path == "-":
+            json.dump(items, sys.stdout, ensure_ascii=False, indent=2, default=str)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            return
+        path = Path(self.path)
+        if self.append and path.exists() and path.stat().st_size:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(existing, list):
+                raise ValueError("append: the existing file is not a JSON array")
+            items = existing + items
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(items, out, ensure_ascii=False, indent=2, default=str)
+                out.write("\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _open(self) -> TextIO:
         if self._sink is None:
@@ -184,7 +303,7 @@ class FileTarget:
                 self._sink = sys.stdout
             else:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                mode = "a" if self.config.append else "w"
+                mode = "a" if self.append else "w"
                 self._sink = cast(TextIO, open(self.path, mode, encoding="utf-8", newline=""))  # noqa: SIM115
         return self._sink
 
@@ -192,22 +311,42 @@ class FileTarget:
         if self._fmt == "eml":
             self._write_eml(record)
         elif self._fmt == "csv":
-            sink = self._open()
-            flat = {k: v if isinstance(v, str | int | float) or v is None else json.dumps(v, ensure_ascii=False)
-                    for k, v in record.items()}
-            if self._csv is None:
-                self._csv = csv.DictWriter(sink, fieldnames=list(flat), extrasaction="ignore")
-                self._csv.writeheader()
-            self._csv.writerow(flat)
-            sink.flush()
-        elif self._fmt == "json":
-            self._json_items.append(record)  # a JSON array is written whole, at close
+            self._write_csv(record)
         else:
             write_jsonl(self._open(), record)
 
-    def _write_eml(self, record: dict[str, Any]) -> None:
-        import base64
+    def _write_csv(self, record: dict[str, Any]) -> None:
+        flat = {k: v if isinstance(v, str | int | float) or v is None else json.dumps(v, ensure_ascii=False)
+                for k, v in record.items()}
+        if self._csv is None:
+            header = self._existing_header() if self.append else None
+            sink = self._open()
+            self._columns = header or list(flat)
+            self._csv = csv.DictWriter(sink, fieldnames=self._columns)
+            if not header:
+                self._csv.writeheader()
+        assert self._columns is not None and self._sink is not None
+        missing = [k for k in flat if k not in self._columns]
+        if missing:
+            # Never drop a field silently: the record fails, and says which columns it lacks.
+            raise ValueError(f"the CSV columns ({', '.join(self._columns)}) have no place for: "
+                             f"{', '.join(missing)}; a transformation mapping can fix the columns")
+        self._csv.writerow(flat)
+        self._sink.flush()
 
+    def _existing_header(self) -> list[str] | None:
+        if self.path == "-":
+            return None
+        try:
+            with open(self.path, encoding="utf-8", newline="") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        if not first.strip():
+            return None
+        return next(csv.reader(io.StringIO(first)))
+
+    def _write_eml(self, record: dict[str, Any]) -> None:
         raw = record.get("raw_base64")
         if not raw and record.get("raw_path"):
             data = Path(str(record["raw_path"])).read_bytes()
@@ -217,20 +356,31 @@ class FileTarget:
             raise ValueError("an .eml target needs records with raw_base64 or raw_path (include_raw: true)")
         directory = Path(self.path)
         directory.mkdir(parents=True, exist_ok=True)
-        stem = f"{record.get('uidvalidity') or 0}-{record.get('uid') or len(list(directory.iterdir()))}"
-        (directory / f"{stem}.eml").write_bytes(data)
+        if record.get("uid"):
+            # The same email gets the same name: writing it again (after a run died before its ack) replaces it.
+            path = directory / f"{record.get('uidvalidity') or 0}-{record['uid']}.eml"
+        else:
+            stem = hashlib.sha256(data).hexdigest()[:20]
+            path = directory / f"{stem}.eml"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
 
     def close(self) -> None:
-        if self._fmt == "json" and (self._json_items or self._sink is None):
-            sink = self._open()
-            json.dump(self._json_items, sink, ensure_ascii=False, indent=2, default=str)
-            sink.write("\n")
         if self._sink is not None and self._sink is not sys.stdout:
             self._sink.close()
         self._sink = None
+        self._csv = None
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "file", "path": self.path, "format": self._fmt}
+        return {"type": "file", "path": self.path, "format": self._fmt, "append": self.append}
+
+
+def _write_error(path: str, exc: Exception) -> ErrorInfo:
+    return ErrorInfo(type="TargetError", message=f"cannot write to {path}: {exc}", retryable=isinstance(exc, OSError))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -270,10 +420,12 @@ def build_source(project: Project, name: str) -> ReadEmailSource | FileSource:
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a source", source=project.source)
 
 
-def build_target(project: Project, name: str) -> SendEmailTarget | FileTarget:
+def build_target(project: Project, name: str, *, operation: str = "",
+                 append: bool | None = None) -> SendEmailTarget | FileTarget:
+    """``append`` overrides a file target's setting (a watch appends after its first run)."""
     config = project.activity(name)
     if isinstance(config, SendActivity):
-        return SendEmailTarget(project, name, config)
+        return SendEmailTarget(project, name, config, operation=operation)
     if isinstance(config, FileActivity):
-        return FileTarget(project, name, config)
+        return FileTarget(project, name, config, append=append)
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a target", source=project.source)

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..connection import Connection
 from ..errors import ConfigError, TransportError
 from ..imap import FetchedMessage, FolderState, ImapSession
+from ..mime._parse_decode import Defects
+from ..mime._parse_fields import parse_msg_id
 from ..mime.parse import parse_message
 from ..records.read import ParseOptions, ReadRecord
 from ..store import Store
@@ -92,8 +94,12 @@ class Criteria(BaseModel):
         text = " ".join(str(t) for t in terms if isinstance(t, str))
         charset = None if text.isascii() and (self.raw or "").isascii() else "UTF-8"
         if self.raw:
-            prefix = " ".join(_imap_atom(t) for t in terms)
-            return (f"{prefix} {self.raw}".strip() if prefix else self.raw), charset
+            if charset is None:
+                prefix = " ".join(_imap_atom(t) for t in terms)
+                return (f"{prefix} {self.raw}".strip() if prefix else self.raw), charset
+            # Sent whole, a non-ASCII search would go out as one literal (a single string, not search
+            # keys): split it so that only its 8-bit strings become literals.
+            return terms + _tokenize_search(self.raw), charset
         return (terms or ["ALL"]), charset
 
 
@@ -104,6 +110,58 @@ def _imap_atom(term: Any) -> str:
     if re.fullmatch(r"[A-Za-z0-9]+", s):
         return s
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_SEARCH_TOKEN = re.compile(r'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
+# What IMAPClient sends as it is (no quoting, no literal), so that a parenthesis can be glued to it.
+_PLAIN = re.compile(rb"[!#-'*-\[\]-~]+")
+
+
+def _tokenize_search(raw: str) -> list[bytes]:
+    """A raw IMAP search as IMAPClient criteria, so that only its 8-bit strings become literals.
+
+    Atoms stay as they are; quoted strings are unquoted (IMAPClient quotes them again, or sends them as
+    literals when 8-bit). A parenthesis is glued to a plain neighbour; next to a literal or a quoted
+    string it goes as its own token ("(SUBJECT {5}... )"), which servers accept."""
+    items: list[bytes] = []
+    plain: list[bool] = []
+    opens = b""
+    depth = 0
+    pos = 0
+    raw = raw.strip()
+    while pos < len(raw):
+        match = _SEARCH_TOKEN.match(raw, pos)
+        if match is None or match.end() == pos:
+            raise ConfigError(f"cannot read the search criteria near {raw[pos:pos + 20]!r}", field="criteria",
+                              hint='quote strings with double quotes, e.g. SUBJECT "Grüße"')
+        pos = match.end()
+        opening, closing, quoted, atom = match.groups()
+        if opening:
+            depth += 1
+            opens += b"("
+        elif closing:
+            depth -= 1
+            if depth < 0 or opens:
+                raise ConfigError("unbalanced or empty parentheses in the search criteria", field="criteria")
+            if plain[-1]:
+                items[-1] += b")"
+            else:
+                items.append(b")")
+                plain.append(True)
+        else:
+            token = (re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else atom).encode("utf-8")
+            is_plain = _PLAIN.fullmatch(token) is not None
+            if opens and is_plain:
+                token = opens + token
+            elif opens:
+                items.append(opens)
+                plain.append(True)
+            opens = b""
+            items.append(token)
+            plain.append(is_plain)
+    if depth != 0:
+        raise ConfigError("unbalanced parentheses in the search criteria", field="criteria")
+    return items
 
 
 class ReadSettings(BaseModel):
@@ -261,7 +319,6 @@ class ReadEmail:
             log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); "
                         "matching delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
             uids = self._skip_by_message_id(uids)
-            self.store.reset_checkpoint(self.key, s.folder, state.uidvalidity)
         delivered = self.store.delivered_uids(self.key, s.folder, state.uidvalidity)
         redo = [u for u in uids if u in delivered]
         if redo and s.after_read != "keep_unread":
@@ -271,24 +328,24 @@ class ReadEmail:
         return [u for u in uids if u not in delivered]
 
     def _skip_by_message_id(self, uids: list[int]) -> list[int]:
+        """After a UIDVALIDITY change: drop the messages delivered under the old one (same Message-ID)
+        and move the checkpoint to the new UIDVALIDITY, recording them as delivered under it."""
         assert self._session is not None and self.store is not None
         seen = self.store.delivered_message_ids(self.key, self.settings.folder)
-        if not seen or not uids:
-            return uids
         keep: list[int] = []
-        with self._session._translate("UID FETCH Message-ID"):
-            data = self._session.client.fetch(uids, [b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
-        for uid in uids:
-            raw = b""
-            for k, v in data.get(uid, {}).items():
-                if k.startswith(b"BODY[HEADER"):
-                    raw = bytes(v)
-            mid = raw.split(b":", 1)[1].strip().decode("ascii", "replace") if b":" in raw else None
-            if mid and mid in seen:
-                # Same message as one delivered under the old UIDVALIDITY: record it under the new one.
-                self.store.advance_checkpoint(self.key, self.settings.folder, self._uidvalidity(), uid, mid)
-                continue
-            keep.append(uid)
+        matches: list[tuple[int, str | None]] = []
+        if seen and uids:
+            with self._session._translate("UID FETCH Message-ID"):
+                data = self._session.client.fetch(uids, [b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+            for uid in uids:
+                mid = _message_id_field(data.get(uid, {}))
+                if mid is not None and mid in seen:
+                    matches.append((uid, mid))
+                else:
+                    keep.append(uid)
+        else:
+            keep = uids
+        self.store.adopt_delivered(self.key, self.settings.folder, self._uidvalidity(), matches)
         return keep
 
     def _uidvalidity(self) -> int:
@@ -359,9 +416,14 @@ class ReadEmail:
             return
         uids, self._pending = self._pending, []
         try:
-            self._apply(uids)
+            try:
+                self._apply(uids)
+            except TransportError as exc:
+                log.warning("after-read action failed (%s); reconnecting once", exc.message)
+                self._reconnect()
+                self._apply(uids)
         except TransportError:
-            # The store already has them: the next run (or a reconnect) completes the action.
+            # The store already has them: the next run completes the action (without delivering them again).
             log.warning("after-read action for %d message(s) not applied; the next run applies it", len(uids))
             raise
 
@@ -375,6 +437,16 @@ class ReadEmail:
         elif self.settings.move_to:
             self._session.add_flags(uids, ["\\Seen"])  # read where it lands, as a mail client would
             self._session.move(uids, self.settings.move_to)
+
+
+def _message_id_field(item: dict[bytes, Any]) -> str | None:
+    """The Message-ID from a ``BODY[HEADER.FIELDS (MESSAGE-ID)]`` answer, as the parser writes it."""
+    for key, value in item.items():
+        if key.startswith(b"BODY[HEADER"):
+            raw = bytes(value)
+            if b":" in raw:
+                return parse_msg_id(raw.split(b":", 1)[1].decode("utf-8", "replace"), "", Defects())
+    return None
 
 
 def _slug(folder: str) -> str:

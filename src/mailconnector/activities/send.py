@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from ..errors import (
     MessageError,
     RecipientsRefusedError,
     ServerResponseError,
+    StateError,
     TransportError,
 )
 from ..mime.compose import ComposedMessage, compose
@@ -118,20 +120,22 @@ class SendEmail:
         at most ``2 × concurrency`` records are in flight."""
         workers = self.settings.concurrency
         in_flight: set[Future[SendResponse]] = set()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
-            try:
-                for index, record in enumerate(records):
-                    in_flight.add(pool.submit(self._one, index, record, input_key))
-                    if len(in_flight) >= workers * 2:
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
+                try:
+                    for index, record in enumerate(records):
+                        in_flight.add(pool.submit(self._one, index, record, input_key))
+                        if len(in_flight) >= workers * 2:
+                            done, in_flight = _wait_some(in_flight)
+                            yield from (f.result() for f in done)
+                    while in_flight:
                         done, in_flight = _wait_some(in_flight)
                         yield from (f.result() for f in done)
-                while in_flight:
-                    done, in_flight = _wait_some(in_flight)
-                    yield from (f.result() for f in done)
-            finally:
-                for f in in_flight:
-                    f.cancel()
-        self.close()
+                finally:
+                    for f in in_flight:
+                        f.cancel()
+        finally:  # also when the consumer stops early: no connection is left open
+            self.close()
 
     def send_one(self, record: Record) -> SendResponse:
         try:
@@ -148,6 +152,20 @@ class SendEmail:
     # --------------------------------------------------------------- worker
     def _one(self, index: int, record: Record, input_key: str | None) -> SendResponse:
         started = time.perf_counter()
+        try:
+            return self._one_record(index, record, input_key, started)
+        except StateError:
+            raise  # the send ledger is unusable: going on would risk sending twice
+        except MailConnectorError as exc:  # e.g. a connection without smtp settings: every record says so
+            return self._response(index, _record_id(record), "", "failed", started,
+                                  error=_error_info(exc, index, _record_id(record)))
+        except Exception as exc:  # a bug or an unforeseen error fails this record, not the whole run
+            log.error("record %d: unexpected %s", index, type(exc).__name__, exc_info=True)
+            error = ErrorInfo.from_exception(exc)
+            error = error.model_copy(update={"message": f"record {index}: {error.message}"})
+            return self._response(index, _record_id(record), "", "failed", started, error=error)
+
+    def _one_record(self, index: int, record: Record, input_key: str | None, started: float) -> SendResponse:
         rid: str | None = None
         message_id = ""
         try:
@@ -167,10 +185,10 @@ class SendEmail:
             return self._response(index, rid, message_id, "failed", started, error=_error_info(exc, index, rid))
         if self.settings.dry_run is not None:
             return self._dry_run(index, rid, composed, started)
-        if not self._claim(message_id):
+        refusal = self._claim(message_id)
+        if refusal is not None:
             return self._response(index, rid, message_id, "skipped_duplicate", started,
-                                  error=ErrorInfo(type="Duplicate", retryable=False,
-                                                  message="this message_id was already sent (send ledger)"))
+                                  error=ErrorInfo(type="Duplicate", retryable=False, message=refusal))
         return self._deliver(index, rid, composed, started)
 
     def _derived_id(self, request: SendRequest, index: int, input_key: str | None) -> str | None:
@@ -184,45 +202,62 @@ class SendEmail:
         digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
         sender = request.from_ or self.connection.from_address or self.connection.auth.username
         domain = sender.rsplit("@", 1)[-1].strip(">").strip() if "@" in sender else "mailconnector.invalid"
-        domain = re.sub(r"[^A-Za-z0-9.-]", "", domain.encode("idna").decode("ascii", "replace")) or "localhost"
+        try:
+            ascii_domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:  # not a valid IDN: the id only needs to be unique and well formed
+            ascii_domain = ""
+        domain = re.sub(r"[^A-Za-z0-9.-]", "", ascii_domain).strip(".") or "localhost"
         return f"<{digest}@{domain}>"
 
-    def _claim(self, message_id: str) -> bool:
+    def _claim(self, message_id: str) -> str | None:
+        """None when this run may send ``message_id``; otherwise why not (for the response)."""
         with self._claim_lock:
             if message_id in self._claimed:
-                return False
-            if self.store is not None and self.store.was_sent(message_id):
-                return False
+                return "this message_id was already taken by an earlier record of this run"
+            status = self.store.sent_status(message_id) if self.store is not None else None
+            if status == "uncertain":
+                return ("an earlier run may have delivered this message_id (the connection was lost after the "
+                        "data was sent), so it is not sent again; check the recipient's mailbox, and give the "
+                        "record a new message_id to send it anyway")
+            if status is not None:
+                return f"this message_id was already sent (send ledger: {status})"
             self._claimed.add(message_id)
-            return True
+            return None
 
-    def _session(self) -> SmtpSession:
+    def _session(self) -> tuple[SmtpSession, bool]:
+        """This worker's connection, and whether it was used before (it may have gone stale meanwhile)."""
         session: SmtpSession | None = getattr(self._local, "session", None)
-        if session is None or not session.connected:
-            session = SmtpSession(self.connection)
-            session.connect()
-            self._local.session = session
-            with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+        if session is not None and session.connected:
+            return session, True
+        session = SmtpSession(self.connection)
+        with self._sessions_lock:
+            self._sessions.append(session)
+        session.connect()
+        self._local.session = session
+        return session, False
 
     def _drop_session(self) -> None:
         session: SmtpSession | None = getattr(self._local, "session", None)
         self._local.session = None
         if session is not None:
             session.close()
+            with self._sessions_lock, contextlib.suppress(ValueError):
+                self._sessions.remove(session)
 
     def _deliver(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
         data = composed.as_bytes()
         attempts = 0
+        failures = 0
+        stale_retried = False
         delay = self.settings.backoff
         while True:
             if self._auth_failure is not None:
                 return self._failed(index, rid, composed, started, self._auth_failure, attempts)
             attempts += 1
+            reused = False
             try:
                 self._rate.wait()
-                session = self._session()
+                session, reused = self._session()
                 result = session.send(composed.envelope_from, composed.recipients, data,
                                       smtputf8=composed.needs_smtputf8)
             except MayHaveBeenDelivered as exc:
@@ -239,11 +274,18 @@ class SendEmail:
                     isinstance(exc, ServerResponseError) and exc.code in _TEMPORARY)
                 if isinstance(exc, TransportError) or (isinstance(exc, ServerResponseError) and exc.code == 421):
                     self._drop_session()
-                if not temporary or attempts > self.settings.retries:
+                if temporary and reused and isinstance(exc, TransportError) and not stale_retried:
+                    # A kept connection the server closed while it was idle: reconnect at once, without
+                    # spending a retry or a backoff on it (nothing of this message had been accepted).
+                    stale_retried = True
+                    log.debug("record %d: kept connection was lost (%s); reconnecting", index, exc.message)
+                    continue
+                failures += 1
+                if not temporary or failures > self.settings.retries:
                     refused = exc.refused if isinstance(exc, RecipientsRefusedError) else {}
                     return self._failed(index, rid, composed, started, exc, attempts, refused=refused)
                 pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
-                log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, attempts,
+                log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, failures,
                          pause)
                 time.sleep(pause)
                 delay *= 2
@@ -285,6 +327,14 @@ class SendEmail:
             "accepted": accepted or [], "refused": refused or [], "error": error, "attempts": attempts,
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 2), "eml_path": eml_path,
         })
+
+
+def _record_id(record: Record) -> str | None:
+    if isinstance(record, SendRequest):
+        return record.id
+    if isinstance(record, Mapping) and record.get("id") is not None:
+        return str(record.get("id"))
+    return None
 
 
 def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorInfo:

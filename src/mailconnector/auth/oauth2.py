@@ -491,8 +491,15 @@ class _MicrosoftSource:
             "token_cache": msal.TokenCache(),
         }
         if self.host.lower() not in WELL_KNOWN_AUTHORITY_HOSTS:
-            # A private or test authority: msal must not ask Microsoft to vouch for it.
+            # A private or test authority: msal must not ask Microsoft to vouch for it. Nor look up the
+            # user's realm (federation) before ROPC there: msal builds that URL without the authority's
+            # port, and federation is a feature of Microsoft's own cloud.
             kwargs.update(instance_discovery=False, validate_authority=False)
+            from msal.authority import Authority
+
+            no_realm = getattr(Authority, "_domains_without_user_realm_discovery", None)
+            if isinstance(no_realm, set):
+                no_realm.add(self.host.rsplit(":", 1)[0].lower() if not self.host.endswith("]") else self.host)
         secret = self.o.client_secret.get_secret_value() if self.o.client_secret else None
         with self._translate():
             if secret is not None:

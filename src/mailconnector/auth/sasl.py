@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 
-__all__ = ["decode_oauth_error", "oauthbearer_string", "xoauth2_string"]
+__all__ = ["decode_oauth_error", "oauthbearer_string", "token_refused", "xoauth2_string"]
 
 
 def _check(name: str, value: str) -> None:
@@ -53,3 +53,15 @@ def decode_oauth_error(challenge: str | bytes) -> str | None:
         return None
     parts = [f"{k}={data[k]}" for k in ("status", "error", "scope", "schemes") if k in data]
     return ", ".join(str(p) for p in parts) or None
+
+
+def token_refused(detail: str | None) -> bool:
+    """Does a decoded failure challenge say the token itself was refused, so a fresh one may help?
+
+    XOAUTH2 servers say ``status=401``; OAUTHBEARER ones (RFC 7628) ``status=invalid_token``. A refusal
+    for scope (``insufficient_scope``, ``403``) or a malformed request would fail again with a new token.
+    """
+    if not detail:
+        return False
+    status = next((p.split("=", 1)[1].strip() for p in detail.split(",") if p.strip().startswith("status=")), "")
+    return status.lower() in ("401", "invalid_token")

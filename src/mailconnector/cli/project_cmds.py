@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,19 +23,27 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init_cmd)
 
 
-def _stop_on_signals() -> threading.Event:
-    """SIGTERM / Ctrl-C finish the record in hand, then stop cleanly."""
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM / Ctrl-C finish the record in hand, then stop cleanly (a second one aborts). The previous
+    handlers come back afterwards, so that a program calling the CLI in-process keeps its own."""
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        err_console.print("stopping after the record in hand (again to abort)")
+        err_console.print(f"{signal.Signals(signum).name}: stopping after the record in hand (again to abort)")
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return stop
+    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_cmd(
@@ -53,7 +62,9 @@ def run_cmd(
     """Run an operation (source → transformation → target) once, or keep it running with --watch.
 
     Emails are marked read only when the target took every record made from them. Each run writes an
-    operation log (see `mailconnector logs`). Exit 1 when some records failed.
+    operation log (see `mailconnector logs`). Exit 1 when some records failed; 130 when stopped by
+    SIGTERM / Ctrl-C (the record in hand is finished first; the rest stays unread for the next run);
+    8 when another process holds the folder (with --watch: add --wait to wait for it instead).
 
     Examples:
       mailconnector run send-outbox
@@ -65,7 +76,6 @@ def run_cmd(
               json_output=json_output)
     proj = s.project
     proj.operation(operation)  # validate before anything starts
-    stop = _stop_on_signals()
 
     def show(result: RunResult) -> None:
         if json_output:
@@ -76,11 +86,14 @@ def run_cmd(
             err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — read {r.read}, written {r.written}, "
                               f"failed {r.failed} (run {r.run_id})" + (f": {r.error}" if r.error else ""))
 
-    if watch:
-        watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
-        return
-    result = run_operation(proj, operation, stop=stop)
+    with _stop_on_signals() as stop:
+        if watch:
+            watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
+            return
+        result = run_operation(proj, operation, stop=stop)
     show(result)
+    if result.interrupted:
+        raise typer.Exit(130)
     if not result.ok:
         raise typer.Exit(1)
 

@@ -58,10 +58,12 @@ def sandbox_start(
     start(None, debug=debug, log_format=log_format)
     if POINTER.exists():
         old = Path(POINTER.read_text().strip())
-        with contextlib.suppress(StateError):
-            if Sandbox.attach(old).running():
-                raise StateError(f"a sandbox is already running here ({old})",
-                                 hint="stop it first: mailconnector sandbox stop")
+        previous: Sandbox | None = None
+        with contextlib.suppress(StateError):  # a stale pointer: its state is gone
+            previous = Sandbox.attach(old)
+        if previous is not None and previous.running():
+            raise StateError(f"a sandbox is already running here ({old})",
+                             hint="stop it first: mailconnector sandbox stop")
     sbx = Sandbox.start()
     target = _project_target(write_project)
     sbx.write_project(target)

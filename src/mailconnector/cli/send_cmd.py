@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from .._validation import config_error_from_validation
 from ..activities.files import iter_records, read_input, write_jsonl
 from ..activities.send import SendEmail, SendSettings, input_key_for
-from ..errors import ConfigError
+from ..errors import ConfigError, MailConnectorError
+from ..records.send import SendDefaults
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, progress, start
 
 
@@ -33,7 +34,8 @@ def send_cmd(
     cc: Annotated[list[str] | None, typer.Option("--cc", help="One message: a Cc recipient (repeatable).")] = None,
     bcc: Annotated[list[str] | None, typer.Option("--bcc", help="One message: a Bcc recipient.")] = None,
     sender: Annotated[str | None, typer.Option("--from", help="Sender (default: the connection's "
-                                               "from_address).")] = None,
+                                               "from_address); with --input, the default for records "
+                                               "without 'from'.")] = None,
     subject: Annotated[str | None, typer.Option(help="One message: the subject.")] = None,
     text: Annotated[str | None, typer.Option(help="One message: the plain-text body.")] = None,
     html: Annotated[str | None, typer.Option(help="One message: the HTML body.")] = None,
@@ -57,7 +59,9 @@ def send_cmd(
     references, priority, message_id, template, data (see `mailconnector schema send-request`).
 
     A bad record fails alone (its error names the record and the field); the others are sent. A rerun of
-    the same input sends nothing twice (the send ledger). Exit 1 when some records failed.
+    the same input sends nothing twice (the send ledger). Exit 1 when some records failed or were only
+    partly delivered; when every record failed for the same kind of reason (e.g. the login was refused),
+    the exit code of that kind (see --help of mailconnector).
 
     Examples:
       mailconnector send sandbox --to bob@example.test --subject Hi --text "Hello Bob"
@@ -67,15 +71,22 @@ def send_cmd(
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     one = {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "text": text, "html": html, "attach": attach}
-    if input is None and not to:
-        raise typer.BadParameter("give --input FILE (or -), or --to for one message", param_hint="--input")
-    if input is not None and any(v for k, v in one.items() if k != "attach"):
-        raise typer.BadParameter("--input and the one-message flags cannot be combined", param_hint="--input")
+    if input is None and not (to or cc or bcc):
+        raise typer.BadParameter("give --input FILE (or -), or --to/--cc/--bcc for one message",
+                                 param_hint="--input")
+    if input is not None and any(one.values()):
+        given = ", ".join(f"--{k}" for k, v in one.items() if v)
+        raise typer.BadParameter(f"--input cannot be combined with the one-message flags ({given})",
+                                 param_hint="--input")
     if fmt is not None and fmt not in ("json", "jsonl", "csv"):
         raise typer.BadParameter("must be json, jsonl or csv", param_hint="--format")
+    if json_output and output is not None and str(output) == "-":
+        raise typer.BadParameter("--output - and --json would both write to stdout", param_hint="--output")
     conn = s.project.connection(connection)
     try:
-        settings = SendSettings(concurrency=concurrency, rate_limit=rate_limit, retries=retries, dry_run=dry_run)
+        defaults = SendDefaults.model_validate({"from": sender}) if sender and input is not None else None
+        settings = SendSettings(concurrency=concurrency, rate_limit=rate_limit, retries=retries, dry_run=dry_run,
+                                defaults=defaults)
     except ValidationError as exc:
         raise config_error_from_validation(exc, source="command line") from None
     records: list[Any]
@@ -95,6 +106,7 @@ def send_cmd(
         records, key = [record], None
     activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory)
     counts: Counter[str] = Counter()
+    failure_kinds: Counter[str] = Counter()
     sink: TextIO | None = None
     if output is not None:
         sink = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
@@ -103,6 +115,8 @@ def send_cmd(
         with progress("sending", total=len(records)) as bar:
             for response in activity.send(records, input_key=key):
                 counts[response.status] += 1
+                if response.status == "failed" and response.error is not None:
+                    failure_kinds[response.error.type] += 1
                 item = response.model_dump(mode="json", by_alias=True, exclude_none=True)
                 if sink is not None:
                     write_jsonl(sink, item)
@@ -119,8 +133,33 @@ def send_cmd(
     else:
         summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
         err_console.print(f"{sum(counts.values())} record(s): {summary}")
-    if counts["failed"] or counts["partial"]:
-        raise typer.Exit(1)
+    code = _exit_code(counts, failure_kinds)
+    if code:
+        raise typer.Exit(code)
+
+
+def _exit_code(counts: Counter[str], failure_kinds: Counter[str]) -> int:
+    """0; 1 when some records failed; the family's own code when all failed for one kind of reason."""
+    if not counts["failed"] and not counts["partial"]:
+        return 0
+    if counts["failed"] == sum(counts.values()):
+        codes = {_EXIT_BY_KIND.get(kind) for kind in failure_kinds}
+        if len(codes) == 1:
+            only = codes.pop()
+            if only is not None:
+                return only
+    return 1
+
+
+def _error_kinds(cls: type[MailConnectorError]) -> dict[str, int]:
+    found = {cls.__name__: cls.exit_code}
+    for sub in cls.__subclasses__():
+        found.update(_error_kinds(sub))
+    return found
+
+
+# Error type names (as in response records) -> exit code; MailConnectorError itself means "unexpected".
+_EXIT_BY_KIND = {k: v for k, v in _error_kinds(MailConnectorError).items() if k != "MailConnectorError"}
 
 
 def _esc(text: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "ParsedAddress",
     "check_header_text",
     "forbidden_char",
+    "looks_secret",
     "normalize_msg_id",
     "parse_address",
     "parse_msg_id_list",
@@ -47,6 +48,8 @@ _WS_RE = re.compile(r"\s+")
 _ID_RE = re.compile(r"[!-;=?-~]+")
 _ID_SPLIT_RE = re.compile(r"[\s,]+")
 _TEST_SUFFIX = ".test"
+_SECRET_NAME_RE = re.compile(r"pass|secret|token|auth|credential|api[-_]?key|cookie|signature", re.IGNORECASE)
+MAX_ID_CHARS = 900  # an id is never folded, so its header line must stay under 998 octets
 _UNQUOTED_SPECIALS = re.compile(r"[@\[\]:;\\]")
 
 
@@ -60,6 +63,11 @@ def short(value: object, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+def looks_secret(name: str) -> bool:
+    """A field or header name whose value must not be quoted in errors (Authorization, X-Api-Token)."""
+    return _SECRET_NAME_RE.search(name) is not None
 
 
 def forbidden_char(value: str) -> str | None:
@@ -253,6 +261,8 @@ def normalize_msg_id(value: str, *, require_at: bool) -> str:
     text = value.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
+    if len(text) > MAX_ID_CHARS:
+        raise AddressError(f"{short(value)} is {len(text)} characters long; at most {MAX_ID_CHARS} are allowed")
     if not _ID_RE.fullmatch(text):
         raise AddressError(
             f"{short(value)} is not a valid id: use printable ASCII without spaces or angle brackets"

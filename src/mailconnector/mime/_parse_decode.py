@@ -213,18 +213,20 @@ def decode_8bit(raw: bytes, what: str, defects: Defects) -> str:
 _WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
 # Lenient: white space inside the encoded text, as left by a line folded in the middle of a word.
 _LOOSE_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?]*?)\?=")
-_B64_STRIP = re.compile(rb"[^A-Za-z0-9+/]")
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _WS = re.compile(r"\s+")
 
 
-def _b_word(text: str) -> tuple[bytes, bool]:
-    """Bytes of a "B" encoded word, and whether it had to be repaired (junk or missing padding)."""
+def _b_word(text: str) -> tuple[bytes | None, bool]:
+    """Bytes of a "B" encoded word and whether padding had to be repaired; None if it is not base64."""
     data = text.encode("ascii", "replace")
     try:
         return binascii.a2b_base64(data, strict_mode=True), False
     except binascii.Error:
         pass
-    clean = _B64_STRIP.sub(b"", data)
+    clean = data.rstrip(b"=")
+    if _B64_JUNK.search(clean):
+        return None, False
     rest = len(clean) % 4
     if rest == 1:
         clean = clean[:-1]
@@ -233,7 +235,7 @@ def _b_word(text: str) -> tuple[bytes, bool]:
     try:
         return binascii.a2b_base64(clean), True
     except binascii.Error:
-        return b"", True
+        return None, False
 
 
 def _decode_words_with(pattern: re.Pattern[str], value: str, what: str, defects: Defects) -> tuple[str, bool]:
@@ -244,23 +246,30 @@ def _decode_words_with(pattern: re.Pattern[str], value: str, what: str, defects:
     repaired = False
     loose = pattern is _LOOSE_WORD
     for match in pattern.finditer(value):
-        start = match.start()
-        # White space between two encoded words is not part of the text (RFC 2047, 6.2).
-        if not pending_charset or (start > pos and not value[pos:start].isspace()):
-            if pending_charset:
-                out.append(decode_text(b"".join(pending), pending_charset, what, defects))
-                pending = []
-                pending_charset = ""
-            out.append(value[pos:start])
         charset, encoding, encoded = match.groups()
         if loose and _WS.search(encoded):
             encoded = _WS.sub("", encoded)
             repaired = True
+        data: bytes | None
         if encoding in "qQ":
             data = binascii.a2b_qp(encoded.encode("ascii", "replace"), header=True)
         else:
             data, bad = _b_word(encoded)
             repaired = repaired or bad
+        start = match.start()
+        # White space between two encoded words is not part of the text (RFC 2047, 6.2).
+        if data is None or not pending_charset or (start > pos and not value[pos:start].isspace()):
+            if pending_charset:
+                out.append(decode_text(b"".join(pending), pending_charset, what, defects))
+                pending = []
+                pending_charset = ""
+            out.append(value[pos:start])
+        pos = match.end()
+        if data is None:
+            # Not decodable at all: keep the word as written rather than invent text.
+            defects.add(f"{what}: undecodable encoded word kept as written")
+            out.append(match.group(0))
+            continue
         charset = charset.lower()
         # Adjacent words in one charset are joined first: senders split multi-byte characters across words.
         if charset != pending_charset:
@@ -269,7 +278,6 @@ def _decode_words_with(pattern: re.Pattern[str], value: str, what: str, defects:
                 pending = []
             pending_charset = charset
         pending.append(data)
-        pos = match.end()
     if pending_charset:
         out.append(decode_text(b"".join(pending), pending_charset, what, defects))
     out.append(value[pos:])
@@ -281,7 +289,7 @@ def decode_words(value: str, what: str, defects: Defects) -> str:
     if "=?" not in value:
         return value
     text, repaired = _decode_words_with(_WORD, value, what, defects)
-    if "=?" in text and "?=" in text:
+    if "=?" in text and "?=" in text and _LOOSE_WORD.search(value):
         scratch = Defects()
         loose, _ = _decode_words_with(_LOOSE_WORD, value, what, scratch)
         if loose != text:

@@ -36,7 +36,8 @@ _ATOM = re.compile(r'[^\s"(),:;<>\[]+')
 _LITERAL = re.compile(r"\[[^\]]*\]?")
 # Fast paths for the usual single mailbox; no nested quantifiers, so no backtracking blow-up.
 _SIMPLE_NAMED = re.compile(
-    r'\s*(?:"((?:[^"\\]|\\.)*)"\s*|([^"<>,;:()\\@\[\]]*))<([^<>\s,;:"()\\@]+@[^<>\s,;:"()\\@]+)>\s*'
+    r'\s*(?:"((?:[^"\\]|\\.)*)"\s*|([^"<>,;:()\\@\[\]\s][^"<>,;:()\\@\[\]]*)?)'
+    r'<([^<>\s,;:"()\\@]+@[^<>\s,;:"()\\@]+)>\s*'
 )
 _SIMPLE_BARE = re.compile(r'\s*([^\s<>,;:"()\\@]+@[^\s<>,;:"()\\@]+)\s*')
 
@@ -86,9 +87,11 @@ def _tokenize(value: str, what: str, defects: Defects) -> list[_Entry]:
             pos += 1
         elif char == '"':
             match = _QUOTED.match(value, pos)
-            assert match is not None  # the pattern matches any string starting with '"'
-            if not match.group(2):
+            if match is None or not match.group(2):
+                # Read on as if the stray quote were not there: what follows may be "Name <addr>".
                 defects.add(f"{what}: unterminated quoted string")
+                pos += 1
+                continue
             entry.phrase.append(_UNESCAPE.sub(r"\1", match.group(1)))
             pos = match.end()
         elif char == "(":
@@ -117,14 +120,18 @@ def _tokenize(value: str, what: str, defects: Defects) -> list[_Entry]:
             pos += 1
         elif char == "[":
             match = _LITERAL.match(value, pos)
-            assert match is not None
+            if match is None:
+                pos += 1
+                continue
             _append_atom(entry, match.group(0))
             pos = match.end()
         elif char in ">):":
             pos += 1
         else:
             match = _ATOM.match(value, pos)
-            assert match is not None  # any other character starts an atom
+            if match is None:  # white space beyond the ASCII kind
+                pos += 1
+                continue
             _append_atom(entry, match.group(0))
             pos = match.end()
     finish()

@@ -26,8 +26,9 @@ _RESERVED = frozenset(
 )
 # Characters Windows refuses in names, plus both path separators.
 _FORBIDDEN = re.compile(r'[<>:"/\\|?*]')
-# C0 and C1 controls, DEL; tabs and newlines are turned into spaces before this.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, DEL, and lone surrogates (no file system can store them); tabs and newlines
+# are turned into spaces before this.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Bidi embeddings, overrides and isolates: they can make "invoice\u202efdp.exe" look like a PDF.
 _BIDI = re.compile(r"[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"\s+")

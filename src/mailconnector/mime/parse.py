@@ -75,7 +75,7 @@ def parse_message(raw: bytes, options: ParseOptions | None = None) -> ReadRecord
         _log.warning("parser failed on a %d-byte message; returning a minimal record", _size(raw), exc_info=True)
         return ReadRecord(
             size=_size(raw),
-            defects=[f"the parser failed ({type(exc).__name__}); only the size and raw message are given"],
+            defects=[f"the parser failed ({type(exc).__name__}); only the size (and raw message, if asked) is given"],
             raw_base64=_b64(bytes(raw)) if opts.include_raw and isinstance(raw, bytes | bytearray) else None,
         )
 
@@ -111,8 +111,8 @@ class _Entity:
         return None
 
 
-def parse_header_block(buf: bytes, start: int, end: int, defects: Defects | None,
-                       what: str) -> tuple[list[tuple[str, bytes]], int]:
+def _header_block(buf: bytes, start: int, end: int, defects: Defects | None,
+                  what: str) -> tuple[list[tuple[str, bytes]], int]:
     """Headers of the entity at ``buf[start:end]`` as (lower-case name, unfolded value) and the body start.
 
     A line that is neither a header nor a continuation ends the headers (the blank line is missing).
@@ -166,8 +166,11 @@ def _unfold(lines: list[bytes]) -> bytes:
     """Join a field's lines (RFC 5322, 2.2.3): line ends go, a folding tab reads as a space."""
     if len(lines) == 1:
         return lines[0].strip()
-    joined = b"".join(line[:-1] if line.endswith(b"\r") else line for line in lines)
-    return joined.replace(b"\t", b" ").strip() if b"\t" in joined else joined.strip()
+    parts = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    for index in range(1, len(parts)):
+        if parts[index].startswith(b"\t"):
+            parts[index] = b" " + parts[index][1:]
+    return b"".join(parts).strip()
 
 
 def _split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
@@ -242,7 +245,7 @@ class _Parser:
         buf = self.buf
         if not buf:
             self.defects.add("the message is empty")
-        headers, body_start = parse_header_block(buf, 0, len(buf), self.defects, "message headers")
+        headers, body_start = _header_block(buf, 0, len(buf), self.defects, "message headers")
         if buf and not headers:
             self.defects.add("the message has no headers")
         record = self._top_fields(headers)
@@ -369,7 +372,8 @@ class _Parser:
             self.defects.add(
                 f"multipart nesting deeper than {self.options.max_depth} levels; the rest kept as one attachment"
             )
-            self._attachment(entity, ctype, {}, "attachment", None, "binary", whole=True)
+            # The entity with its own headers (the boundary is there), line ends as IMAP would give them.
+            self._attachment(entity, ctype, "attachment", None, "8bit", whole=True)
             return []
         boundary = params.get("boundary", "").encode("utf-8", "replace")
         parts: list[tuple[int, int]] = []
@@ -381,20 +385,26 @@ class _Parser:
             if guessed is not None and guessed != boundary:
                 parts, closed = _split_multipart(buf, entity.body_start, entity.end, guessed)
                 if parts:
-                    reason = "boundary never found" if boundary else "no boundary parameter"
-                    self.defects.add(f"{entity.what}: {ctype} has {reason}; used the boundary found in the body")
+                    self.defects.add(f"{entity.what}: {ctype} {self._boundary_fault(boundary)}; "
+                                     "used the boundary found in the body")
         if not parts:
-            reason = "boundary never found" if boundary else "no boundary parameter"
-            self.defects.add(f"{entity.what}: {ctype} has {reason}; its body is read as text")
+            self.defects.add(f"{entity.what}: {ctype} {self._boundary_fault(boundary)}; its body is read as text")
             return None
         if not closed:
             self.defects.add(f"{entity.what}: {ctype} has no closing boundary (message cut short?)")
         children = []
         for number, (start, end) in enumerate(parts, 1):
             path = f"{entity.path}.{number}" if entity.path else str(number)
-            headers, body_start = parse_header_block(buf, start, end, self.defects, f"part {path}")
+            headers, body_start = _header_block(buf, start, end, self.defects, f"part {path}")
             children.append(_Entity(start, body_start, end, headers, path, entity.depth + 1, ctype))
         return children
+
+    @staticmethod
+    def _boundary_fault(boundary: bytes) -> str:
+        if not boundary:
+            return "has no boundary parameter"
+        shown = boundary.decode("utf-8", "replace")
+        return f"boundary {shown[:70]!r} never found"
 
     def _guess_boundary(self, entity: _Entity) -> bytes | None:
         match = _GUESS_BOUNDARY.search(self.buf, entity.body_start, entity.end)
@@ -437,7 +447,7 @@ class _Parser:
         if not marked and ctype == "text/html" and self.html is None:
             self.html = self._body(entity, params, cte, ctype)
             return
-        self._attachment(entity, ctype, params, disposition, filename, cte)
+        self._attachment(entity, ctype, disposition, filename, cte)
 
     def _body(self, entity: _Entity, params: dict[str, str], cte: str, ctype: str) -> str:
         what = f"{entity.what} ({ctype})"
@@ -477,16 +487,21 @@ class _Parser:
             newline = self.buf.rfind(b"\n", start, stop)
             stop = end if stop == end or newline < 0 else newline + 1
             data = make_decoder(cte, False).feed(self.buf, start, stop)
-            headers, _ = parse_header_block(data, 0, len(data), None, "")
+            headers, _ = _header_block(data, 0, len(data), None, "")
         else:
-            headers, _ = parse_header_block(self.buf, start, end, None, "")
+            headers, _ = _header_block(self.buf, start, end, None, "")
         for name, raw in headers:
             if name == "subject":
                 return decode_words(decode_8bit(raw, "", scratch), "", scratch).strip()
         return ""
 
-    def _attachment(self, entity: _Entity, ctype: str, params: dict[str, str], disposition: str,
-                    filename: str | None, cte: str, *, whole: bool = False) -> None:
+    def _attachment(self, entity: _Entity, ctype: str, disposition: str, filename: str | None, cte: str,
+                    *, whole: bool = False) -> None:
+        """List one attachment and deliver its content as the options say.
+
+        Content in 7bit, 8bit or quoted-printable is line-based whatever its type, so its line ends are
+        made CRLF (as an IMAP server delivers them): a message read from an LF file gives the same bytes.
+        """
         buf = self.buf
         start = entity.start if whole else entity.body_start
         end = entity.end
@@ -507,38 +522,44 @@ class _Parser:
             inline=inline,
             original_filename=filename,
         )
-        canonical = ctype.startswith(("text/", "message/"))
         mode = self.options.attachments
+        too_big = f"larger than max_attachment_bytes ({self.limit})"
         # Judged on the encoded bytes before anything is decoded: a huge part is never held decoded.
         if self.limit is not None and (estimate := estimate_decoded_size(buf, start, end, cte)) > self.limit:
             info.size = estimate
-            info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+            info.skipped = too_big
         elif mode == "inline":
             as_is = base64_as_is(buf, start, end) if cte == "base64" else None
             if as_is is not None:
                 info.content_base64, info.size = as_is
             else:
-                data = decode_all(buf, start, end, cte, canonical, what, self.defects)
+                data = decode_all(buf, start, end, cte, True, what, self.defects)
                 info.size = len(data)
                 info.content_base64 = _b64(data)
             if self.limit is not None and info.size > self.limit:
                 info.content_base64 = None
-                info.skipped = f"larger than max_attachment_bytes ({self.limit})"
+                info.skipped = too_big
         elif mode == "none":
-            info.size = sum(len(piece) for piece in self._chunks(start, end, cte, canonical, what))
+            as_is = base64_as_is(buf, start, end) if cte == "base64" and end - start <= 8 * CHUNK else None
+            if as_is is not None:
+                info.size = as_is[1]
+            else:
+                info.size = sum(len(piece) for piece in self._chunks(start, end, cte, what))
+            if self.limit is not None and info.size > self.limit:
+                info.skipped = too_big
         else:
-            self._write(info, start, end, cte, canonical, what)
+            self._write(info, start, end, cte, what)
         self.attachments.append(info)
 
-    def _chunks(self, start: int, end: int, cte: str, canonical: bool, what: str) -> Iterator[bytes]:
+    def _chunks(self, start: int, end: int, cte: str, what: str) -> Iterator[bytes]:
         """The decoded content in pieces of about a megabyte, so no part is ever whole in memory."""
-        decoder = make_decoder(cte, canonical)
+        decoder = make_decoder(cte, True)
         for chunk_start, chunk_end in line_chunks(self.buf, start, end, CHUNK):
             yield decoder.feed(self.buf, chunk_start, chunk_end)
         yield decoder.finish()
         decoder.report(what, self.defects)
 
-    def _write(self, info: AttachmentInfo, start: int, end: int, cte: str, canonical: bool, what: str) -> None:
+    def _write(self, info: AttachmentInfo, start: int, end: int, cte: str, what: str) -> None:
         directory = self.options.directory
         assert directory is not None  # ParseOptions refuses "directory" without one
         index = len(self.attachments)
@@ -546,7 +567,7 @@ class _Parser:
         size = 0
         try:
             with handle:
-                for piece in self._chunks(start, end, cte, canonical, what):
+                for piece in self._chunks(start, end, cte, what):
                     handle.write(piece)
                     size += len(piece)
         except OSError as exc:

@@ -36,6 +36,7 @@ from mailconnector.mime._addresses import (
     AddressError,
     check_header_text,
     forbidden_char,
+    looks_secret,
     normalize_msg_id,
     parse_address,
     parse_msg_id_list,
@@ -55,6 +56,7 @@ __all__ = [
     "apply_defaults",
     "check_header_name",
     "guess_content_type",
+    "parse_content_type",
     "parse_send_request",
     "send_request_schema",
     "send_response_schema",
@@ -247,10 +249,14 @@ def _check_content_type(value: str) -> str:
     return value.strip()
 
 
+# One table read at import: guess_type() on it is read-only, so threads composing in parallel share it.
+_MIME_TYPES = mimetypes.MimeTypes()
+
+
 def guess_content_type(name: str | None) -> str:
     """From the file name's extension; compressed files are the compressed type; else octet-stream."""
     if name:
-        guessed, encoding = mimetypes.guess_type(name, strict=False)
+        guessed, encoding = _MIME_TYPES.guess_type(name, strict=False)
         if encoding is not None:
             return _COMPRESSED.get(encoding, "application/octet-stream")
         if guessed is not None:
@@ -411,7 +417,9 @@ class _MessageFields(_Model):
         default_factory=dict, description="Extra headers, name -> value.")
     in_reply_to: _OptRefId = Field(
         default=None, description="The Message-ID this replies to.")
-    references: Annotated[list[_RefId] | None, BeforeValidator(_references)] = Field(
+    references: Annotated[
+        list[_RefId] | None, BeforeValidator(_references, json_schema_input_type=list[str] | str | None)
+    ] = Field(
         default=None, description="Message-IDs of the thread: a list, or one string separated by spaces.")
     priority: Annotated[Priority | None, BeforeValidator(_lower)] = None
     template: Annotated[TemplateSpec | None, BeforeValidator(_json_text)] = None
@@ -610,10 +618,14 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
         return field, "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
         return field, "is required"
+    secret = looks_secret(field)
     if isinstance(cause, ValueError):
-        return field, str(cause)
+        message = str(cause)
+        if secret and isinstance(error.get("input"), str):
+            message = message.replace(short(error["input"]), "the value")
+        return field, message
     message = str(error.get("msg", "is not valid"))
-    if "input" in error:
+    if "input" in error and not secret:
         message += f" (got {short(error['input'])})"
     return field, message
 

@@ -1,0 +1,302 @@
+"""Operations against the real sandbox (Postfix + Dovecot): the example chain end to end, the ack protocol
+under each error policy, transformations that drop or multiply records, and SIGTERM in the middle of a run.
+
+Mailboxes: the example chain uses erin (as `sandbox`) and frank (as `sandbox-bob`); every other test works
+in a fresh folder of its own, filled with IMAP APPEND, and sends only to erin with unique subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import wait_for
+from ops_support import append_messages, jsonl, read_state, write_project
+
+from mailconnector.connection import Connection
+from mailconnector.imap import ImapSession
+from mailconnector.operations import run_operation
+from mailconnector.project import Project
+from mailconnector.sandbox import Sandbox
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+BIN = Path(sys.executable).parent / "mailconnector"
+
+
+def subjects_in(conn: Connection, folder: str, token: str) -> list[str]:
+    """Subjects of the messages in ``folder`` whose subject contains ``token`` (read-only look)."""
+    return sorted(s for s in read_state(conn, folder) if token in s)
+
+
+# ------------------------------------------------------------------------------------ the example chain
+def test_example_operations_end_to_end(sandbox: Sandbox, tmp_path: Path,
+                                       make_conn: Callable[..., Connection]) -> None:
+    for name in ("transform.py", "outbox.jsonl"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    shutil.copytree(EXAMPLES / "files", tmp_path / "files")
+    # The demo mails bob (cc carol); here frank plays bob and erin plays alice, so no other test's mailbox
+    # is touched.
+    outbox = (tmp_path / "outbox.jsonl").read_text()
+    (tmp_path / "outbox.jsonl").write_text(outbox.replace("bob@", "frank@").replace("Bob Example <", "Frank <")
+                                           .replace("carol@", "erin@"))
+    records = [json.loads(line) for line in (tmp_path / "outbox.jsonl").read_text().splitlines() if line]
+    doc: dict[str, Any] = yaml.safe_load((EXAMPLES / "operations.yaml").read_text())
+    doc["connections"] = {"sandbox": sandbox.connection_dict("erin"), "sandbox-bob": sandbox.connection_dict("frank")}
+    (tmp_path / "mailconnector.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    project = Project.load(tmp_path / "mailconnector.yaml")
+    project.validate_all()
+    erin, frank = make_conn("erin"), make_conn("frank")
+    with ImapSession(frank) as imap:
+        if not imap.folder_exists("Archive"):
+            imap.create_folder("Archive")
+        imap.select("INBOX")
+        assert imap.search(["ALL"]) == [], "frank's INBOX is this test's alone and starts empty"
+
+    sent = run_operation(project, "send-outbox")
+    assert (sent.status, sent.read, sent.written, sent.failed) == ("success", 5, 5, 0)
+    wait_for(lambda: len(read_state(frank, "INBOX")) >= 5, timeout=20)
+
+    inbox = run_operation(project, "inbox-to-jsonl")
+    assert (inbox.status, inbox.read, inbox.written) == ("success", 5, 5)
+    assert [(c.operation, c.status, c.written) for c in inbox.chained] == [("acknowledge", "success", 5)]
+    extracted = jsonl(tmp_path / "inbox.jsonl")
+    subjects = {r["subject"] for r in extracted}
+    expected_subjects = {r.get("subject") for r in records if r.get("subject")} | {"Welcome, Bob <the builder>!"}
+    assert subjects == expected_subjects
+    saved = {Path(p).name for r in extracted for p in r["attachments"]}
+    assert saved == {"report.pdf", "logo.png", "données été.csv"}
+    for r in extracted:
+        for p in r["attachments"]:
+            assert Path(p).is_file() and Path(p).is_relative_to(tmp_path / "attachments")
+    # after_read: move:Archive — the inbox is empty, the archive holds the five, read.
+    assert read_state(frank, "INBOX") == {}
+    archived = read_state(frank, "Archive")
+    assert len(archived) >= 5 and all(archived.values())
+
+    # The acknowledgements reach erin, threaded under the originals.
+    wait_for(lambda: len(subjects_in(erin, "INBOX", "Re: ")) >= 5, timeout=20)
+    replies = subjects_in(erin, "INBOX", "Re: ")
+    assert sorted(replies) == sorted(f"Re: {s}" for s in expected_subjects)
+
+    # Reruns send nothing twice: the outbox's records have ids, and the acknowledgements' Message-IDs are
+    # derived from their source records, so the send ledger knows them all.
+    again = run_operation(project, "send-outbox")
+    assert (again.status, again.written) == ("success", 5)
+    ack_again = run_operation(project, "acknowledge")
+    assert (ack_again.status, ack_again.written) == ("success", 5)
+    time.sleep(1.0)  # give Postfix the time to deliver anything that was (wrongly) sent again
+    assert len(read_state(frank, "INBOX")) == 0
+    assert len(subjects_in(erin, "INBOX", "Re: ")) == 5
+    logged = {r["operation"] for r in project.store().list_runs()}
+    assert logged == {"send-outbox", "inbox-to-jsonl", "acknowledge"}
+
+
+# ------------------------------------------------------------------------------------- the ack protocol
+GATE = '''\
+from pathlib import Path
+
+def gate(record):
+    """Fails for a subject containing "poison" until the file `cured` exists beside this module."""
+    if "poison" in record["subject"] and not (Path(__file__).parent / "cured").exists():
+        raise ValueError("cannot handle " + record["subject"])
+    return {"subject": record["subject"], "uid": record["uid"]}
+'''
+
+
+def read_op_project(tmp_path: Path, sandbox: Sandbox, folder: str, *, module: str, source: str,
+                    target: dict[str, Any], extra_activities: dict[str, Any] | None = None,
+                    **op: Any) -> Project:
+    (tmp_path / f"{module}.py").write_text(source)
+    activities = {"box": {"type": "read-email", "connection": "erin", "folder": folder, "batch_size": 2},
+                  "out": target, **(extra_activities or {})}
+    operations = {"op": {"source": "box", "target": "out", "transformation": f"{module}:{op.pop('function')}",
+                         **op}}
+    path = write_project(tmp_path / "mailconnector.yaml", sandbox, {"erin": "erin"}, activities, operations)
+    return Project.load(path)
+
+
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_a_failed_record_stays_unread_and_a_rerun_delivers_exactly_what_was_left(
+        policy: str, sandbox: Sandbox, tmp_path: Path, make_conn: Callable[..., Connection],
+        fresh_folder: Callable[[str], str]) -> None:
+    folder = fresh_folder("erin")
+    conn = make_conn("erin")
+    names = ["m0", "m1", "m2 poison", "m3", "m4", "m5"]
+    append_messages(conn, folder, names)
+    module = f"gate_{policy}_{uuid.uuid4().hex[:6]}"
+    project = read_op_project(tmp_path, sandbox, folder, module=module, source=GATE, function="gate",
+                              target={"type": "file", "path": "out.jsonl", "append": True}, on_error=policy)
+
+    first = run_operation(project, "op")
+    assert first.status == "partial" and first.failed == 1
+    delivered = [r["subject"] for r in jsonl(tmp_path / "out.jsonl")]
+    state = read_state(conn, folder)
+    if policy == "stop":
+        assert delivered == ["m0", "m1"]
+        assert first.read == 3  # nothing was read past the failed record
+    else:
+        assert delivered == ["m0", "m1", "m3", "m4", "m5"]
+    # Exactly what was delivered is marked read; everything else (the failed one included) is still unread.
+    assert {s for s, seen in state.items() if seen} == set(delivered)
+    log = project.store().get_run(first.run_id)
+    assert log is not None and log["status"] == "partial"
+    assert len(log["errors"]) == 1 and log["errors"][0]["record"].startswith("uid ")
+    assert log["errors"][0]["error"] == {"type": "TransformationError", "stage": "transformation",
+                                         "message": "ValueError: cannot handle m2 poison"}
+
+    (tmp_path / "cured").touch()
+    second = run_operation(project, "op")
+    assert second.status == "success"
+    after = [r["subject"] for r in jsonl(tmp_path / "out.jsonl")]
+    assert after[len(delivered):] == [n for n in names if n not in delivered]  # exactly those, in order
+    assert sorted(after) == sorted(names)  # nothing twice
+    assert all(read_state(conn, folder).values())
+    assert run_operation(project, "op").read == 0
+
+
+SPLIT = '''\
+def split(record):
+    """Two messages per email (one refused for "poison" subjects until cured); none for "drop" subjects."""
+    from pathlib import Path
+
+    subject = record["subject"]
+    if "drop" in subject:
+        return None
+    token = subject.split()[0]
+    cured = (Path(__file__).parent / "cured").exists()
+    second = "erin@example.test" if cured or "poison" not in subject else "nobody-here@example.test"
+    return [{"to": "erin@example.test", "subject": f"{token} part 1 of {subject}", "text": "1"},
+            {"to": second, "subject": f"{token} part 2 of {subject}", "text": "2"}]
+'''
+
+
+def test_an_email_is_acked_only_when_the_target_took_every_record_made_of_it(
+        sandbox: Sandbox, tmp_path: Path, make_conn: Callable[..., Connection],
+        fresh_folder: Callable[[str], str]) -> None:
+    folder = fresh_folder("erin")
+    conn = make_conn("erin")
+    token = f"split-{uuid.uuid4().hex[:8]}"
+    names = [f"{token} a", f"{token} b poison", f"{token} c drop", f"{token} d"]
+    append_messages(conn, folder, names)
+    module = f"split_{uuid.uuid4().hex[:6]}"
+    project = read_op_project(tmp_path, sandbox, folder, module=module, source=SPLIT, function="split",
+                              target={"type": "send-email", "connection": "erin", "concurrency": 2})
+    first = run_operation(project, "op")
+    # 4 emails read; 6 messages made (2 + 2 + 0 + 2); one refused by the server (550 at RCPT).
+    assert (first.read, first.written, first.failed) == (4, 5, 1)
+    log = project.store().get_run(first.run_id)
+    assert log is not None
+    [error] = log["errors"]
+    assert error["record"].endswith("output 1") and error["error"]["stage"] == "target"
+    assert error["error"].get("code") == 550
+    state = read_state(conn, folder)
+    assert state == {names[0]: True, names[1]: False, names[2]: True, names[3]: True}
+
+    (tmp_path / "cured").touch()
+    second = run_operation(project, "op")
+    # The rerun makes both messages again; the first is found in the send ledger and not sent twice.
+    assert (second.read, second.written, second.failed) == (1, 2, 0)
+    assert all(read_state(conn, folder).values())
+    expected = sorted(f"{token} part {p} of {n}" for n in (names[0], names[1], names[3]) for p in (1, 2))
+    wait_for(lambda: len(subjects_in(conn, "INBOX", token)) >= 6, timeout=20)
+    time.sleep(0.5)
+    assert subjects_in(conn, "INBOX", token) == expected  # each exactly once
+
+
+REFUSE_THIRD = '''\
+def to_erin(record):
+    """The third email is answered to an address the server refuses (550), the others to erin."""
+    subject = record["subject"]
+    to = "nobody-{}@example.test".format(subject.split()[0]) if subject.endswith(" 2") else "erin@example.test"
+    return {"to": to, "subject": "re " + subject, "text": "ok"}
+'''
+
+
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_a_target_refusing_the_third_record(policy: str, sandbox: Sandbox, tmp_path: Path,
+                                            make_conn: Callable[..., Connection],
+                                            fresh_folder: Callable[[str], str]) -> None:
+    folder = fresh_folder("erin")
+    conn = make_conn("erin")
+    token = f"refuse-{uuid.uuid4().hex[:8]}"
+    names = [f"{token} {i}" for i in range(6)]
+    append_messages(conn, folder, names)
+    module = f"refuse_{uuid.uuid4().hex[:6]}"
+    project = read_op_project(tmp_path, sandbox, folder, module=module, source=REFUSE_THIRD, function="to_erin",
+                              target={"type": "send-email", "connection": "erin", "concurrency": 1},
+                              on_error=policy)
+    result = run_operation(project, "op")
+    assert result.failed == 1 and result.status == "partial"
+    state = read_state(conn, folder)
+    assert state[names[2]] is False
+    read_ones = sorted(s for s, seen in state.items() if seen)
+    if policy == "continue":
+        assert read_ones == sorted(n for n in names if n != names[2])
+    else:
+        # Nothing past the failure is read from the source; a record already handed to the SMTP
+        # pipeline when the refusal came back is still delivered (and acked).
+        assert names[:2] == read_ones[:2] and set(read_ones) <= {names[0], names[1], names[3]}
+        assert result.read <= 4
+    # Whatever was acked was delivered, and whatever was delivered was acked.
+    wait_for(lambda: len(subjects_in(conn, "INBOX", f"re {token}")) >= len(read_ones), timeout=20)
+    time.sleep(0.3)
+    assert subjects_in(conn, "INBOX", f"re {token}") == sorted(f"re {n}" for n in read_ones)
+
+
+# ------------------------------------------------------------------------------------ SIGTERM mid-run
+SLOW = '''\
+import time
+
+def slow(record):
+    time.sleep(0.01)
+    return {"subject": record["subject"], "uid": record["uid"]}
+'''
+
+
+def test_sigterm_in_the_middle_of_a_run(sandbox: Sandbox, tmp_path: Path, make_conn: Callable[..., Connection],
+                                        fresh_folder: Callable[[str], str]) -> None:
+    folder = fresh_folder("erin")
+    conn = make_conn("erin")
+    names = [f"bulk {i:03d}" for i in range(300)]
+    append_messages(conn, folder, names)
+    module = f"slow_{uuid.uuid4().hex[:6]}"
+    project = read_op_project(tmp_path, sandbox, folder, module=module, source=SLOW, function="slow",
+                              target={"type": "file", "path": "out.jsonl"})
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.Popen([str(BIN), "run", "op", "--project", str(project.path), "--json"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(jsonl(out)) >= 30, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr.decode()
+    assert b"stopping after the record in hand" in stderr
+    result = json.loads(stdout)
+    assert result["status"] == "interrupted"
+    written = [r["subject"] for r in jsonl(out)]
+    assert 30 <= len(written) < 300 and len(set(written)) == len(written)
+    state = read_state(conn, folder)
+    assert {s for s, seen in state.items() if seen} == set(written)  # acked == taken by the target
+    log = Project.load(project.path).store().get_run(result["run_id"])
+    assert log is not None and log["status"] == "interrupted" and log["records_written"] == len(written)
+
+    # The next run delivers the rest, and nothing twice.
+    (tmp_path / "out.jsonl").rename(tmp_path / "first.jsonl")
+    rest = run_operation(Project.load(project.path), "op")
+    assert rest.status == "success"
+    assert sorted(written + [r["subject"] for r in jsonl(out)]) == names

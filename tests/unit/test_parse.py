@@ -1,0 +1,463 @@
+"""The MIME parser: golden corpus, attachment delivery modes, limits, and the never-raises promise."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mailconnector.errors import ConfigError, MessageError
+from mailconnector.mime._parse_decode import Base64Decoder, Defects, decode_words, parse_params
+from mailconnector.mime._parse_fields import parse_address_list, parse_date
+from mailconnector.mime.parse import parse_message
+from mailconnector.records.read import ParseOptions, ReadRecord, read_record_schema
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+EML = DATA / "eml"
+EXPECTED = DATA / "expected"
+CORPUS = sorted(path.stem for path in EML.glob("*.eml"))
+# The parser's own safety net: if this appears, a bug was hidden behind a minimal record.
+PARSER_FAILED = "the parser failed"
+
+
+def load(name: str) -> bytes:
+    return (EML / f"{name}.eml").read_bytes()
+
+
+def dump(record: ReadRecord) -> dict[str, object]:
+    return record.model_dump(mode="json", by_alias=True)
+
+
+def attachment_bytes(record: ReadRecord, index: int) -> bytes:
+    content = record.attachments[index].content_base64
+    assert content is not None
+    return base64.b64decode(content)
+
+
+def message(*parts: str) -> bytes:
+    return "\r\n".join(parts).encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+def test_corpus_is_complete() -> None:
+    assert len(CORPUS) >= 45
+    assert sorted(path.stem for path in EXPECTED.glob("*.json")) == CORPUS
+
+
+@pytest.mark.parametrize("name", CORPUS)
+def test_corpus_message_matches_expected_record(name: str) -> None:
+    expected = json.loads((EXPECTED / f"{name}.json").read_text(encoding="utf-8"))
+    record = parse_message(load(name))
+    assert dump(record) == expected
+    assert not any(PARSER_FAILED in defect for defect in record.defects)
+    json.dumps(dump(record))
+
+
+@pytest.mark.parametrize("name", [n for n in CORPUS if n not in ("binary-garbage", "lf-line-endings")])
+def test_line_ends_do_not_change_the_record(name: str) -> None:
+    """A message read from an LF file and the same message read over IMAP (CRLF) give one record."""
+    raw = load(name)
+    as_lf = raw.replace(b"\r\n", b"\n")
+    crlf_record, lf_record = dump(parse_message(raw)), dump(parse_message(as_lf))
+    crlf_record.pop("size")
+    lf_record.pop("size")
+    assert lf_record == crlf_record
+
+
+def test_attachment_bytes_are_the_original_bytes() -> None:
+    record = parse_message(load("mixed-attachments"))
+    assert attachment_bytes(record, 0).startswith(b"%PDF-1.4\n")
+    assert attachment_bytes(record, 0).endswith(b"%%EOF\n")
+    assert attachment_bytes(record, 1) == b"id,name\r\n1,alpha\r\n2,beta"
+    png = parse_message(load("related-inline-image"))
+    assert attachment_bytes(png, 0).startswith(b"\x89PNG\r\n\x1a\n")
+    assert png.attachments[0].size == len(attachment_bytes(png, 0))
+
+
+def test_forwarded_message_is_one_attachment_not_flattened() -> None:
+    record = parse_message(load("forwarded-message"))
+    assert [a.content_type for a in record.attachments] == ["message/rfc822"]
+    assert record.attachments[0].filename == "Original question.eml"
+    inner = parse_message(attachment_bytes(record, 0))
+    assert inner.subject == "Original question"
+    assert inner.text == "Can you check the numbers?\n"
+    assert record.text == "Forwarding Carol's message, attached whole."
+
+
+def test_nested_bodies_are_found_in_any_layout() -> None:
+    record = parse_message(load("related-mixed-alternative"))
+    assert record.text == "Deeply nested body text."
+    assert record.html is not None and "cid:pic@example.test" in record.html
+    assert [(a.filename, a.inline, a.content_id) for a in record.attachments] == [
+        ("nested.pdf", False, None),
+        ("attachment.png", True, "pic@example.test"),
+    ]
+
+
+def test_calendar_and_tnef_are_attachments() -> None:
+    invite = parse_message(load("calendar-invite"))
+    assert invite.text and invite.html
+    assert [a.content_type for a in invite.attachments] == ["text/calendar"]
+    assert attachment_bytes(invite, 0).startswith(b"BEGIN:VCALENDAR\r\n")
+    tnef = parse_message(load("winmail-dat"))
+    assert [(a.filename, a.content_type) for a in tnef.attachments] == [("winmail.dat", "application/ms-tnef")]
+
+
+# --------------------------------------------------------------------------------------------- directory mode
+
+
+def test_directory_mode_writes_safe_unique_files(tmp_path: Path) -> None:
+    options = ParseOptions(attachments="directory", directory=tmp_path)
+    record = parse_message(load("hostile-filenames"), options)
+    names = [a.filename for a in record.attachments]
+    assert names == [
+        "passwd", "shadow", "evil.exe", "_CON.txt", "_nul", "_LPT1.tar.gz", "bashrc", "trailing dots",
+        "invoicefdp.exe", "x" * 146 + ".pdf", "report.pdf", "report (1).pdf", "Report.PDF", "tab here.txt",
+    ]
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    for index, attachment in enumerate(record.attachments):
+        assert attachment.content_base64 is None
+        assert attachment.path is not None
+        path = Path(attachment.path)
+        assert path.parent == tmp_path
+        assert path.read_bytes() == f"payload {index}".encode()
+        assert attachment.size == len(f"payload {index}")
+    assert record.attachments[0].original_filename == "../../etc/passwd"
+
+
+def test_directory_mode_names_made_here(tmp_path: Path) -> None:
+    raw = message(
+        "From: a@example.test",
+        "Subject: names",
+        'Content-Type: multipart/mixed; boundary="b"',
+        "",
+        "--b",
+        "Content-Type: text/plain",
+        "",
+        "body",
+        *[
+            line
+            for name in ["a\x00b.txt", "/abs/olute.txt", "AUX.log", "z" * 1000 + ".csv", "", "..\\..\\up.ini"]
+            for line in [
+                "--b",
+                "Content-Type: text/plain",
+                f'Content-Disposition: attachment; filename="{name}"',
+                "",
+                "content",
+            ]
+        ],
+        "--b--",
+        "",
+    )
+    record = parse_message(raw, ParseOptions(attachments="directory", directory=tmp_path))
+    names = [a.filename for a in record.attachments]
+    assert names[:3] == ["ab.txt", "olute.txt", "_AUX.log"]
+    assert len(names[3]) == 150 and names[3].endswith(".csv")
+    assert names[4:] == ["attachment.txt", "up.ini"]
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    assert all(Path(a.path or "").parent == tmp_path for a in record.attachments)
+
+
+def test_directory_mode_never_follows_an_existing_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"untouched")
+    target = tmp_path / "dir"
+    target.mkdir()
+    (target / "report.pdf").symlink_to(outside)
+    record = parse_message(load("mixed-attachments"), ParseOptions(attachments="directory", directory=target))
+    assert record.attachments[0].filename == "report (1).pdf"
+    assert outside.read_bytes() == b"untouched"
+
+
+def test_directory_write_failure_raises_message_error(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    with pytest.raises(MessageError) as caught:
+        parse_message(load("mixed-attachments"), ParseOptions(attachments="directory", directory=missing))
+    assert caught.value.field == "attachments[0]"
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_directory_mode_streams_a_big_attachment(tmp_path: Path) -> None:
+    payload = random.Random(1).randbytes(8 * 1024 * 1024)
+    raw = message(
+        "From: a@example.test",
+        'Content-Type: multipart/mixed; boundary="b"',
+        "",
+        "--b",
+        "Content-Type: application/octet-stream",
+        'Content-Disposition: attachment; filename="big.bin"',
+        "Content-Transfer-Encoding: base64",
+        "",
+        base64.encodebytes(payload).decode("ascii").replace("\n", "\r\n"),
+        "--b--",
+        "",
+    )
+    tracemalloc.start()
+    try:
+        record = parse_message(raw, ParseOptions(attachments="directory", directory=tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "big.bin").read_bytes() == payload
+    assert record.attachments[0].size == len(payload)
+    # Decoded in chunks: far less than one extra copy of the attachment is ever held.
+    assert peak < len(payload) // 2
+
+
+# --------------------------------------------------------------------------------------------- limits
+
+
+def test_none_mode_gives_metadata_only() -> None:
+    record = parse_message(load("mixed-attachments"), ParseOptions(attachments="none"))
+    inline = parse_message(load("mixed-attachments"))
+    assert [a.content_base64 for a in record.attachments] == [None, None]
+    assert [a.size for a in record.attachments] == [a.size for a in inline.attachments]
+    assert all(a.skipped is None and a.path is None for a in record.attachments)
+
+
+@pytest.mark.parametrize("mode", ["inline", "none", "directory"])
+def test_max_attachment_bytes_skips_bigger_parts(mode: str, tmp_path: Path) -> None:
+    options = ParseOptions(attachments=mode, directory=tmp_path, max_attachment_bytes=50)  # type: ignore[arg-type]
+    record = parse_message(load("mixed-attachments"), options)
+    pdf, csv = record.attachments
+    assert pdf.skipped == "larger than max_attachment_bytes (50)"
+    assert pdf.content_base64 is None and pdf.path is None
+    assert 90 <= pdf.size <= 100  # estimated from the encoded length (the real size is 95)
+    assert csv.skipped is None and csv.size == 24
+    if mode == "directory":
+        assert os.listdir(tmp_path) == ["data.csv"]
+
+
+def test_part_exactly_at_the_limit_is_delivered() -> None:
+    record = parse_message(load("mixed-attachments"), ParseOptions(max_attachment_bytes=95))
+    assert record.attachments[0].skipped is None
+    assert len(attachment_bytes(record, 0)) == 95
+
+
+def test_huge_skipped_part_is_never_decoded() -> None:
+    encoded = ("QUFB" * 19 + "\r\n") * 300_000  # about 23 MB of base64
+    raw = message("From: a@example.test", "Content-Type: application/octet-stream", "Content-Transfer-Encoding: base64",
+                  "", encoded)
+    tracemalloc.start()
+    try:
+        began = time.perf_counter()
+        record = parse_message(raw, ParseOptions(max_attachment_bytes=1024))
+        elapsed = time.perf_counter() - began
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record.attachments[0].skipped == "larger than max_attachment_bytes (1024)"
+    assert record.attachments[0].size == 300_000 * 57
+    assert peak < 1024 * 1024
+    assert elapsed < 2
+
+
+def test_huge_declared_sizes_are_ignored() -> None:
+    tracemalloc.start()
+    try:
+        record = parse_message(load("huge-declared-size"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record.attachments[0].size == 16
+    assert peak < 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------- depth
+
+
+def test_deep_nesting_is_cut_at_max_depth_quickly() -> None:
+    raw = load("nested-1000")
+    began = time.perf_counter()
+    record = parse_message(raw)
+    assert time.perf_counter() - began < 1
+    assert record.defects == ["multipart nesting deeper than 100 levels; the rest kept as one attachment"]
+    assert attachment_bytes(record, 0).startswith(b'Content-Type: multipart/mixed; boundary="n100"')
+
+
+def test_all_1000_levels_can_be_descended_without_recursion() -> None:
+    began = time.perf_counter()
+    record = parse_message(load("nested-1000"), ParseOptions(max_depth=5000))
+    assert time.perf_counter() - began < 1
+    assert record.text == "The innermost text."
+    assert record.defects == []
+
+
+def test_max_depth_zero_keeps_the_whole_body_opaque() -> None:
+    record = parse_message(load("alternative"), ParseOptions(max_depth=0))
+    assert record.text is None
+    assert [a.content_type for a in record.attachments] == ["multipart/alternative"]
+
+
+# --------------------------------------------------------------------------------------------- options
+
+
+def test_include_raw() -> None:
+    raw = load("text-only")
+    record = parse_message(raw, ParseOptions(include_raw=True))
+    assert record.raw_base64 is not None
+    assert base64.b64decode(record.raw_base64) == raw
+    assert record.raw_path is None
+    assert parse_message(raw).raw_base64 is None
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        ParseOptions(attachments="directory")
+    with pytest.raises(ConfigError):
+        ParseOptions(attachments="everywhere")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        ParseOptions(max_attachment_bytes=-1)
+
+
+def test_schema_uses_serialised_names() -> None:
+    schema = read_record_schema()
+    assert "from" in schema["properties"] and "from_" not in schema["properties"]
+    assert "AttachmentInfo" in json.dumps(schema)
+    record = parse_message(load("alternative"))
+    assert ReadRecord.model_validate(dump(record)) == record
+
+
+# --------------------------------------------------------------------------------------------- never raises
+
+
+@pytest.mark.parametrize("raw", [b"", b"\r\n", b"\n\n\n", b":", b"From ", b"\x00" * 100, b"\r" * 50, b"--"])
+def test_degenerate_input(raw: bytes) -> None:
+    record = parse_message(raw)
+    assert record.size == len(raw)
+    assert not any(PARSER_FAILED in defect for defect in record.defects)
+
+
+def test_other_bytes_like_input() -> None:
+    raw = load("alternative")
+    assert parse_message(bytearray(raw)).text == parse_message(raw).text  # type: ignore[arg-type]
+    assert parse_message(memoryview(raw)).html == parse_message(raw).html  # type: ignore[arg-type]
+
+
+def test_defects_are_bounded() -> None:
+    raw = message("From: a@example.test", *[f"X-{n}: =?x-nope-{n}?q?=FF?=" for n in range(1000)], "", "body")
+    record = parse_message(raw)
+    assert len(record.defects) <= 201
+    assert record.defects[-1].endswith("more defects not listed")
+
+
+def _mutate(data: bytes, seed: int) -> bytes:
+    rng = random.Random(seed)
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        action = rng.randrange(4)
+        where = rng.randrange(len(buf) + 1)
+        if action == 0 and buf:
+            del buf[where : where + rng.randint(1, 64)]
+        elif action == 1:
+            buf[where:where] = rng.randbytes(rng.randint(1, 16))
+        elif action == 2:
+            buf[where:where] = rng.choice([b"\r\n", b"\n--", b"=?utf-8?b?", b"?=", b"\r\n\r\n", b'"', b"<", b";"])
+        else:
+            del buf[where:]
+    return bytes(buf)
+
+
+def _assert_total(raw: bytes) -> None:
+    record = parse_message(raw)
+    assert isinstance(record, ReadRecord)
+    assert record.size == len(raw)
+    assert not any(PARSER_FAILED in defect for defect in record.defects)
+    json.dumps(dump(record))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_random_bytes_never_raise(raw: bytes) -> None:
+    _assert_total(raw)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([n for n in CORPUS if n != "nested-1000"]), st.integers(0, 2**32))
+def test_damaged_corpus_messages_never_raise(name: str, seed: int) -> None:
+    _assert_total(_mutate(load(name), seed))
+
+
+# --------------------------------------------------------------------------------------------- fields
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Fri, 01 Mar 2024 10:00:00 +0100", "2024-03-01T10:00:00+01:00"),
+        ("1 Mar 2024 10:00 -0000", "2024-03-01T10:00:00+00:00"),
+        ("Fri, 1 Mar 2024 10:00:00 +0100 (CET)", "2024-03-01T10:00:00+01:00"),
+        ("Fri,  1 Mar 99 23:59:60 PDT", "1999-03-01T23:59:59-07:00"),
+        ("Friday, 01-Mar-2024 10:00:00 GMT", "2024-03-01T10:00:00+00:00"),
+        ("Fri Mar  1 10:00:00 2024", "2024-03-01T10:00:00+00:00"),
+        ("Fri, 32 Mar 2024 10:00:00 +0100", None),
+        ("Fri, 01 Mar 2024 10:00:00 +9999", None),
+        ("", None),
+    ],
+)
+def test_dates(value: str, expected: str | None) -> None:
+    defects = Defects()
+    assert parse_date(value, defects) == expected
+    if expected is None:
+        assert defects.items
+
+
+def test_date_without_zone_is_utc_with_a_defect() -> None:
+    defects = Defects()
+    assert parse_date("Fri, 01 Mar 2024 10:00:00", defects) == "2024-03-01T10:00:00+00:00"
+    assert defects.items == ["date 'Fri, 01 Mar 2024 10:00:00' has no time zone; read as UTC"]
+
+
+def _addresses(value: str) -> tuple[list[tuple[str, str]], list[str]]:
+    defects = Defects()
+    found = parse_address_list(value, "to", defects, lambda text: decode_words(text, "to", defects))
+    return found, defects.items
+
+
+def test_addresses() -> None:
+    assert _addresses('"Doe, Jane" <jane@x.test>, =?utf-8?q?J=C3=B6rg?= <j@x.test>, plain@x.test') == (
+        [("Doe, Jane", "jane@x.test"), ("Jörg", "j@x.test"), ("", "plain@x.test")], [])
+    assert _addresses("Team: a@x.test, b@x.test;, c@x.test")[0] == [("", "a@x.test"), ("", "b@x.test"),
+                                                                     ("", "c@x.test")]
+    assert _addresses("a@x.test (Alice (the) Admin)")[0] == [("Alice (the) Admin", "a@x.test")]
+    assert _addresses("<@relay.test:route@x.test>")[0] == [("", "route@x.test")]
+    assert _addresses("")[0] == []
+    found, defects = _addresses("Broken <x.test")
+    assert found == [("Broken", "x.test")]
+    assert "to: '<' without '>'" in defects and "to: 'x.test' is not a complete address" in defects
+
+
+def test_addresses_survive_hostile_lengths() -> None:
+    began = time.perf_counter()
+    _addresses(" " * 50_000 + "x")
+    _addresses('"' * 20_000)
+    _addresses("(" * 20_000)
+    _addresses("<" * 20_000)
+    assert time.perf_counter() - began < 1
+
+
+def test_rfc2231_and_encoded_word_parameters() -> None:
+    defects = Defects()
+    main, params = parse_params(
+        "attachment; filename*0*=utf-8''%E2%82%AC; filename*1=\" rate.pdf\"; name=\"=?utf-8?q?x=C3=A9?=\"",
+        "disposition", defects)
+    assert main == "attachment"
+    assert params == {"filename": "€ rate.pdf", "name": "xé"}
+    assert defects.items == []
+
+
+def test_base64_decoder_handles_concatenated_blobs_and_chunks() -> None:
+    decoder = Base64Decoder()
+    data = b"SGk=SGk=\r\nSGVsbG8="
+    out = decoder.feed(data, 0, 10) + decoder.feed(data, 10, len(data)) + decoder.finish()
+    assert out == b"HiHiHello"
