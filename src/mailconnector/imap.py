@@ -11,8 +11,6 @@ import imaplib
 import logging
 import threading
 import time
-import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime

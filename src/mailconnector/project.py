@@ -250,6 +250,12 @@ class Project:
         return list(self._section("connections"))
 
     @property
+    def uses_oauth2(self) -> bool:
+        entries = self._section("connections").values()
+        return any(isinstance(e, dict) and isinstance(e.get("auth"), dict) and e["auth"].get("type") == "oauth2"
+                   for e in entries)
+
+    @property
     def settings(self) -> ProjectSettings:
         try:
             return ProjectSettings.model_validate(self._section("settings"))

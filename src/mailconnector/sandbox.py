@@ -574,13 +574,23 @@ def _run_quiet(cmd: list[str], *, ignore: bool = False) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Is ``pid`` running? A zombie (stopped, waiting for init to reap it) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith("Z")
 
 
 def _group_alive(pgid: int) -> bool:

@@ -148,12 +148,6 @@ def test_top_level_help_lists_the_exit_codes() -> None:
         assert words in text, words
 
 
-def test_help_of_the_real_script(tmp_path: Path) -> None:
-    res = run(["--help"], tmp_path)
-    assert res.returncode == 0
-    assert "Exit codes" in flat(res.stdout)
-
-
 # ------------------------------------------------------------------------------------------ test
 @pytest.mark.parametrize(("args", "code"), [(["test", "good", "--json"], 0), (["test", "wrong", "--json"], 4),
                                             (["test", "good", "--bogus"], 2)])

@@ -3,16 +3,23 @@ sandbox, with the password given through ``${env:}`` and through ``${file:}``, a
 
 Besides the password itself, its base64 and the base64 of the SASL PLAIN payload (``\\0user\\0password``, as
 sent by ``AUTH PLAIN``) must not appear in stdout or stderr.
+
+The commands run in this process through the program's entry point (``main``), each as a fresh run would:
+its own working directory, environment, streams, logging set-up and an empty secret registry (so the
+redaction by value knows only what the run itself resolved). ``test`` also runs as a real process.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,8 @@ import pytest
 import typer.main
 import yaml
 
-from mailconnector.cli import app
+from mailconnector import secrets as secret_registry
+from mailconnector.cli import app, main
 from mailconnector.sandbox import Sandbox
 
 MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
@@ -94,27 +102,67 @@ def write_project(directory: Path, sandbox: Sandbox, password_ref: str, folder: 
     return path
 
 
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(args: list[str], cwd: Path, env: dict[str, str]) -> Result:
+    """Run the program in this process as a fresh run would: its cwd, environment, streams and secrets."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    loggers = [logging.getLogger(n) for n in ("mailconnector", "mailconnector.protocol", "imapclient")]
+    saved_logging = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
+    saved_secrets = (set(secret_registry._known), secret_registry._pattern)
+    os.environ.pop("MAILCONNECTOR_PROJECT", None)
+    os.environ.update({"COLUMNS": "200", **env})
+    secret_registry._known.clear()
+    secret_registry._pattern = None
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for lg, level, propagate, handlers in saved_logging:
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.handlers[:] = handlers
+        secret_registry._known.clear()
+        secret_registry._known.update(saved_secrets[0])
+        secret_registry._pattern = saved_secrets[1]
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def real_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "MAILCONNECTOR_PROJECT"}
+    full_env.update({"COLUMNS": "200", **env})
+    return subprocess.run([str(MAILCONNECTOR), *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env=full_env, stdin=subprocess.DEVNULL)
+
+
 def run_all(directory: Path, env: dict[str, str], folder: str,
             only: Callable[[tuple[str, ...]], bool] = lambda _: True) -> dict[tuple[str, ...], Any]:
     all_commands = commands()
-    jobs: dict[tuple[str, ...], list[str]] = {}
+    results: dict[tuple[str, ...], Any] = {}
     for path, args in INVOCATIONS.items():
         if path not in all_commands or not only(path):
             continue
         opts = option_names(all_commands[path])
         extra = [flag for flag in ("--debug", "--verbose-protocol") if flag in opts]
-        jobs[path] = [*path, *(a.replace("{folder}", folder) for a in args), *extra]
-    full_env = {k: v for k, v in os.environ.items() if k != "MAILCONNECTOR_PROJECT"}
-    full_env.update(env)
-    full_env["COLUMNS"] = "200"
-
-    def one(argv: list[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(MAILCONNECTOR), *argv], cwd=directory, capture_output=True, text=True,
-                              timeout=60, env=full_env, stdin=subprocess.DEVNULL)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {path: pool.submit(one, argv) for path, argv in jobs.items()}
-        return {path: f.result() for path, f in futures.items()}
+        argv = [*path, *(a.replace("{folder}", folder) for a in args), *extra]
+        results[path] = cli(argv, directory, env)
+        if path == ("test",):
+            results[("test", "(real process)")] = real_process(argv, directory, env)
+    return results
 
 
 def assert_clean(results: dict[tuple[str, ...], Any], secrets: dict[str, str]) -> None:

@@ -184,12 +184,10 @@ def test_two_watchers_on_one_folder_process_each_message_exactly_once(
     processes.append(b)
     names = [f"msg {i:03d}" for i in range(200)]
 
-    def deliver() -> None:
-        with ImapSession(conn) as imap:
-            for i, name in enumerate(names):
-                imap.append(folder, make_message(name))
-                if i % 20 == 19:
-                    time.sleep(0.1)
+    def deliver() -> None:  # 200 arrivals over a couple of seconds, in groups of 10
+        for start in range(0, len(names), 10):
+            append_messages(conn, folder, names[start:start + 10])
+            time.sleep(0.05)
 
     sender = threading.Thread(target=deliver)
     sender.start()

@@ -65,6 +65,10 @@ class Session:
     def project(self) -> Project:
         if self._project is None:
             self._project = Project.load(self.project_path)
+            if self._project.uses_oauth2:
+                from ..auth.oauth2 import use_store
+
+                use_store(self._project.store())  # OAuth2 tokens survive between runs (file mode 0600)
         return self._project
 
 

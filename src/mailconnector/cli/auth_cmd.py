@@ -78,7 +78,8 @@ def login_cmd(
         err_console.print(request.url, markup=False, highlight=False, soft_wrap=True)
         err_console.print("The browser then goes to an address that may not load; that is expected: copy the "
                           "code from it (or the whole address).", markup=False, highlight=False)
-        answer = typer.prompt("Code or address", err=True, hide_input=True)
+        # Shown as typed: the code is single-use and worthless without the PKCE verifier kept in this process.
+        answer = typer.prompt("Code or address", err=True)
         grant = google_exchange_code(conn, request, str(answer))
     else:
         raise ConfigError(
