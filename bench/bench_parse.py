@@ -81,7 +81,7 @@ def make_corpus(count: int, seed: int = 7) -> list[bytes]:
         msg["Date"] = format_datetime(start + timedelta(minutes=number))
         msg["Message-ID"] = make_msgid(domain="example.test")
         msg["X-Mailer"] = "bench"
-        paragraphs = [_sentence(rng, rng.randint(20, 60)) for _ in range(rng.randint(4, 9))]
+        paragraphs = [_sentence(rng, rng.randint(20, 60)) for _ in range(rng.randint(5, 10))]
         msg.set_content("\n\n".join(paragraphs))
         html = "".join(f"<p style=\"margin:0 0 1em 0;font-family:Arial\">{p}</p>\n" for p in paragraphs)
         msg.add_alternative(f"<html><body>{html}</body></html>", subtype="html")

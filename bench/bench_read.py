@@ -40,11 +40,7 @@ from pathlib import Path
 from typing import Any
 
 BATCH = 50
-WORDS = (
-    "invoice order shipment meeting agenda quarterly report update review contract payment balance account "
-    "delivery schedule project budget forecast summary draft proposal approval request customer support "
-    "ticket issue resolved pending urgent follow reminder thanks regards team über café naïve résumé"
-).split()
+WORDS = ["invoice", "order", "shipment", "meeting", "agenda", "quarterly", "report", "update", "review", "contract", "payment", "balance", "account", "delivery", "schedule", "project", "budget", "forecast", "summary", "draft", "proposal", "approval", "request", "customer", "support", "ticket", "issue", "resolved", "pending", "urgent", "follow", "reminder", "thanks", "regards", "team", "über", "café", "naïve", "résumé"]
 
 
 # ----------------------------------------------------------------------------------------------- corpus

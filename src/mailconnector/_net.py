@@ -68,6 +68,12 @@ def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: 
         else:
             hint = "check tls.ca_file, or the server's certificate"
         return TLSSecurityError(f"{where}: certificate not trusted: {reason}", hint=hint)
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING"
+    ):
+        # The peer (or something between) closed the connection mid-TLS: a drop, not a refusal.
+        return TransportError(f"{where}: connection lost during the TLS exchange{during}",
+                              hint="the server or the network closed the connection; it is retried")
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or str(exc)
         if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNEXPECTED_RECORD") or "wrong version" in str(

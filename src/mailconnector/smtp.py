@@ -59,6 +59,10 @@ class MayHaveBeenDelivered(TransportError):
     retryable = False
 
 
+# smtplib's reply code for a line that does not start with three digits: the reply was garbled on the way.
+_GARBLED = -1
+
+
 class _SMTP(smtplib.SMTP):
     """smtplib with a separate connect timeout, implicit TLS on the same code path, and a redacted wire log."""
 
@@ -137,6 +141,8 @@ class SmtpSession:
         except MailConnectorError:
             raise
         except smtplib.SMTPAuthenticationError as exc:
+            if exc.smtp_code == _GARBLED:  # not a refusal: the reply could not be read
+                raise self._garbled(phase) from exc
             raise self._auth_error(exc.smtp_code, _text(exc.smtp_error)) from exc
         except smtplib.SMTPServerDisconnected as exc:
             raise TransportError(
@@ -144,6 +150,8 @@ class SmtpSession:
                 hint="the server may limit connections or idle time; it is retried",
             ) from exc
         except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code == _GARBLED:
+                raise self._garbled(phase) from exc
             raise ServerResponseError(
                 f"SMTP server refused {phase}: {exc.smtp_code} {_text(exc.smtp_error)}",
                 code=exc.smtp_code, text=_text(exc.smtp_error),
@@ -152,6 +160,15 @@ class SmtpSession:
             raise ServerResponseError(f"SMTP server does not support {phase}: {exc}", code=502) from exc
         except (OSError, EOFError) as exc:  # socket, ssl, timeouts
             raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+
+    def _garbled(self, phase: str) -> TransportError:
+        """A reply without a reply code: the connection is corrupt, not the server's answer. The connection
+        is closed (a command may be half-understood) and the error is retryable, like a drop."""
+        self.close(quit=False)
+        return TransportError(
+            f"SMTP server {self.server.host}:{self.server.port} sent a garbled reply during {phase}",
+            hint="the connection was corrupted on the way; it is retried on a new connection",
+        )
 
     def _auth_error(self, code: int, text: str) -> AuthenticationError:
         hint = "check the username and password"
@@ -195,12 +212,15 @@ class SmtpSession:
                     ctx_exc = exc.__context__
                     cause = ctx_exc if isinstance(ctx_exc, OSError) else EOFError(str(exc))
                     raise transport_error(cause, self.connection, "smtp", phase="greeting") from exc
+                if code == _GARBLED:
+                    raise self._garbled("the greeting")
                 if code != 220:
                     raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,
                                               text=_text(msg))
                 st.detail = f"{code} {_text(msg)}"[:120]
             with step(recorder, "EHLO extensions") as st, self._translate("EHLO"):
-                smtp.ehlo()
+                if smtp.ehlo()[0] == _GARBLED:
+                    raise self._garbled("EHLO")
                 st.detail = " ".join(sorted(k.upper() for k in smtp.esmtp_features))
             if self.server.security == "starttls":
                 with step(recorder, "STARTTLS offered and TLS certificate") as st:
@@ -213,7 +233,8 @@ class SmtpSession:
                     assert ctx is not None
                     with self._translate("STARTTLS"):
                         smtp.starttls(context=ctx)
-                        smtp.ehlo()
+                        if smtp.ehlo()[0] == _GARBLED:
+                            raise self._garbled("EHLO")
                     st.detail = _tls_detail(smtp.sock)
             if login:
                 with step(recorder, "authentication") as st:
@@ -373,6 +394,10 @@ class SmtpSession:
                     rcpt_replies = [smtp.docmd(c) for c in rcpt_cmds]
                     if any(c in (250, 251) for c, _ in rcpt_replies):
                         data_reply = smtp.docmd("DATA")
+        if _GARBLED in (mail_reply[0], data_reply[0], *(c for c, _ in rcpt_replies)):
+            # Which command the server took is unknown; DATA may even be open. Dropping the connection is
+            # the one way out that cannot submit anything, and nothing of the message was sent: retryable.
+            raise self._garbled("MAIL/RCPT/DATA")
         if mail_reply[0] != 250:
             self._abort(data_reply)
             raise SenderRefusedError(
@@ -405,24 +430,35 @@ class SmtpSession:
         try:
             code, text = smtp.getreply()
         except (OSError, EOFError, smtplib.SMTPServerDisconnected) as exc:
-            self.close()
+            self.close(quit=False)
             raise MayHaveBeenDelivered(
                 "connection lost after the message data was sent: it may have been delivered",
                 hint="check the recipient's mailbox before sending again; it is not retried automatically",
             ) from exc
         result.data_reply = (code, _text(text))
+        if code == _GARBLED:  # the server answered, but what? It may have queued the message.
+            self.close(quit=False)
+            raise MayHaveBeenDelivered(
+                "garbled reply after the message data was sent: it may have been delivered",
+                hint="check the recipient's mailbox before sending again; it is not retried automatically",
+            )
         if code != 250:
             raise ServerResponseError(f"message refused after DATA: {code} {_text(text)}", code=code,
                                       text=_text(text))
         return result
 
     def _abort(self, data_reply: tuple[int, bytes]) -> None:
-        """Leave the transaction cleanly after a refusal (the server may have said 354 to a pipelined DATA)."""
+        """Leave the transaction cleanly after a refusal.
+
+        A server that said 354 to a pipelined DATA is waiting for the message: ending it with a lone dot
+        would submit an empty message to the recipients it accepted, so the connection is closed instead
+        (the one way to abandon the DATA phase); the next message opens a new one.
+        """
+        if data_reply[0] == 354:
+            self.close(quit=False)
+            return
         smtp = self._require()
         with self._translate("RSET"):
-            if data_reply[0] == 354:
-                smtp.send(b"." + CRLF)
-                smtp.getreply()
             smtp.rset()
 
     def rset(self) -> None:
@@ -446,12 +482,14 @@ class SmtpSession:
         except (OSError, smtplib.SMTPException):
             return False
 
-    def close(self) -> None:
+    def close(self, *, quit: bool = True) -> None:
+        """QUIT and close; ``quit=False`` only closes (the server may be reading message data, where a QUIT
+        would be taken as data and never answered)."""
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
         try:
-            if smtp.sock is not None:
+            if smtp.sock is not None and quit:
                 smtp.sock.settimeout(2)
                 smtp.quit()
         except (OSError, smtplib.SMTPException, EOFError):

@@ -186,6 +186,28 @@ class Store:
                     (connection, folder, uidvalidity, uid, now),
                 )
 
+    def record_delivered(self, connection: str, folder: str, uidvalidity: int, uid: int,
+                         message_id: str | None = None) -> None:
+        """Record one delivered message: one statement, its own transaction (an ack must be durable before
+        it returns, and this is on the path of every message read)."""
+        try:
+            self._db().execute(
+                "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?, ?, ?)",
+                (connection, folder, uidvalidity, uid, message_id, time.time()),
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
+
+    def move_checkpoint(self, connection: str, folder: str, uidvalidity: int, last_uid: int) -> None:
+        """Move the checkpoint forward to ``last_uid`` (never backwards; a new UIDVALIDITY starts over)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?) ON CONFLICT (connection, folder) DO UPDATE SET "
+                "last_uid = CASE WHEN uidvalidity = excluded.uidvalidity THEN max(last_uid, excluded.last_uid) "
+                "ELSE excluded.last_uid END, uidvalidity = excluded.uidvalidity, updated_at = excluded.updated_at",
+                (connection, folder, uidvalidity, last_uid, time.time()),
+            )
+
     def reset_checkpoint(self, connection: str, folder: str, uidvalidity: int) -> None:
         with self._tx() as db:
             db.execute(

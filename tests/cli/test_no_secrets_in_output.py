@@ -32,7 +32,7 @@ from mailconnector.cli import app, main
 from mailconnector.sandbox import Sandbox
 
 MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
-USER = "frank"  # the messages this test sends land in this user's INBOX
+USER = "frank"  # logs in as this user; touches only a folder of its own, never the INBOX
 WRONG_PASSWORD = "Wr0ng-Passw0rd-for-frank"
 PW_VAR = "MC_NOSECRET_PASSWORD"
 
@@ -41,7 +41,8 @@ PW_VAR = "MC_NOSECRET_PASSWORD"
 INVOCATIONS: dict[tuple[str, ...], list[str]] = {
     ("test",): ["sandbox"],
     ("folders",): ["sandbox"],
-    ("send",): ["sandbox", "--to", f"{USER}@example.test", "--subject", "no secrets here", "--text", "hello"],
+    # A recipient the server refuses: the whole SMTP conversation, login included, and nothing delivered.
+    ("send",): ["sandbox", "--to", "nobody@example.test", "--subject", "no secrets here", "--text", "hello"],
     ("read",): ["sandbox", "--folder", "{folder}", "--limit", "5", "--after-read", "keep_unread"],
     ("run",): ["copy-folder"],
     ("logs",): [],
@@ -212,6 +213,8 @@ def test_no_password_in_any_output(sandbox: Sandbox, tmp_path: Path, folder_with
         assert "mailconnector.protocol" in results[path].stderr, "the protocol log should be on"
     assert "AUTH PLAIN" in results[("test",)].stderr or "AUTH" in results[("test",)].stderr
     assert "LOGIN" in results[("folders",)].stderr
+    if ("send",) in results:
+        assert "AUTH PLAIN ****" in results[("send",)].stderr, "send should have logged in"
     for path in CONNECTING & set(results):
         assert results[path].returncode != 10, (path, results[path].stderr[-2000:])
     assert_clean(results, forbidden(password, f"{USER}@example.test"))

@@ -24,7 +24,8 @@ Triggers (positions are counted on the original stream of one direction of one c
 
 Actions: ``Cut`` (close both sides; ``reset=True`` sends RST instead of FIN), ``Replace`` (rewrite the
 pattern and go on; needs ``OnPattern``), ``Delay`` (pause this direction, then go on), ``Stall`` (swallow
-everything after this point in this direction; the connection stays open).
+everything after this point in this direction; the connection stays open), ``Corrupt`` (flip the bits of
+the next ``count`` bytes, the pattern itself for a ``before`` trigger, then go on).
 
 A fault fires at most ``times`` times over all connections (default once; ``None`` = every time), after
 letting the first ``skip`` occurrences of its trigger pass, and only on the ``connection``-th accepted
@@ -51,6 +52,7 @@ __all__ = [
     "S2C",
     "AfterBytes",
     "ConnectionRecord",
+    "Corrupt",
     "Cut",
     "Delay",
     "Direction",
@@ -125,7 +127,19 @@ class Stall:
     """Forward nothing more in this direction (bytes are read and dropped); the connection stays open."""
 
 
-Action = Cut | Replace | Delay | Stall
+@dataclass(frozen=True)
+class Corrupt:
+    """XOR the next ``count`` bytes of this direction with ``mask`` (line noise no checksum caught)."""
+
+    count: int = 1
+    mask: int = 0xFF
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 < self.mask < 256:
+            raise ValueError("count must be >= 1 and mask a non-zero byte")
+
+
+Action = Cut | Replace | Delay | Stall | Corrupt
 
 
 @dataclass(eq=False)
@@ -381,6 +395,8 @@ class _Pump:
         self.held = b""            # received, not yet handled (a possible pattern prefix)
         self.tail = b""            # the last handled bytes, to find "after" patterns split across reads
         self.stalled = False
+        self.corrupting = 0        # bytes still to corrupt (Corrupt), and with which mask
+        self.corrupt_mask = 0
         self.done_bytes: set[int] = set()  # AfterBytes faults (by id) already fired on this connection
 
     def run(self) -> None:
@@ -427,7 +443,12 @@ class _Pump:
             raise _Stop from None
 
     def _forward(self, data: bytes) -> None:
-        self._send(data)
+        if self.corrupting and data:
+            n = min(self.corrupting, len(data))
+            self.corrupting -= n
+            self._send(bytes(b ^ self.corrupt_mask for b in data[:n]) + data[n:])
+        else:
+            self._send(data)
         self.consumed += len(data)
         self.tail = (self.tail + data)[-256:]
 
@@ -507,6 +528,13 @@ class _Pump:
             self.consumed += len(pattern)
             self.tail = (self.tail + pattern)[-256:]
             return buf[len(pattern):]
+        if isinstance(action, Corrupt):
+            self.corrupting, self.corrupt_mask = action.count, action.mask
+            if before:  # the pattern itself is corrupted, and must not match again
+                assert isinstance(fault.trigger, OnPattern)
+                self._forward(buf[:len(fault.trigger.pattern)])
+                return buf[len(fault.trigger.pattern):]
+            return buf
         if isinstance(action, Delay):
             time.sleep(action.seconds)
             if before:  # let the pattern through now, or it would match again

@@ -214,6 +214,21 @@ def test_directory_mode_streams_a_big_attachment(tmp_path: Path) -> None:
     assert peak < len(payload) // 2
 
 
+def test_directory_mode_streams_base64_without_line_breaks(tmp_path: Path) -> None:
+    payload = random.Random(2).randbytes(8 * 1024 * 1024 + 1)
+    raw = message("From: a@example.test", "Content-Type: application/octet-stream", "Content-Transfer-Encoding: base64",
+                  "", base64.b64encode(payload).decode("ascii"))
+    tracemalloc.start()
+    try:
+        record = parse_message(raw, ParseOptions(attachments="directory", directory=tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert Path(record.attachments[0].path or "").read_bytes() == payload
+    assert record.defects == ["no 'date' header"]
+    assert peak < len(payload) // 2  # pieces of about a megabyte, not the whole part
+
+
 # --------------------------------------------------------------------------------------------- limits
 
 

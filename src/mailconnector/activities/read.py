@@ -17,8 +17,10 @@ import datetime as dt
 import logging
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,7 @@ __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings"]
 log = logging.getLogger("mailconnector.read")
 
 _AFTER_READ = re.compile(r"^(mark_read|keep_unread|delete|move:.+)$")
+BATCH_BYTES = 16 * 1024 * 1024  # most bytes one fetch brings in (a single bigger message comes alone)
 
 
 class Criteria(BaseModel):
@@ -241,7 +244,10 @@ class ReadEmail:
         self._session = session
         self._state: FolderState | None = None
         self._pending: list[int] = []
-        self._pending_done: set[int] = set()
+        self._last_acked = 0
+        # The next batch is fetched in a thread while this one is parsed; the connection is used by one
+        # thread at a time (a fetch, or an after-read action, or closing).
+        self._io = threading.Lock()
         self.total: int | None = None
         self.yielded = 0
         self.acked = 0
@@ -252,23 +258,25 @@ class ReadEmail:
             self._session = ImapSession(self.connection)
         if not self._session._client:
             self._session.connect()
-        self._select()
+        self._state = self._select()
         return self
 
-    def _select(self) -> None:
+    def _select(self) -> FolderState:
         assert self._session is not None
-        self._state = self._session.select(self.settings.folder)
+        state = self._session.select(self.settings.folder)
         if self.settings.move_to and not self._session.folder_exists(self.settings.move_to):
             raise ConfigError(f"folder {self.settings.move_to!r} for after_read does not exist",
                               field="after_read", hint="create it, or list folders with `mailconnector folders`")
+        return state
 
     def close(self) -> None:
         try:
             if self._session is not None and self._session._client is not None:
                 self.flush()
         finally:
-            if self._session is not None:
-                self._session.close()
+            with self._io:  # not under a fetch still running for an abandoned iteration
+                if self._session is not None:
+                    self._session.close()
 
     def __enter__(self) -> ReadEmail:
         return self.open()
@@ -291,20 +299,54 @@ class ReadEmail:
         if self.settings.limit is not None:
             uids = uids[: self.settings.limit]
         self.total = len(uids)
-        size = self.settings.batch_size
-        for start in range(0, len(uids), size):
-            batch = uids[start:start + size]
-            for msg in self._fetch_with_retry(batch):
-                record = self._record(msg)
-                self.yielded += 1
-                yield ReadItem(record, msg.uid, self)
+        batches = self._batches(uids)
+        if not batches:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailconnector-fetch")
+        try:
+            ahead = pool.submit(self._fetch_with_retry, batches[0])
+            for number in range(len(batches)):
+                messages = ahead.result()
+                self.flush()  # the connection is idle: apply what the previous batch's acks asked for
+                if number + 1 < len(batches):
+                    ahead = pool.submit(self._fetch_with_retry, batches[number + 1])
+                messages.reverse()
+                while messages:
+                    msg = messages.pop()  # not held once parsed: the raw bytes go as soon as they can
+                    record = self._record(msg)
+                    uid = msg.uid
+                    del msg
+                    self.yielded += 1
+                    yield ReadItem(record, uid, self)
             self.flush()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def records(self) -> Iterator[ReadRecord]:
         """Each record, acked as soon as the caller asks for the next one (for simple scripts)."""
         for item in self.items():
             yield item.record
             item.ack()
+
+    def _batches(self, uids: list[int]) -> list[list[int]]:
+        """At most ``batch_size`` messages and ``BATCH_BYTES`` per fetch (a bigger message goes alone), so
+        that memory is bounded by the batch whatever the messages' sizes."""
+        if not uids:
+            return []
+        assert self._session is not None
+        sizes = self._session.fetch_sizes(uids)
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        total = 0
+        for uid in uids:
+            size = sizes.get(uid, 0)
+            if batch and (len(batch) >= self.settings.batch_size or total + size > BATCH_BYTES):
+                batches.append(batch)
+                batch, total = [], 0
+            batch.append(uid)
+            total += size
+        batches.append(batch)
+        return batches
 
     def _candidates(self) -> list[int]:
         assert self._session is not None and self._state is not None
@@ -315,9 +357,10 @@ class ReadEmail:
             return uids
         state = self._state
         cp = self.store.checkpoint(self.key, s.folder)
-        if cp is not None and cp.uidvalidity != state.uidvalidity:
-            log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); "
-                        "matching delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
+        if cp is None or cp.uidvalidity != state.uidvalidity:
+            if cp is not None:
+                log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); matching "
+                            "delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
             uids = self._skip_by_message_id(uids)
         delivered = self.store.delivered_uids(self.key, s.folder, state.uidvalidity)
         redo = [u for u in uids if u in delivered]
@@ -328,17 +371,17 @@ class ReadEmail:
         return [u for u in uids if u not in delivered]
 
     def _skip_by_message_id(self, uids: list[int]) -> list[int]:
-        """After a UIDVALIDITY change: drop the messages delivered under the old one (same Message-ID)
-        and move the checkpoint to the new UIDVALIDITY, recording them as delivered under it."""
+        """Set the checkpoint to the folder's UIDVALIDITY. When it changed (or a run that delivered
+        messages died before the checkpoint was written), drop the messages delivered before, by
+        Message-ID, recording them as delivered under the new UIDVALIDITY -- in one transaction."""
         assert self._session is not None and self.store is not None
         seen = self.store.delivered_message_ids(self.key, self.settings.folder)
         keep: list[int] = []
         matches: list[tuple[int, str | None]] = []
         if seen and uids:
-            with self._session._translate("UID FETCH Message-ID"):
-                data = self._session.client.fetch(uids, [b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+            fields = self._session.fetch_header(uids, "Message-ID")
             for uid in uids:
-                mid = _message_id_field(data.get(uid, {}))
+                mid = _message_id(fields.get(uid, b""))
                 if mid is not None and mid in seen:
                     matches.append((uid, mid))
                 else:
@@ -355,27 +398,28 @@ class ReadEmail:
     def _fetch_with_retry(self, batch: Sequence[int]) -> list[FetchedMessage]:
         assert self._session is not None
         delay = 0.5
-        for attempt in range(1, 5):
-            try:
-                return list(self._session.fetch(batch))
-            except TransportError as exc:
-                if attempt == 4:
-                    raise
-                log.warning("fetch failed (%s); reconnecting (attempt %d of 3)", exc.message, attempt)
-                time.sleep(delay)
-                delay *= 2
-                self._reconnect()
+        with self._io:
+            for attempt in range(1, 5):
+                try:
+                    return list(self._session.fetch(batch))
+                except TransportError as exc:
+                    if attempt == 4:
+                        raise
+                    log.warning("fetch failed (%s); reconnecting (attempt %d of 3)", exc.message, attempt)
+                    time.sleep(delay)
+                    delay *= 2
+                    self._reconnect()
         return []
 
     def _reconnect(self) -> None:
         assert self._session is not None
-        old_validity = self._uidvalidity()
         self._session.close()
         self._session.connect()
-        self._select()
-        if self._uidvalidity() != old_validity:
+        state = self._select()
+        if state.uidvalidity != self._uidvalidity():  # the UIDs in hand now name other messages, or none
             raise TransportError("UIDVALIDITY changed while reading; run again to continue safely",
                                  hint="the folder was recreated during the run")
+        self._state = state
 
     def _record(self, msg: FetchedMessage) -> ReadRecord:
         s = self.settings
@@ -390,42 +434,48 @@ class ReadEmail:
                                max_attachment_bytes=s.max_attachment_bytes,
                                include_raw=s.include_raw and directory is None)
         record = parse_message(msg.raw, options)
-        update: dict[str, Any] = {
-            "uid": msg.uid, "uidvalidity": self._uidvalidity(), "folder": s.folder,
-            "flags": list(msg.flags), "size": msg.size,
-            "received_at": msg.internal_date.isoformat() if msg.internal_date else None,
-        }
+        record.uid = msg.uid
+        record.uidvalidity = self._uidvalidity()
+        record.folder = s.folder
+        record.flags = list(msg.flags)
+        record.size = msg.size
+        record.received_at = msg.internal_date.isoformat() if msg.internal_date else None
         if s.include_raw and directory is not None:
             raw_path = directory / "message.eml"
             raw_path.write_bytes(msg.raw)
-            update["raw_path"] = str(raw_path)
-        return record.model_copy(update=update)
+            record.raw_path = str(raw_path)
+        return record
 
     # ------------------------------------------------------------------ ack
     def _ack(self, item: ReadItem) -> None:
         if self.store is not None:
-            self.store.advance_checkpoint(self.key, self.settings.folder, self._uidvalidity(), item.uid,
-                                          item.record.message_id)
+            self.store.record_delivered(self.key, self.settings.folder, self._uidvalidity(), item.uid,
+                                        item.record.message_id)
         self.acked += 1
+        self._last_acked = max(self._last_acked, item.uid)
         if self.settings.after_read != "keep_unread":
             self._pending.append(item.uid)
 
     def flush(self) -> None:
-        """Apply the after-read action to every acknowledged message not yet acted on."""
+        """Apply the after-read action to every acknowledged message not yet acted on, and move the
+        checkpoint (the delivered messages are already in the store: each ack wrote its own)."""
+        if self.store is not None and self._last_acked and self._state is not None:
+            self.store.move_checkpoint(self.key, self.settings.folder, self._uidvalidity(), self._last_acked)
         if not self._pending:
             return
-        uids, self._pending = self._pending, []
-        try:
+        with self._io:
+            uids, self._pending = self._pending, []
             try:
-                self._apply(uids)
-            except TransportError as exc:
-                log.warning("after-read action failed (%s); reconnecting once", exc.message)
-                self._reconnect()
-                self._apply(uids)
-        except TransportError:
-            # The store already has them: the next run completes the action (without delivering them again).
-            log.warning("after-read action for %d message(s) not applied; the next run applies it", len(uids))
-            raise
+                try:
+                    self._apply(uids)
+                except TransportError as exc:
+                    log.warning("after-read action failed (%s); reconnecting once", exc.message)
+                    self._reconnect()
+                    self._apply(uids)
+            except TransportError:
+                # With a store, the next run completes the action without delivering them again.
+                log.warning("after-read action for %d message(s) not applied", len(uids))
+                raise
 
     def _apply(self, uids: list[int]) -> None:
         assert self._session is not None
@@ -439,14 +489,11 @@ class ReadEmail:
             self._session.move(uids, self.settings.move_to)
 
 
-def _message_id_field(item: dict[bytes, Any]) -> str | None:
-    """The Message-ID from a ``BODY[HEADER.FIELDS (MESSAGE-ID)]`` answer, as the parser writes it."""
-    for key, value in item.items():
-        if key.startswith(b"BODY[HEADER"):
-            raw = bytes(value)
-            if b":" in raw:
-                return parse_msg_id(raw.split(b":", 1)[1].decode("utf-8", "replace"), "", Defects())
-    return None
+def _message_id(field: bytes) -> str | None:
+    """The Message-ID in a ``Message-ID: <...>`` header field, as the parser writes it."""
+    if b":" not in field:
+        return None
+    return parse_msg_id(field.split(b":", 1)[1].decode("utf-8", "replace"), "", Defects())
 
 
 def _slug(folder: str) -> str:

@@ -113,7 +113,7 @@ _LABEL_MAP = {
 }
 # Codecs that are not charsets, or that interpret escapes: never let a message pick them.
 _REFUSED_CODECS = frozenset(
-    ["undefined", "unicode_escape", "raw_unicode_escape", "idna", "punycode", "mbcs", "oem", "utf_8_sig"]
+    ["undefined", "unicode_escape", "raw_unicode_escape", "idna", "punycode", "mbcs", "oem"]
 )
 _codec_cache: dict[str, str | None] = {}
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -529,23 +529,30 @@ def decode_all(buf: bytes, start: int, end: int, cte: str, canonical: bool, what
     if end - start <= CHUNK:
         data = decoder.feed(buf, start, end) + decoder.finish()
     else:
-        pieces = [decoder.feed(buf, a, b) for a, b in line_chunks(buf, start, end)]
+        pieces = [decoder.feed(buf, a, b) for a, b in line_chunks(buf, start, end, CHUNK, cte == "base64")]
         pieces.append(decoder.finish())
         data = b"".join(pieces)
     decoder.report(what, defects)
     return data
 
 
-def line_chunks(buf: bytes, start: int, end: int, size: int = CHUNK) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` slices of ``buf[start:end]`` of about ``size`` bytes, each cut after a line end."""
+def line_chunks(buf: bytes, start: int, end: int, size: int = CHUNK,
+                cut_anywhere: bool = False) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` slices of ``buf[start:end]`` of about ``size`` bytes, each cut after a line end.
+
+    ``cut_anywhere`` (base64, whose decoder carries partial groups over) cuts a line longer than
+    ``size`` too, so that base64 written without line breaks is still decoded in bounded pieces.
+    """
     pos = start
     while pos < end:
         stop = min(end, pos + size)
         if stop < end:
             newline = buf.rfind(b"\n", pos, stop)
-            if newline < 0:
+            if newline >= 0:
+                stop = newline + 1
+            elif not cut_anywhere:
                 newline = buf.find(b"\n", stop, end)
-            stop = end if newline < 0 else newline + 1
+                stop = end if newline < 0 else newline + 1
         yield pos, stop
         pos = stop
 

@@ -1,7 +1,7 @@
 """Raw message bytes -> :class:`ReadRecord`: the hot path of Read Email.
 
-Why a scanner of our own rather than the standard library's parser: ``policy.default`` costs three
-times what imap-tools does and the legacy parser still splits every line in Python. Here the structure
+Why a scanner of our own rather than the standard library's parser: ``policy.default`` is several
+times slower than the usual readers and the legacy parser still splits every line in Python. Here the structure
 is found with ``bytes.find`` on the message buffer (boundaries, blank lines), parts are never copied
 until they are decoded, transfer decoding is done by ``binascii`` in C, and only the top-level headers
 and the few part headers that matter are decoded. ``bench/bench_parse.py`` measures the result.
@@ -554,7 +554,7 @@ class _Parser:
     def _chunks(self, start: int, end: int, cte: str, what: str) -> Iterator[bytes]:
         """The decoded content in pieces of about a megabyte, so no part is ever whole in memory."""
         decoder = make_decoder(cte, True)
-        for chunk_start, chunk_end in line_chunks(self.buf, start, end, CHUNK):
+        for chunk_start, chunk_end in line_chunks(self.buf, start, end, CHUNK, cte == "base64"):
             yield decoder.feed(self.buf, chunk_start, chunk_end)
         yield decoder.finish()
         decoder.report(what, self.defects)
