@@ -45,10 +45,14 @@ class DelayProxy:
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w),
-                             return_exceptions=True)
-        for w in (client_w, server_w):
-            w.close()
+        try:
+            await asyncio.gather(self._pump(client_r, server_w), self._pump(server_r, client_w),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:  # the proxy is stopping: end quietly
+            pass
+        finally:
+            for w in (client_w, server_w):
+                w.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read as fast as data comes; a writer task sends each chunk when its time has come."""

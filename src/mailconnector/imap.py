@@ -101,7 +101,20 @@ class ImapSession:
         except MailConnectorError:
             raise
         except imap_exc.LoginError as exc:
+            if isinstance(exc.__context__, imap_exc.IMAPClientAbortError):
+                # IMAPClient wraps every failure of LOGIN, a dropped or garbled connection too: not a refusal.
+                raise TransportError(
+                    f"IMAP server {self.server.host}:{self.server.port} dropped the connection during {phase}: "
+                    f"{_clean(exc.__context__)}",
+                    hint="it is retried; if it keeps happening the server may limit connections",
+                ) from exc
             raise self._auth_error(str(exc)) from exc
+        except imap_exc.ProtocolError as exc:  # an answer that cannot be parsed: the connection is corrupt
+            raise TransportError(
+                f"IMAP server {self.server.host}:{self.server.port} sent a garbled answer during {phase}: "
+                f"{_clean(exc)}"[:300],
+                hint="it is retried on a new connection",
+            ) from exc
         except imap_exc.IMAPClientAbortError as exc:
             raise TransportError(
                 f"IMAP server {self.server.host}:{self.server.port} dropped the connection during {phase}: {exc}",
@@ -337,7 +350,8 @@ class ImapSession:
             data = self._uid_fetch(uid_set, _FETCH_ITEMS)
             found = parse_fetch(data)
             if found is None:  # an answer the fast path does not know: IMAPClient's parser reads it
-                found = _parse_fetch_slowly(data)
+                with self._translate("UID FETCH"):
+                    found = _parse_fetch_slowly(data)
             messages.extend(found)
             del data
         messages.sort(key=lambda m: m.uid, reverse=True)
@@ -568,6 +582,10 @@ def _internal_date(text: bytes) -> datetime | None:
         return None
 
 
+# What an unsolicited FETCH (another session changed a flag) carries; anything more was meant to be ours.
+_UNSOLICITED = frozenset({b"UID", b"FLAGS", b"MODSEQ", b"SEQ"})
+
+
 def _parse_fetch_slowly(data: list[Any]) -> list[FetchedMessage]:
     from imapclient.response_parser import parse_fetch_response
 
@@ -575,6 +593,8 @@ def _parse_fetch_slowly(data: list[Any]) -> list[FetchedMessage]:
     for uid, item in parse_fetch_response(data, True, True).items():
         raw = item.get(b"BODY[]")
         if raw is None:
+            if set(item) - _UNSOLICITED:  # items besides flags, yet no body: a garbled answer, not a skip
+                raise imap_exc.ProtocolError(f"FETCH answer for UID {uid} without its body")
             continue  # expunged meanwhile, or an unsolicited answer
         flags = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ()))
         when = item.get(b"INTERNALDATE")

@@ -139,16 +139,64 @@ class _Pending:
     failed: bool = False
 
 
+class _LeaseKeeper:
+    """Holds a lease: takes it, renews it from a thread every third of its time, gives it back.
+
+    A renewal that finds another holder (this process stalled past the lease time and another consumer
+    took over) sets ``lost``; the run or watch then stops at its next check rather than share the folder.
+    """
+
+    def __init__(self, store: Store, name: str, holder: str, ttl: float) -> None:
+        self.store = store
+        self.name = name
+        self.holder = holder
+        self.ttl = ttl
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> bool:
+        return self.store.acquire_lease(self.name, ttl=self.ttl, holder=self.holder) is not None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._renew, name="mc-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._done.wait(self.ttl / 3):
+            try:
+                if not self.take():
+                    log.error("lost the lease on %s to another consumer", self.name.split(":", 1)[1])
+                    self.lost.set()
+                    return
+            except MailConnectorError as exc:  # a busy store: try again at the next turn
+                log.warning("could not renew the lease on %s: %s", self.name, exc.message)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise _lease_error(self.store, self.name)
+
+    def stop(self) -> None:
+        """Stop renewing and release the lease (if it is still ours)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.store.release_lease(self.name, self.holder)
+        except MailConnectorError as exc:
+            log.warning("could not release %s: %s", self.name, exc.message)
+
+
 class _Run:
-    def __init__(self, project: Project, name: str, stop: threading.Event, holder: str,
-                 keep_lease: bool = False, append_files: bool | None = None) -> None:
-        self.keep_lease = keep_lease  # watch mode holds the lease between runs
+    def __init__(self, project: Project, name: str, stop: threading.Event, keeper: _LeaseKeeper | None = None,
+                 append_files: bool | None = None, log_empty: bool = True) -> None:
+        self.watch_keeper = keeper  # watch mode holds the folder's lease across runs
+        self.log_empty = log_empty  # watch mode keeps no log entry for a run that found nothing
         self.append_files = append_files  # watch mode appends to file targets after its first run
         self.project = project
         self.name = name
         self.op: OperationConfig = project.operation(name)
         self.stop = stop
-        self.holder = holder
         self.store = project.store()
         self.ttl = project.settings.lease_seconds
         self.read = self.written = self.failed = 0
@@ -176,15 +224,22 @@ class _Run:
                     "transformation": self.op.transformation.model_dump(exclude_none=True)
                     if self.op.transformation else None, "on_error": self.op.on_error}
         lease = source.lease_name if isinstance(source, ReadEmailSource) else None
-        if lease and self.store.acquire_lease(lease, ttl=self.ttl, holder=self.holder) is None:
-            source.close()
-            target.close()
-            raise _lease_error(self.store, lease)
+        keeper = None
+        if lease:
+            own = self.watch_keeper is None or self.watch_keeper.name != lease
+            keeper = _LeaseKeeper(self.store, lease, uuid.uuid4().hex, self.ttl) if own else self.watch_keeper
+            assert keeper is not None
+            if not keeper.take():
+                source.close()
+                target.close()
+                raise _lease_error(self.store, lease)
+            if own:
+                keeper.start()
         self.run_id = self.store.start_run(self.name, settings)
         status, error = "success", None
         pending_exc: BaseException | None = None
         try:
-            self._pump(source, target, transform, lease)
+            self._pump(source, target, transform, keeper)
         except BaseException as exc:
             pending_exc = exc
             status, error = _describe_crash(exc)
@@ -199,18 +254,18 @@ class _Run:
                 if pending_exc is None:
                     pending_exc = exc
                     status, error = _describe_crash(exc)
-        if lease and not self.keep_lease:
-            try:
-                self.store.release_lease(lease, self.holder)
-            except MailConnectorError as exc:
-                log.warning("could not release %s: %s", lease, exc.message)
+        if keeper is not None and keeper is not self.watch_keeper:
+            keeper.stop()
         if status == "success":
             if self.cut_short:
                 status = "interrupted"
             elif self.failed:
                 status = "partial" if self.written else "failed"
-        self.store.finish_run(self.run_id, status=status, read=self.read, written=self.written,
-                              failed=self.failed, error=error)
+        if status == "success" and not self.read and not self.log_empty:
+            self.store.delete_run(self.run_id)
+        else:
+            self.store.finish_run(self.run_id, status=status, read=self.read, written=self.written,
+                                  failed=self.failed, error=error)
         retention = self.project.settings
         try:
             self.store.prune_runs(max_age_days=retention.log_retention_days,
@@ -222,24 +277,21 @@ class _Run:
         return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error)
 
     def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
-              transform: Transform, lease: str | None) -> None:
+              transform: Transform, keeper: _LeaseKeeper | None) -> None:
         pending: dict[int, _Pending] = {}
         tickets: dict[int, tuple[int, str]] = {}
         next_ticket = 0
-        renewed = time.monotonic()
 
         def feed() -> Iterator[Delivery]:
-            nonlocal next_ticket, renewed
+            nonlocal next_ticket
             for index, item in enumerate(source.items()):
                 if self.halted:
                     return
                 if self.stop.is_set():
                     self.cut_short = True
                     return
-                if lease and time.monotonic() - renewed > self.ttl / 3:
-                    if self.store.acquire_lease(lease, ttl=self.ttl, holder=self.holder) is None:
-                        raise _lease_error(self.store, lease)
-                    renewed = time.monotonic()
+                if keeper is not None:
+                    keeper.check()
                 self.read += 1
                 label = item.label or f"record {index}"
                 if item.error is not None or item.record is None:
@@ -293,18 +345,19 @@ def _lease_error(store: Store, lease: str) -> StateError:
 
 
 def run_operation(project: Project, name: str, *, stop: threading.Event | None = None,
-                  holder: str | None = None, keep_lease: bool = False, append_files: bool | None = None,
+                  append_files: bool | None = None, log_empty: bool = True, _keeper: _LeaseKeeper | None = None,
                   _depth: int = 0) -> RunResult:
     """Run an operation once, then the operations it chains to (on_success / on_failure).
 
     The operation's own failure to start (configuration, lease, connection) raises; a chained operation's
     failure to start is reported in ``chained`` instead, so the first run's result is never lost.
+    ``log_empty=False`` (watch mode) keeps no operation log entry for a clean run that read nothing.
     """
     if _depth > MAX_CHAIN_DEPTH:
         raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)",
                           source=project.source)
     stop = stop or threading.Event()
-    run = _Run(project, name, stop, holder or uuid.uuid4().hex, keep_lease, append_files)
+    run = _Run(project, name, stop, _keeper, append_files, log_empty)
     try:
         result = run.execute()
     except MailConnectorError as exc:
@@ -346,9 +399,9 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
     connection = source.connection
     source.close()
     store = project.store()
-    holder = uuid.uuid4().hex
+    keeper = _LeaseKeeper(store, lease, uuid.uuid4().hex, ttl)
     announced = False
-    while store.acquire_lease(lease, ttl=ttl, holder=holder) is None:
+    while not keeper.take():
         if not wait_for_lease:
             raise _lease_error(store, lease)
         if not announced:
@@ -356,16 +409,17 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
             announced = True
         if stop.wait(min(5.0, ttl / 4)):
             return
-    log.info("watching %s (lease %s)", lease.split(":", 1)[1], holder[:8])
-    waiter = _MailWaiter(connection, folder, store, lease, holder, ttl)
+    keeper.start()
+    log.info("watching %s", lease.split(":", 1)[1])
+    waiter = _MailWaiter(connection, folder, keeper)
     backoff = 1.0
     first = True
     try:
         while not stop.is_set():
             try:
                 mark = waiter.mark()
-                result = run_operation(project, name, stop=stop, holder=holder, keep_lease=True,
-                                       append_files=None if first else True)
+                result = run_operation(project, name, stop=stop, append_files=None if first else True,
+                                       log_empty=False, _keeper=keeper)
                 first = False
                 if on_run is not None:
                     on_run(result)
@@ -374,21 +428,12 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
             except TransportError as exc:
                 waiter.reset()
                 log.warning("connection problem (%s); reconnecting in %.0f s", exc.message, backoff)
-                if stop.wait(backoff):
+                if _sleep_checking(stop, backoff, keeper):
                     break
                 backoff = min(backoff * 2, max_backoff)
-                _renew(store, lease, holder, ttl)
     finally:
         waiter.close()
-        try:
-            store.release_lease(lease, holder)
-        except MailConnectorError as exc:
-            log.warning("could not release %s: %s", lease, exc.message)
-
-
-def _renew(store: Store, lease: str, holder: str, ttl: float) -> None:
-    if store.acquire_lease(lease, ttl=ttl, holder=holder) is None:
-        raise _lease_error(store, lease)
+        keeper.stop()
 
 
 class _MailWaiter:
@@ -396,16 +441,14 @@ class _MailWaiter:
 
     Before each run it notes the folder's UIDNEXT; after the run, if UIDNEXT moved, mail arrived while the
     run was busy (maybe after its search), so the next run starts at once. Otherwise it waits with IDLE
-    (renewing the lease every third of its time) or, without IDLE, sleeps ``interval`` seconds.
+    (re-issued every third of the lease time, checking the lease is still ours) or, without IDLE, sleeps
+    ``interval`` seconds.
     """
 
-    def __init__(self, connection: Connection, folder: str, store: Store, lease: str, holder: str, ttl: float) -> None:
+    def __init__(self, connection: Connection, folder: str, keeper: _LeaseKeeper) -> None:
         self.connection = connection
         self.folder = folder
-        self.store = store
-        self.lease = lease
-        self.holder = holder
-        self.ttl = ttl
+        self.keeper = keeper
         self.session: ImapSession | None = None
         self.idle: bool | None = None
 
@@ -435,7 +478,7 @@ class _MailWaiter:
     def wait(self, mark: tuple[int | None, int] | None, interval: float, stop: threading.Event) -> None:
         if not self.idle or mark is None:
             self.reset()  # no connection held between polls
-            _sleep_renewing(stop, interval, self.store, self.lease, self.holder, self.ttl)
+            _sleep_checking(stop, interval, self.keeper)
             return
         if self._state() != mark:
             log.debug("new mail arrived during the run; running again")
@@ -443,8 +486,8 @@ class _MailWaiter:
         session = self._session()
         deadline = time.monotonic() + 25 * 60  # re-run now and then even without news (a safety net)
         while not stop.is_set() and time.monotonic() < deadline:
-            _renew(self.store, self.lease, self.holder, self.ttl)
-            if session.idle_wait(min(self.ttl / 3, max(0.0, deadline - time.monotonic())), stop=stop):
+            self.keeper.check()
+            if session.idle_wait(min(self.keeper.ttl / 3, max(0.0, deadline - time.monotonic())), stop=stop):
                 return
 
     def reset(self) -> None:
@@ -459,9 +502,12 @@ class _MailWaiter:
         self.reset()
 
 
-def _sleep_renewing(stop: threading.Event, seconds: float, store: Store, lease: str, holder: str,
-                    ttl: float) -> None:
+def _sleep_checking(stop: threading.Event, seconds: float, keeper: _LeaseKeeper) -> bool:
+    """Sleep (True when stopped meanwhile), checking the lease is still ours every second."""
     deadline = time.monotonic() + seconds
-    while not stop.is_set() and time.monotonic() < deadline:
-        _renew(store, lease, holder, ttl)
-        stop.wait(min(ttl / 3, max(0.0, deadline - time.monotonic())))
+    while time.monotonic() < deadline:
+        keeper.check()
+        if stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            return True
+    keeper.check()
+    return False

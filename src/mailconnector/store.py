@@ -329,6 +329,12 @@ class Store:
         run["errors"] = [{"record": r, "error": json.loads(e)} for r, e in errs]
         return run
 
+    def delete_run(self, run_id: str) -> None:
+        """Forget one run (a watch's runs that found nothing are not kept)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM run_errors WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
     def prune_runs(self, *, max_age_days: float | None = None, max_count: int | None = None) -> int:
         """Retention: drop runs older than ``max_age_days`` and beyond the newest ``max_count``."""
         removed = 0

@@ -156,8 +156,25 @@ def test_a_line_that_cannot_be_written_is_not_acked(box: Mailbox) -> None:
     result = subprocess.run([sys.executable, "-m", "mailconnector", "read", "box", "--project", str(box.project),
                              "--folder", box.folder, "--output", "/dev/full"],
                             env={**os.environ, **box.env}, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 8, result.stderr  # local state: the output could not be written
+    assert "cannot write to /dev/full" in result.stderr and "unexpected" not in result.stderr
     assert box.subjects(unseen=True) == ["one", "two"]
+
+
+def test_a_closed_pipe_stops_the_run_quietly(box: Mailbox) -> None:
+    subjects = box.append(*(message(f"pipe {n:03d} " + "x" * 900) for n in range(150)))
+    proc = subprocess.Popen([sys.executable, "-m", "mailconnector", "read", "box", "--project", str(box.project),
+                             "--folder", box.folder, "--batch-size", "10"], env={**os.environ, **box.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()  # like `| head -n 1`
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "the output was closed" in stderr and "Traceback" not in stderr
+    still_unread = box.subjects(unseen=True)
+    assert first["subject"] not in still_unread
+    assert still_unread and set(still_unread) < set(subjects)  # what the pipe did not take stays unread
 
 
 def test_killed_mid_run_only_written_lines_are_marked_read(box: Mailbox) -> None:
@@ -183,11 +200,16 @@ def test_killed_mid_run_only_written_lines_are_marked_read(box: Mailbox) -> None
     # Nothing was marked read that was not written; everything not written is still unread.
     assert set(subjects) - set(still_unread) <= set(written)
     assert set(subjects) - set(written) <= set(still_unread)
-    # The next run delivers the rest exactly once.
-    rest = box.directory / "rest.jsonl"
-    result = box.read("--output", str(rest))
+    # The next run delivers the rest exactly once, on lines of their own after a line cut short.
+    result = box.read("--output", str(out))
     assert result.exit_code == 0, result.output
-    assert written + [r["subject"] for r in lines(rest.read_text())] == subjects
+    complete = []
+    for line in out.read_text(errors="replace").splitlines():
+        try:
+            complete.append(json.loads(line)["subject"])
+        except ValueError:
+            assert line is not None  # the one line the kill cut short
+    assert complete == subjects
 
 
 def test_folders_json_lists_folders_with_special_use_and_counts(box: Mailbox) -> None:

@@ -18,7 +18,7 @@ from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
 
-__all__ = ["append_messages", "jsonl", "make_message", "read_state", "write_project"]
+__all__ = ["append_messages", "jsonl", "make_message", "read_state", "subjects_in", "write_project"]
 
 
 def write_project(path: Path, sandbox: Sandbox, connections: dict[str, str], activities: dict[str, Any],
@@ -54,24 +54,36 @@ def append_messages(conn: Connection, folder: str, subjects: Iterable[str]) -> N
             imap.client.multiappend(folder, messages)
 
 
-def read_state(conn: Connection, folder: str) -> dict[str, bool]:
-    """Subject -> seen, for every message in the folder."""
+def _fetch_subjects(conn: Connection, folder: str, search: list[Any]) -> list[tuple[str, bool]]:
     with ImapSession(conn) as imap:
         imap.select(folder, readonly=True)
-        uids = imap.search(["ALL"])
+        uids = imap.search(search)
         if not uids:
-            return {}
+            return []
         data = imap.client.fetch(uids, [b"FLAGS", b"BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
-    state: dict[str, bool] = {}
+    found: list[tuple[str, bool]] = []
     for item in data.values():
         header = b""
         for key, value in item.items():
             if key.startswith(b"BODY[HEADER"):
                 header = bytes(value)
         subject = str(message_from_bytes(header, policy=default).get("subject", ""))
+        found.append((subject, b"\\Seen" in item[b"FLAGS"]))
+    return found
+
+
+def read_state(conn: Connection, folder: str) -> dict[str, bool]:
+    """Subject -> seen, for every message of a folder this test has to itself (subjects are unique there)."""
+    state: dict[str, bool] = {}
+    for subject, seen in _fetch_subjects(conn, folder, ["ALL"]):
         assert subject not in state, f"two messages with subject {subject!r}"
-        state[subject] = b"\\Seen" in item[b"FLAGS"]
+        state[subject] = seen
     return state
+
+
+def subjects_in(conn: Connection, folder: str, token: str) -> list[str]:
+    """The subjects containing ``token`` (duplicates kept, sorted), in a folder other tests share."""
+    return sorted(s for s, _ in _fetch_subjects(conn, folder, ["SUBJECT", token]) if token in s)
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ after-read action does and when, attachments to a directory, raw messages, fault
 
 Each test reads its own fresh folder (filled with APPEND), so tests never see each other's mail. The
 one exception is ``test_mail_delivered_through_postfix``, which reads the INBOX of erin: no other test
-reads erin's INBOX.
+reads erin's INBOX or acts on it (other tests may deliver there, so this one picks its mail by a token).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tracemalloc
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _mail import append_all, fill_by_copy, folder_state, make_message, message_id, unseen
@@ -32,7 +33,7 @@ MakeConn = Callable[..., Connection]
 FreshFolder = Callable[[str], str]
 
 
-def read_all(conn: Connection, folder: str, **settings: object) -> list[tuple[int, str]]:
+def read_all(conn: Connection, folder: str, **settings: Any) -> list[tuple[int, str]]:
     """(uid, Message-ID) of every record a run yields, nothing acked and nothing changed."""
     settings.setdefault("after_read", "keep_unread")
     with ReadEmail(conn, folder=folder, **settings) as reader:
@@ -91,7 +92,7 @@ def test_criteria_and_limit(make_conn: MakeConn, fresh_folder: FreshFolder) -> N
                  dt.datetime(2024, 1, 5, 12)),
     }
     uid_of: dict[str, int] = {}
-    for index, (name, (raw, when)) in enumerate(messages.items()):
+    for name, (raw, when) in messages.items():
         (uid_of[name],) = append_all(conn, folder, [raw], when=when.astimezone(), seen={0} if name == "read" else ())
     name_of = {uid: name for name, uid in uid_of.items()}
 
@@ -211,7 +212,7 @@ def test_records_acks_each_record_when_the_next_is_asked_for(make_conn: MakeConn
 
 # ------------------------------------------------------------------------------------------- Postfix
 def test_mail_delivered_through_postfix(sandbox: Sandbox, make_conn: MakeConn) -> None:
-    # erin's INBOX is read by this test only; the token in the subject keeps it exact even so.
+    # erin's INBOX is read by this test only; the token in the subject keeps out what others deliver there.
     sender = make_conn("carol")
     reader_conn = make_conn("erin")
     token = uuid.uuid4().hex[:10]
@@ -292,7 +293,7 @@ def test_attachments_inline_and_none(make_conn: MakeConn, fresh_folder: FreshFol
 def test_include_raw(make_conn: MakeConn, fresh_folder: FreshFolder, tmp_path: Path) -> None:
     conn = make_conn("carol")
     folder = fresh_folder("carol")
-    raw = make_message("raw please", attachments=[("a.txt", b"attached")])
+    raw = make_message("raw please", attachments=[("a.txt", b"attached"), ("message.eml", b"not the raw one")])
     append_all(conn, folder, [raw])
     with ReadEmail(conn, folder=folder, after_read="keep_unread", include_raw=True) as reader:
         (rec,) = [i.record for i in reader.items()]
@@ -303,6 +304,9 @@ def test_include_raw(make_conn: MakeConn, fresh_folder: FreshFolder, tmp_path: P
     assert rec.raw_base64 is None and rec.raw_path is not None
     assert Path(rec.raw_path).read_bytes() == raw
     assert Path(rec.attachments[0].path or "").parent == Path(rec.raw_path).parent
+    clash = rec.attachments[1]  # named like the raw file: it gets a name of its own, neither is lost
+    assert clash.path is not None and clash.path != rec.raw_path
+    assert Path(clash.path).read_bytes() == b"not the raw one"
 
 
 # ---------------------------------------------------------------------------------------------- faults

@@ -40,7 +40,8 @@ def expected(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def corpus(make_conn: Callable[..., Connection], fresh_folder: Callable[[str], str]) -> tuple[Connection, str, list[int]]:
+def corpus(make_conn: Callable[..., Connection],
+           fresh_folder: Callable[[str], str]) -> tuple[Connection, str, list[int]]:
     conn = make_conn("carol")
     folder = fresh_folder("carol")
     uids = append_all(conn, folder, [(DATA / "eml" / f"{n}.eml").read_bytes() for n in NAMES])

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _mail import append_all, folder_state, make_message, message_id, unseen
@@ -27,7 +28,7 @@ MakeConn = Callable[..., Connection]
 FreshFolder = Callable[[str], str]
 
 
-def run(conn: Connection, folder: str, store: Store, *, ack: bool = True, **settings: object) -> list[str]:
+def run(conn: Connection, folder: str, store: Store, *, ack: bool = True, **settings: Any) -> list[str]:
     """One run of the activity: the Message-IDs it yields, each acked unless ``ack`` is false."""
     got = []
     with ReadEmail(conn, folder=folder, store=store, **settings) as reader:

@@ -101,6 +101,9 @@ def test_idle_picks_up_a_new_message_within_seconds(sandbox: Sandbox, tmp_path: 
     assert all(read_state(conn, folder).values())
     # No empty runs in between: each wake-up came from IDLE, not a timer.
     assert [r.read for r in watcher.runs if r.read] == [1, 1]
+    # The operation log keeps the runs that found mail, not the watch's empty ones.
+    logged = project.store().list_runs()
+    assert [(r["status"], r["records_read"]) for r in logged] == [("success", 1), ("success", 1)]
 
 
 def test_mail_arriving_during_a_run_is_not_left_until_the_next_wake_up(

@@ -495,6 +495,30 @@ def test_a_watcher_waits_for_the_lease_and_gives_up_when_stopped(tmp_path: Path)
     assert store.lease_holder("read:mb/INBOX")[0] == "someone-else"  # type: ignore[index]
 
 
+def test_a_lease_taken_over_by_another_consumer_is_noticed(tmp_path: Path) -> None:
+    from mailconnector.operations import _LeaseKeeper
+
+    project = read_project(tmp_path)
+    store = project.store()
+    keeper = _LeaseKeeper(store, "read:mb/INBOX", "me", ttl=1.0)
+    assert keeper.take()
+    keeper.start()
+    try:
+        time.sleep(1.5)  # renewed meanwhile: still ours, although the first grant has run out
+        keeper.check()
+        assert store.lease_holder("read:mb/INBOX")[0] == "me"  # type: ignore[index]
+        # This process "stalled": the lease ran out and another consumer took the folder.
+        with sqlite3.connect(store.path) as db:
+            db.execute("UPDATE leases SET holder = 'other', expires_at = ? WHERE name = 'read:mb/INBOX'",
+                       (time.time() + 60,))
+        time.sleep(0.6)
+        with pytest.raises(StateError, match="being processed by another run"):
+            keeper.check()
+    finally:
+        keeper.stop()
+    assert store.lease_holder("read:mb/INBOX")[0] == "other"  # type: ignore[index]  # not released by us
+
+
 def test_a_file_source_cannot_be_watched(tmp_path: Path) -> None:
     acts, ops = file_op()
     project = make_project(tmp_path, acts, ops, **{"in.jsonl": [{"n": 1}]})

@@ -85,9 +85,9 @@ class Criteria(BaseModel):
             if value:
                 terms += [imap_key, value]
         if self.since:
-            terms += ["SINCE", self.since]
+            terms += ["SINCE", _imap_date(self.since)]
         if self.before:
-            terms += ["BEFORE", self.before]
+            terms += ["BEFORE", _imap_date(self.before)]
         if self.larger is not None:
             terms += ["LARGER", self.larger]
         if self.smaller is not None:
@@ -106,9 +106,15 @@ class Criteria(BaseModel):
         return (terms or ["ALL"]), charset
 
 
+def _imap_date(day: dt.date) -> str:
+    """``1-Mar-2024``: English month names whatever the locale (``strftime("%b")`` follows it)."""
+    return f"{day.day}-{_MONTHS[day.month - 1]}-{day.year}"
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _imap_atom(term: Any) -> str:
-    if isinstance(term, dt.date):
-        return term.strftime("%d-%b-%Y")
     s = str(term)
     if re.fullmatch(r"[A-Za-z0-9]+", s):
         return s
@@ -423,13 +429,17 @@ class ReadEmail:
 
     def _record(self, msg: FetchedMessage) -> ReadRecord:
         s = self.settings
-        directory = None
+        directory = raw_path = None
         if s.attachments == "directory" or (s.include_raw and s.directory is not None):
             assert s.directory is not None
+            # A fresh sub-directory per message, made by the parser with the first attachment.
             directory = s.directory / f"{_slug(s.folder)}-{self._uidvalidity()}-{msg.uid}"
             if directory.exists():  # an earlier, unacknowledged delivery of the same message
                 shutil.rmtree(directory)
-            directory.mkdir(parents=True)
+            if s.include_raw:  # written first, so that an attachment of the same name gets another one
+                directory.mkdir(parents=True)
+                raw_path = directory / "message.eml"
+                raw_path.write_bytes(msg.raw)
         options = ParseOptions(attachments=s.attachments, directory=directory,
                                max_attachment_bytes=s.max_attachment_bytes,
                                include_raw=s.include_raw and directory is None)
@@ -440,9 +450,7 @@ class ReadEmail:
         record.flags = list(msg.flags)
         record.size = msg.size
         record.received_at = msg.internal_date.isoformat() if msg.internal_date else None
-        if s.include_raw and directory is not None:
-            raw_path = directory / "message.eml"
-            raw_path.write_bytes(msg.raw)
+        if raw_path is not None:
             record.raw_path = str(raw_path)
         return record
 

@@ -1,9 +1,13 @@
 """Send Email: a target that takes records and sends each as one email over SMTP.
 
-- Each of ``concurrency`` workers owns one SMTP connection and reuses it for many messages (PIPELINING
-  where offered; a reconnect when the server closes it). An optional ``rate_limit`` is shared by all.
+- At most ``concurrency`` SMTP connections, each reused for many messages (PIPELINING where offered; a
+  reconnect when the server closed one). ``concurrency + 1`` worker threads share them, taking one only
+  to talk to the server, so composing the next message overlaps with the server's work on the current
+  one. An optional ``rate_limit`` is shared by all.
 - Temporary failures (421, 450, 451, 452, a drop before the data was accepted) are retried with
-  exponential backoff and jitter; permanent ones are not. A drop after the final dot is reported as
+  exponential backoff and jitter (a connection kept from an earlier message that turns out closed is
+  replaced at once, without a backoff); permanent ones are not. After a refused login no other login
+  is tried: every remaining record fails with that error. A drop after the final dot is reported as
   failed, not retryable, "may have been delivered", and is never sent again automatically.
 - The send ledger (``message_id`` → sent) is written before a success is reported, so a rerun of the
   same input reports ``skipped_duplicate``. A record without ``message_id`` or ``id`` gets a deterministic
@@ -14,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -49,7 +52,7 @@ from ..records.send import (
     apply_defaults,
     parse_send_request,
 )
-from ..smtp import MayHaveBeenDelivered, SmtpSession
+from ..smtp import MayHaveBeenDelivered, SmtpSession, TransactionResult
 from ..store import Store
 
 __all__ = ["SendEmail", "SendSettings"]
@@ -92,6 +95,71 @@ class _RateLimiter:
             time.sleep(slot - now)
 
 
+class _Stopped(Exception):
+    """The pool refuses new connections after a refused login; carries that refusal."""
+
+    def __init__(self, error: AuthenticationError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _SessionPool:
+    """At most ``size`` SMTP connections, shared by the workers; a worker holds one only while it talks to
+    the server (never while it composes or waits for a backoff). Idle connections are reused newest
+    first, so the ones left idle longest are the ones a server may close."""
+
+    def __init__(self, connection: Connection, size: int) -> None:
+        self._connection = connection
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[SmtpSession] = []
+        self._lock = threading.Lock()
+        self.auth_failure: AuthenticationError | None = None
+
+    def acquire(self) -> tuple[SmtpSession, bool]:
+        """A connection and whether it was used before (then it may have gone stale meanwhile).
+
+        After one refused login no other is tried (``_Stopped``): the same credentials would be refused
+        again, and servers lock accounts out after repeated failures.
+        """
+        self._slots.acquire()
+        try:
+            with self._lock:
+                session = self._idle.pop() if self._idle else None
+            if session is not None and session.connected:
+                return session, True
+            if session is not None:
+                session.close()
+            if self.auth_failure is not None:
+                raise _Stopped(self.auth_failure)
+            session = SmtpSession(self._connection)
+            try:
+                session.connect()
+            except AuthenticationError as exc:
+                with self._lock:
+                    self.auth_failure = self.auth_failure or exc
+                raise
+            return session, False
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, session: SmtpSession, *, keep: bool) -> None:
+        try:
+            if keep and session.connected:
+                with self._lock:
+                    self._idle.append(session)
+            else:
+                session.close()
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+
 class SendEmail:
     """The Send Email activity. ``for response in SendEmail(conn).send(records): ...``.
 
@@ -105,20 +173,19 @@ class SendEmail:
         self.connection = connection
         self.store = store
         self.base_dir = base_dir
-        self._local = threading.local()
-        self._sessions: list[SmtpSession] = []
-        self._sessions_lock = threading.Lock()
+        self._pool = _SessionPool(connection, self.settings.concurrency)
         self._claimed: set[str] = set()
         self._claim_lock = threading.Lock()
         self._rate = _RateLimiter(self.settings.rate_limit)
-        self._auth_failure: AuthenticationError | None = None
 
     # ------------------------------------------------------------------ API
     def send(self, records: Iterable[Record], *,
              input_key: str | None = None) -> Iterator[SendResponse]:
-        """Send every record; yield one response per record as it finishes. Memory stays flat:
-        at most ``2 × concurrency`` records are in flight."""
-        workers = self.settings.concurrency
+        """Send every record; yield one response per record as it finishes. Memory stays flat: at most
+        ``2 × (concurrency + 1)`` records are in flight, ``concurrency + 1`` of them composed."""
+        # One thread more than connections: while every connection waits for the server, one message is
+        # being composed, so a connection never waits for the CPU work of its next message.
+        workers = self.settings.concurrency + 1
         in_flight: set[Future[SendResponse]] = set()
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
@@ -144,10 +211,7 @@ class SendEmail:
             self.close()
 
     def close(self) -> None:
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
-        for s in sessions:
-            s.close()
+        self._pool.close()
 
     # --------------------------------------------------------------- worker
     def _one(self, index: int, record: Record, input_key: str | None) -> SendResponse:
@@ -224,25 +288,26 @@ class SendEmail:
             self._claimed.add(message_id)
             return None
 
-    def _session(self) -> tuple[SmtpSession, bool]:
-        """This worker's connection, and whether it was used before (it may have gone stale meanwhile)."""
-        session: SmtpSession | None = getattr(self._local, "session", None)
-        if session is not None and session.connected:
-            return session, True
-        session = SmtpSession(self.connection)
-        with self._sessions_lock:
-            self._sessions.append(session)
-        session.connect()
-        self._local.session = session
-        return session, False
-
-    def _drop_session(self) -> None:
-        session: SmtpSession | None = getattr(self._local, "session", None)
-        self._local.session = None
-        if session is not None:
-            session.close()
-            with self._sessions_lock, contextlib.suppress(ValueError):
-                self._sessions.remove(session)
+    def _attempt(self, composed: ComposedMessage,
+                 data: bytes) -> tuple[TransactionResult | None, MailConnectorError | None, bool]:
+        """One transaction on a pooled connection: (result, or the error, and whether the connection had
+        been used before). The connection goes back to the pool unless the error makes it unusable."""
+        session: SmtpSession | None = None
+        reused = keep = False
+        try:
+            session, reused = self._pool.acquire()
+            result = session.send(composed.envelope_from, composed.recipients, data,
+                                  smtputf8=composed.needs_smtputf8)
+            keep = True
+            return result, None, reused
+        except ServerResponseError as exc:  # the transaction was reset; 421 means the server is closing
+            keep = exc.code != 421
+            return None, exc, reused
+        except (AuthenticationError, TransportError) as exc:  # includes MayHaveBeenDelivered
+            return None, exc, reused
+        finally:
+            if session is not None:
+                self._pool.release(session, keep=keep)
 
     def _deliver(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
         data = composed.as_bytes()
@@ -251,29 +316,23 @@ class SendEmail:
         stale_retried = False
         delay = self.settings.backoff
         while True:
-            if self._auth_failure is not None:
-                return self._failed(index, rid, composed, started, self._auth_failure, attempts)
-            attempts += 1
-            reused = False
+            if self._pool.auth_failure is not None:
+                return self._failed(index, rid, composed, started, self._pool.auth_failure, attempts)
+            self._rate.wait()
             try:
-                self._rate.wait()
-                session, reused = self._session()
-                result = session.send(composed.envelope_from, composed.recipients, data,
-                                      smtputf8=composed.needs_smtputf8)
-            except MayHaveBeenDelivered as exc:
-                self._drop_session()
+                result, exc, reused = self._attempt(composed, data)
+            except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
+                return self._failed(index, rid, composed, started, stopped.error, attempts)
+            attempts += 1
+            if isinstance(exc, MayHaveBeenDelivered):
                 if self.store is not None:  # at most once: a rerun must not send it again
                     self.store.record_sent(composed.message_id, self.connection.name, "uncertain", [])
                 return self._failed(index, rid, composed, started, exc, attempts)
-            except AuthenticationError as exc:
-                self._auth_failure = exc
-                self._drop_session()
+            if isinstance(exc, AuthenticationError):  # never retried; the pool stops every other login
                 return self._failed(index, rid, composed, started, exc, attempts)
-            except (TransportError, ServerResponseError) as exc:
+            if exc is not None:
                 temporary = (isinstance(exc, TransportError) and exc.retryable) or (
                     isinstance(exc, ServerResponseError) and exc.code in _TEMPORARY)
-                if isinstance(exc, TransportError) or (isinstance(exc, ServerResponseError) and exc.code == 421):
-                    self._drop_session()
                 if temporary and reused and isinstance(exc, TransportError) and not stale_retried:
                     # A kept connection the server closed while it was idle: reconnect at once, without
                     # spending a retry or a backoff on it (nothing of this message had been accepted).
@@ -287,9 +346,10 @@ class SendEmail:
                 pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
                 log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, failures,
                          pause)
-                time.sleep(pause)
+                time.sleep(pause)  # holding no connection
                 delay *= 2
                 continue
+            assert result is not None
             status = "partial" if result.refused else "sent"
             if self.store is not None:
                 self.store.record_sent(composed.message_id, self.connection.name, status, result.accepted)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,8 +80,14 @@ def run_cmd(
     proj.operation(operation)  # validate before anything starts
 
     def show(result: RunResult) -> None:
+        if watch and result.status == "success" and not result.read and not result.chained:
+            return  # a watch's run that found nothing: not worth a line (nor a log entry)
         if json_output:
-            emit_json(result.to_dict())
+            if watch:  # one run per line: a stream a script can read as it comes
+                sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            else:
+                emit_json(result.to_dict())
             return
         for r in _flatten(result):
             colour = {"success": "green", "partial": "yellow"}.get(r.status, "red")

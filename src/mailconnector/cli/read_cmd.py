@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -11,6 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from .._validation import config_error_from_validation
+from ..errors import StateError
 from ._common import DebugOpt, LogFormatOpt, ProjectOpt, VerboseOpt, err_console, progress, start
 
 
@@ -68,19 +70,53 @@ def read_cmd(
         raise config_error_from_validation(exc, source="command line") from None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    sink: TextIO = open(output, "a", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    target = str(output) if output else "standard output"
+    try:
+        sink: TextIO = _open_output(output) if output else sys.stdout
+    except OSError as exc:
+        raise _output_error(target, exc) from exc
     count = 0
+    closed = False
     try:
         with ReadEmail(conn, settings, store=s.project.store()) as reader, progress("reading") as bar:
             for item in reader:
                 bar.set_total(reader.total)
-                sink.write(json.dumps(item.record.model_dump(mode="json", by_alias=True), ensure_ascii=False))
-                sink.write("\n")
-                sink.flush()
+                try:
+                    sink.write(item.record.model_dump_json() + "\n")
+                    sink.flush()  # on its way before the email counts as delivered
+                except BrokenPipeError:
+                    closed = True  # the reader of our output stopped (`| head`): the rest stays unread
+                    break
+                except OSError as exc:
+                    raise _output_error(target, exc) from exc
                 item.ack()
                 count += 1
                 bar.advance()
     finally:
         if output:
-            sink.close()
+            with contextlib.suppress(OSError):  # every acked line was flushed: a failing close loses nothing
+                sink.close()
+    if closed:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (nothing more can go to the closed pipe)
+        err_console.print(f"{count} email(s) read from {folder}; the output was closed, the rest stays unread")
+        return
     err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else ""))
+
+
+def _output_error(target: str, exc: OSError) -> StateError:
+    return StateError(f"cannot write to {target}: {exc.strerror or exc}; the email being written stays unread",
+                      hint="free some space or choose another --output")
+
+
+def _open_output(path: Path) -> TextIO:
+    """Open the JSON Lines file for appending, after ending a line that a killed run left unfinished."""
+    try:
+        with open(path, "rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            last = existing.read(1)
+    except OSError:  # missing or empty: nothing to end
+        last = b"\n"
+    handle = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed by the caller)
+    if last != b"\n":
+        handle.write("\n")
+    return handle

@@ -586,7 +586,13 @@ class _Parser:
 
 
 def _create(directory: Path, name: str, index: int) -> tuple[Path, IO[bytes]]:
-    """Create a new file exclusively (never following or replacing what is there)."""
+    """Create a new file exclusively (never following or replacing what is there), and the directory with
+    the first one: most messages have no attachment, and a directory costs a file system round trip."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MessageError(f"cannot create the directory for attachment {name!r}: "
+                           f"{exc.strerror or type(exc).__name__}", field=f"attachments[{index}]") from exc
     for _ in range(1000):
         path = unique_path(directory, name)
         try:
