@@ -115,7 +115,7 @@ def _rss_mb() -> float:
 
 
 def child_ours(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
-    from mailconnector.activities.read import ReadEmail
+    from mailconnector.activities.read import ReadEmail, record_json
     from mailconnector.connection import Connection
     from mailconnector.store import Store
 
@@ -126,10 +126,9 @@ def child_ours(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     count = 0
     with ReadEmail(conn, folder=cfg["folder"], store=store, after_read="keep_unread", attachments="directory",
                    directory=work / "files", max_attachment_bytes=None) as reader, \
-            open(work / "records.jsonl", "w", encoding="utf-8") as sink:
-        for item in reader.items():
-            sink.write(item.record.model_dump_json())
-            sink.write("\n")
+            open(work / "records.jsonl", "ab") as sink:
+        for item in reader.items():  # as `mailconnector read` does it: each line written, then acked
+            sink.write(record_json(item.record) + b"\n")
             sink.flush()
             item.ack()
             count += 1

@@ -120,7 +120,10 @@ def test_a_temporary_refusal_450_is_retried_with_backoff(sandbox: Sandbox, make_
     assert fault.fired == 1
     assert r.status == "sent" and r.attempts == 2
     assert time.monotonic() - started >= 0.3 * 0.5  # the first pause is backoff × (0.5 … 1.5)
-    assert len(proxy.connections) == 1  # the connection stayed usable: RSET, then the second try
+    # The server had said 354 to the pipelined DATA (it did accept the recipient): a lone dot would have
+    # submitted an empty message, so the client dropped that connection instead and retried on a new one.
+    assert len(proxy.connections) == 2
+    assert proxy.transcript(C2S, 0).endswith(b"DATA\r\n")
     arrives_once(make_conn, tok)
 
 

@@ -179,10 +179,21 @@ def test_directory_mode_never_follows_an_existing_symlink(tmp_path: Path) -> Non
     assert outside.read_bytes() == b"untouched"
 
 
+def test_directory_is_made_with_the_first_attachment_only(tmp_path: Path) -> None:
+    later = tmp_path / "per-message"
+    parse_message(load("alternative"), ParseOptions(attachments="directory", directory=later))
+    assert not later.exists()
+    record = parse_message(load("mixed-attachments"), ParseOptions(attachments="directory", directory=later))
+    assert sorted(os.listdir(later)) == ["data.csv", "report.pdf"]
+    assert [Path(a.path or "").parent for a in record.attachments] == [later, later]
+
+
 def test_directory_write_failure_raises_message_error(tmp_path: Path) -> None:
-    missing = tmp_path / "does-not-exist"
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    impossible = blocker / "sub"  # below a regular file: no one can create it, not even root
     with pytest.raises(MessageError) as caught:
-        parse_message(load("mixed-attachments"), ParseOptions(attachments="directory", directory=missing))
+        parse_message(load("mixed-attachments"), ParseOptions(attachments="directory", directory=impossible))
     assert caught.value.field == "attachments[0]"
     assert isinstance(caught.value.__cause__, OSError)
 

@@ -68,3 +68,13 @@ def test_criteria_to_imap() -> None:
     search, charset = Criteria(subject="Grüße", raw="LARGER 10").to_imap(unread=True)
     assert (search, charset) == (["UNSEEN", "SUBJECT", "Grüße", b"LARGER", b"10"], "UTF-8")
     assert Criteria().to_imap(unread=False) == (["ALL"], None)
+
+
+def test_record_json_is_model_dump_json_in_utf8() -> None:
+    from mailconnector.activities.read import record_json
+    from mailconnector.records.read import Address, ReadRecord
+
+    record = ReadRecord(from_=Address(name="Ännchen", address="a@example.test"), subject="Grüße", text="x\n")
+    line = record_json(record)
+    assert line == record.model_dump_json().encode("utf-8")
+    assert b'"from":{"name":"\xc3\x84nnchen"' in line and b"\n" not in line

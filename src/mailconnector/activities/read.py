@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
 import shutil
 import threading
@@ -36,7 +37,7 @@ from ..mime.parse import parse_message
 from ..records.read import ParseOptions, ReadRecord
 from ..store import Store
 
-__all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings"]
+__all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
 
 log = logging.getLogger("mailconnector.read")
 
@@ -251,6 +252,7 @@ class ReadEmail:
         self._state: FolderState | None = None
         self._pending: list[int] = []
         self._last_acked = 0
+        self._existing: set[str] | None = None
         # The next batch is fetched in a thread while this one is parsed; the connection is used by one
         # thread at a time (a fetch, or an after-read action, or closing).
         self._io = threading.Lock()
@@ -434,8 +436,8 @@ class ReadEmail:
             assert s.directory is not None
             # A fresh sub-directory per message, made by the parser with the first attachment.
             directory = s.directory / f"{_slug(s.folder)}-{self._uidvalidity()}-{msg.uid}"
-            if directory.exists():  # an earlier, unacknowledged delivery of the same message
-                shutil.rmtree(directory)
+            if directory.name in self._earlier_directories():  # from an earlier delivery, never acked
+                shutil.rmtree(directory, ignore_errors=True)
             if s.include_raw:  # written first, so that an attachment of the same name gets another one
                 directory.mkdir(parents=True)
                 raw_path = directory / "message.eml"
@@ -453,6 +455,17 @@ class ReadEmail:
         if raw_path is not None:
             record.raw_path = str(raw_path)
         return record
+
+    def _earlier_directories(self) -> set[str]:
+        """What the attachment directory held when this run began: listed once, so that a message costs
+        no file system lookup (slow on some disks) to know whether an earlier delivery left files."""
+        if self._existing is None:
+            assert self.settings.directory is not None
+            try:
+                self._existing = {e.name for e in os.scandir(self.settings.directory) if e.is_dir()}
+            except FileNotFoundError:
+                self._existing = set()
+        return self._existing
 
     # ------------------------------------------------------------------ ack
     def _ack(self, item: ReadItem) -> None:
@@ -495,6 +508,12 @@ class ReadEmail:
         elif self.settings.move_to:
             self._session.add_flags(uids, ["\\Seen"])  # read where it lands, as a mail client would
             self._session.move(uids, self.settings.move_to)
+
+
+def record_json(record: ReadRecord) -> bytes:
+    """The record as one line of JSON, UTF-8 (what ``model_dump_json`` gives, without decoding it to text
+    only for the output to encode it again: a record carries both bodies)."""
+    return ReadRecord.__pydantic_serializer__.to_json(record)
 
 
 def _message_id(field: bytes) -> str | None:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -95,6 +96,53 @@ class _RateLimiter:
             time.sleep(slot - now)
 
 
+class _Turns:
+    """Transactions start in input order (with one connection, messages go out in exactly that order),
+    even though the next message is composed while the current one is being sent."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._cond = threading.Condition()
+
+    def ticket(self, index: int) -> _Turn:
+        return _Turn(self, index)
+
+    def wait(self, index: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._next >= index)
+
+    def advance(self, index: int) -> None:
+        with self._cond:
+            self._next = max(self._next, index + 1)
+            self._cond.notify_all()
+
+
+class _Turn:
+    """One record's place in ``_Turns``: used once, when it takes a connection, or passed when it never
+    needs one (a bad record, a duplicate, a dry run)."""
+
+    def __init__(self, turns: _Turns, index: int) -> None:
+        self._turns = turns
+        self._index = index
+        self._used = False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if self._used:
+            yield
+            return
+        self._turns.wait(self._index)
+        try:
+            yield
+        finally:
+            self._used = True
+            self._turns.advance(self._index)
+
+    def pass_(self) -> None:
+        with self.hold():
+            pass
+
+
 class _Stopped(Exception):
     """The pool refuses new connections after a refused login; carries that refusal."""
 
@@ -115,13 +163,15 @@ class _SessionPool:
         self._lock = threading.Lock()
         self.auth_failure: AuthenticationError | None = None
 
-    def acquire(self) -> tuple[SmtpSession, bool]:
-        """A connection and whether it was used before (then it may have gone stale meanwhile).
+    def acquire(self, turn: _Turn | None = None) -> tuple[SmtpSession, bool]:
+        """A connection and whether it was used before (then it may have gone stale meanwhile); with a
+        ``turn``, only after the records before it got theirs.
 
         After one refused login no other is tried (``_Stopped``): the same credentials would be refused
         again, and servers lock accounts out after repeated failures.
         """
-        self._slots.acquire()
+        with turn.hold() if turn is not None else contextlib.nullcontext():
+            self._slots.acquire()
         try:
             with self._lock:
                 session = self._idle.pop() if self._idle else None
@@ -187,11 +237,12 @@ class SendEmail:
         # being composed, so a connection never waits for the CPU work of its next message.
         workers = self.settings.concurrency + 1
         in_flight: set[Future[SendResponse]] = set()
+        turns = _Turns()
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
                 try:
                     for index, record in enumerate(records):
-                        in_flight.add(pool.submit(self._one, index, record, input_key))
+                        in_flight.add(pool.submit(self._one, index, record, input_key, turns.ticket(index)))
                         if len(in_flight) >= workers * 2:
                             done, in_flight = _wait_some(in_flight)
                             yield from (f.result() for f in done)
@@ -214,10 +265,10 @@ class SendEmail:
         self._pool.close()
 
     # --------------------------------------------------------------- worker
-    def _one(self, index: int, record: Record, input_key: str | None) -> SendResponse:
+    def _one(self, index: int, record: Record, input_key: str | None, turn: _Turn | None = None) -> SendResponse:
         started = time.perf_counter()
         try:
-            return self._one_record(index, record, input_key, started)
+            return self._one_record(index, record, input_key, started, turn)
         except StateError:
             raise  # the send ledger is unusable: going on would risk sending twice
         except MailConnectorError as exc:  # e.g. a connection without smtp settings: every record says so
@@ -228,8 +279,12 @@ class SendEmail:
             error = ErrorInfo.from_exception(exc)
             error = error.model_copy(update={"message": f"record {index}: {error.message}"})
             return self._response(index, _record_id(record), "", "failed", started, error=error)
+        finally:
+            if turn is not None:
+                turn.pass_()  # a record that never took a connection must not hold up the next ones
 
-    def _one_record(self, index: int, record: Record, input_key: str | None, started: float) -> SendResponse:
+    def _one_record(self, index: int, record: Record, input_key: str | None, started: float,
+                    turn: _Turn | None) -> SendResponse:
         rid: str | None = None
         message_id = ""
         try:
@@ -253,7 +308,7 @@ class SendEmail:
         if refusal is not None:
             return self._response(index, rid, message_id, "skipped_duplicate", started,
                                   error=ErrorInfo(type="Duplicate", retryable=False, message=refusal))
-        return self._deliver(index, rid, composed, started)
+        return self._deliver(index, rid, composed, started, turn)
 
     def _derived_id(self, request: SendRequest, index: int, input_key: str | None) -> str | None:
         """A stable Message-ID for a rerun of the same input; None leaves generation to the composer."""
@@ -288,14 +343,14 @@ class SendEmail:
             self._claimed.add(message_id)
             return None
 
-    def _attempt(self, composed: ComposedMessage,
-                 data: bytes) -> tuple[TransactionResult | None, MailConnectorError | None, bool]:
+    def _attempt(self, composed: ComposedMessage, data: bytes,
+                 turn: _Turn | None) -> tuple[TransactionResult | None, MailConnectorError | None, bool]:
         """One transaction on a pooled connection: (result, or the error, and whether the connection had
         been used before). The connection goes back to the pool unless the error makes it unusable."""
         session: SmtpSession | None = None
         reused = keep = False
         try:
-            session, reused = self._pool.acquire()
+            session, reused = self._pool.acquire(turn)
             result = session.send(composed.envelope_from, composed.recipients, data,
                                   smtputf8=composed.needs_smtputf8)
             keep = True
@@ -309,7 +364,8 @@ class SendEmail:
             if session is not None:
                 self._pool.release(session, keep=keep)
 
-    def _deliver(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
+    def _deliver(self, index: int, rid: str | None, composed: ComposedMessage, started: float,
+                 turn: _Turn | None) -> SendResponse:
         data = composed.as_bytes()
         attempts = 0
         failures = 0
@@ -320,7 +376,7 @@ class SendEmail:
                 return self._failed(index, rid, composed, started, self._pool.auth_failure, attempts)
             self._rate.wait()
             try:
-                result, exc, reused = self._attempt(composed, data)
+                result, exc, reused = self._attempt(composed, data, turn)
             except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
                 return self._failed(index, rid, composed, started, stopped.error, attempts)
             attempts += 1

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, BinaryIO, TextIO, cast
 
 import typer
 from pydantic import ValidationError
@@ -52,7 +52,7 @@ def read_cmd(
       mailconnector read sandbox --limit 10
       mailconnector read sandbox -o inbox.jsonl --attachments ./files --after-read move:Archive
     """
-    from ..activities.read import ReadEmail, ReadSettings  # imported on use: keeps the CLI quick to start
+    from ..activities.read import ReadEmail, ReadSettings, record_json  # imported on use: keeps the CLI quick to start
 
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
     conn = s.project.connection(connection)
@@ -72,7 +72,7 @@ def read_cmd(
         directory.mkdir(parents=True, exist_ok=True)
     target = str(output) if output else "standard output"
     try:
-        sink: TextIO = _open_output(output) if output else sys.stdout
+        sink: BinaryIO = _open_output(output) if output else _stdout_bytes()
     except OSError as exc:
         raise _output_error(target, exc) from exc
     count = 0
@@ -82,7 +82,7 @@ def read_cmd(
             for item in reader:
                 bar.set_total(reader.total)
                 try:
-                    sink.write(item.record.model_dump_json() + "\n")
+                    sink.write(record_json(item.record) + b"\n")
                     sink.flush()  # on its way before the email counts as delivered
                 except BrokenPipeError:
                     closed = True  # the reader of our output stopped (`| head`): the rest stays unread
@@ -108,7 +108,30 @@ def _output_error(target: str, exc: OSError) -> StateError:
                       hint="free some space or choose another --output")
 
 
-def _open_output(path: Path) -> TextIO:
+def _stdout_bytes() -> BinaryIO:
+    """Standard output's byte stream (the records are UTF-8 JSON already)."""
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # replaced by a text-only stream (an embedding program, a test harness)
+        return cast(BinaryIO, _TextAsBytes(sys.stdout))
+    return cast(BinaryIO, buffer)
+
+
+class _TextAsBytes:
+    """The little of a byte stream that the command uses, over a text stream."""
+
+    def __init__(self, text: TextIO) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(data.decode("utf-8"))
+        return len(data)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+
+def _open_output(path: Path) -> BinaryIO:
     """Open the JSON Lines file for appending, after ending a line that a killed run left unfinished."""
     try:
         with open(path, "rb") as existing:
@@ -116,7 +139,7 @@ def _open_output(path: Path) -> TextIO:
             last = existing.read(1)
     except OSError:  # missing or empty: nothing to end
         last = b"\n"
-    handle = open(path, "a", encoding="utf-8")  # noqa: SIM115  (closed by the caller)
+    handle = open(path, "ab")  # noqa: SIM115  (closed by the caller)
     if last != b"\n":
-        handle.write("\n")
+        handle.write(b"\n")
     return handle
