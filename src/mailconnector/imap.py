@@ -108,6 +108,11 @@ class ImapSession:
                     f"{_clean(exc.__context__)}",
                     hint="it is retried; if it keeps happening the server may limit connections",
                 ) from exc
+            if "[UNAVAILABLE]" in str(exc):  # RFC 5530: the server cannot check credentials now
+                raise TransportError(
+                    f"IMAP server {self.server.host}:{self.server.port} could not check the login now: "
+                    f"{_clean(exc)}", hint="a temporary failure on the server's side; it is retried",
+                ) from exc
             raise self._auth_error(str(exc)) from exc
         except imap_exc.ProtocolError as exc:  # an answer that cannot be parsed: the connection is corrupt
             raise TransportError(

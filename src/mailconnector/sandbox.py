@@ -468,6 +468,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             proc = self._procs.get(name)
             if proc is not None:
                 proc.wait(timeout=10)
+            # Children outliving the master (imap-login, smtpd) still hold the listening sockets: a client
+            # would reach a dying process instead of the new server.
+            _wait_group_gone(pid)
         if name == "dovecot":
             r = Path(self.info.rundir)
             self._procs["dovecot"] = subprocess.Popen(

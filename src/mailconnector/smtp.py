@@ -143,6 +143,12 @@ class SmtpSession:
         except smtplib.SMTPAuthenticationError as exc:
             if exc.smtp_code == _GARBLED:  # not a refusal: the reply could not be read
                 raise self._garbled(phase) from exc
+            if 400 <= exc.smtp_code < 500:  # 454: the server cannot check credentials now (its auth is down)
+                raise TransportError(
+                    f"SMTP server {self.server.host}:{self.server.port} could not check the login now: "
+                    f"{exc.smtp_code} {_text(exc.smtp_error)}",
+                    hint="a temporary failure on the server's side; it is retried",
+                ) from exc
             raise self._auth_error(exc.smtp_code, _text(exc.smtp_error)) from exc
         except smtplib.SMTPServerDisconnected as exc:
             raise TransportError(

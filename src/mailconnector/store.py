@@ -167,25 +167,6 @@ class Store:
         ).fetchone()
         return Checkpoint(connection, folder, int(row[0]), int(row[1])) if row else None
 
-    def advance_checkpoint(self, connection: str, folder: str, uidvalidity: int, uid: int,
-                           message_id: str | None = None) -> None:
-        """Record one delivered message and move the checkpoint forward (never backwards)."""
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?, ?, ?)",
-                (connection, folder, uidvalidity, uid, message_id, now),
-            )
-            row = db.execute(
-                "SELECT uidvalidity, last_uid FROM checkpoints WHERE connection = ? AND folder = ?",
-                (connection, folder),
-            ).fetchone()
-            if row is None or int(row[0]) != uidvalidity or int(row[1]) < uid:
-                db.execute(
-                    "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                    (connection, folder, uidvalidity, uid, now),
-                )
-
     def record_delivered(self, connection: str, folder: str, uidvalidity: int, uid: int,
                          message_id: str | None = None) -> None:
         """Record one delivered message: one statement, its own transaction (an ack must be durable before
@@ -206,13 +187,6 @@ class Store:
                 "last_uid = CASE WHEN uidvalidity = excluded.uidvalidity THEN max(last_uid, excluded.last_uid) "
                 "ELSE excluded.last_uid END, uidvalidity = excluded.uidvalidity, updated_at = excluded.updated_at",
                 (connection, folder, uidvalidity, last_uid, time.time()),
-            )
-
-    def reset_checkpoint(self, connection: str, folder: str, uidvalidity: int) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, 0, ?)",
-                (connection, folder, uidvalidity, time.time()),
             )
 
     def adopt_delivered(self, connection: str, folder: str, uidvalidity: int,

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import C2S, S2C, AfterBytes, Corrupt, Cut, Delay, Fault, FaultProxy, OnPattern, Replace, Stall
 
+from faults import C2S, S2C, AfterBytes, Corrupt, Cut, Delay, Fault, FaultProxy, OnPattern, Replace, Stall
 from mailconnector.activities.read import ReadEmail
 from mailconnector.connection import Connection
 from mailconnector.errors import MailConnectorError, TLSSecurityError, TransportError

@@ -7,10 +7,11 @@ or in what was taken downstream (read). A message whose send was cut after its f
 "may have been delivered" and is then allowed at most once (never twice).
 
 What the connector promises is that it never *submits* a message twice; that is counted in Postfix's log
-(each accepted submission gets its own queue id). Postfix itself delivers at least once: killed between its
-LMTP delivery and the removal of its queue file, it delivers that queue file again after the restart (seen
-here in most runs, for one or two messages). Such a second copy comes from a single accepted submission, so
-the test tells it apart and asserts that every extra copy in the mailbox is of that kind.
+(each accepted submission gets its own queue id). Postfix and Dovecot between them deliver at least once: a
+restart of either that cuts an LMTP delivery after Dovecot saved the message but before Postfix recorded it
+makes Postfix deliver that queue file again (seen here in most runs, for one or two messages). Such a second
+copy comes from a single accepted submission, so the test tells it apart and asserts that every extra copy in
+the mailbox is of that kind; the connector cannot see or prevent it.
 """
 
 from __future__ import annotations
@@ -109,16 +110,16 @@ def test_a_restart_in_the_middle_of_a_long_send_run(own_sandbox: Sandbox, tmp_pa
     records = [{"id": f"{token}-{i}", "to": "bob@example.test", "subject": f"restart {token} {i}",
                 "text": f"message {i}"} for i in range(SEND_COUNT)]
     store = Store(tmp_path / "state.db")
-    restarted = threading.Event()
+    restart = threading.Thread(target=own_sandbox.restart, args=(server,), daemon=True)
 
     def maybe_restart(done: int) -> None:
-        if done == SEND_COUNT // 3 and not restarted.is_set():
-            restarted.set()
-            threading.Thread(target=own_sandbox.restart, args=(server,), daemon=True).start()
+        if done == SEND_COUNT // 3 and restart.ident is None:
+            restart.start()  # while the other connection is in the middle of a message
 
     responses = send_run(own_sandbox, records, store, maybe_restart)
-    assert restarted.is_set()
-    wait_for(lambda: own_sandbox.running(), timeout=15)
+    assert restart.ident is not None
+    restart.join(30)
+    assert own_sandbox.running()
     for r in responses:
         assert r.status in ("sent", "failed"), r
         if r.status == "failed":
@@ -147,11 +148,10 @@ def test_a_restart_in_the_middle_of_a_long_send_run(own_sandbox: Sandbox, tmp_pa
         assert len(accepted.get(mid, ())) <= 1, f"{mid} submitted twice: queue ids {accepted[mid]}"
     for mid in sent_ids:
         assert len(accepted.get(mid, ())) == 1, f"{mid} reported sent but not accepted"
-    # Any extra copy in the mailbox is Postfix delivering its one accepted queue file again after its restart
-    # (it was killed after Dovecot had saved the message, before it could log and remove it).
-    extra = {m for m in got if got.count(m) > 1}
-    for mid in extra:
-        assert len(accepted[mid]) == 1 and server == "postfix", (mid, accepted[mid], server)
+    # Any extra copy in the mailbox is Postfix delivering its one accepted queue file again: a restart cut its
+    # LMTP delivery after Dovecot had saved the message but before the outcome was recorded.
+    for mid in {m for m in got if got.count(m) > 1}:
+        assert len(accepted[mid]) == 1, (mid, accepted[mid])
 
 
 def test_a_dovecot_restart_in_the_middle_of_a_long_read_run(own_sandbox: Sandbox, tmp_path: Path) -> None:

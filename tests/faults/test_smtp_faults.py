@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from faults import C2S, S2C, AfterBytes, Corrupt, Cut, Delay, Fault, FaultProxy, OnPattern, Replace, Stall
 
+from faults import C2S, S2C, AfterBytes, Corrupt, Cut, Delay, Fault, FaultProxy, OnPattern, Replace, Stall
 from mailconnector.activities.send import SendEmail
 from mailconnector.connection import Connection
 from mailconnector.errors import TLSSecurityError

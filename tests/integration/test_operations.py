@@ -315,9 +315,12 @@ def test_a_json_array_target_acks_once_the_array_is_written(
 # ------------------------------------------------------------------------------------ SIGTERM mid-run
 SLOW = '''\
 import time
+from pathlib import Path
 
 def slow(record):
-    time.sleep(0.01)
+    """While the file `slow` exists: 10 ms a record for the first 30, then 50 ms (room for the signal)."""
+    if (Path(__file__).parent / "slow").exists():
+        time.sleep(0.01 if int(record["subject"].split()[1]) < 30 else 0.05)
     return {"subject": record["subject"], "uid": record["uid"]}
 '''
 
@@ -332,6 +335,7 @@ def test_sigterm_in_the_middle_of_a_run(sandbox: Sandbox, tmp_path: Path, make_c
     project = read_op_project(tmp_path, sandbox, folder, module=module, source=SLOW, function="slow",
                               target={"type": "file", "path": "out.jsonl"})
     out = tmp_path / "out.jsonl"
+    (tmp_path / "slow").touch()
     env = dict(os.environ, COLUMNS="200")
     proc = subprocess.Popen([str(BIN), "run", "op", "--project", str(project.path), "--json"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -355,6 +359,7 @@ def test_sigterm_in_the_middle_of_a_run(sandbox: Sandbox, tmp_path: Path, make_c
 
     # The next run delivers the rest, and nothing twice.
     (tmp_path / "out.jsonl").rename(tmp_path / "first.jsonl")
+    (tmp_path / "slow").unlink()
     rest = run_operation(Project.load(project.path), "op")
     assert rest.status == "success"
     assert sorted(written + [r["subject"] for r in jsonl(out)]) == names

@@ -25,6 +25,7 @@ from mailconnector.project import Project
 from mailconnector.sandbox import Sandbox
 
 BIN = Path(sys.executable).parent / "mailconnector"
+DEBUG = ("--debug",) if os.environ.get("MC_WATCH_DEBUG") else ()
 
 PASS = '''\
 import time
@@ -66,7 +67,7 @@ class Watcher:
 
     def __enter__(self) -> Watcher:
         self.thread.start()
-        wait_for(lambda: self.runs or self.error, timeout=15)
+        wait_for(lambda: self.runs or self.error, timeout=30)
         assert self.error is None, self.error
         return self
 
@@ -144,10 +145,24 @@ def test_polling_when_the_server_offers_no_idle(sandbox: Sandbox, tmp_path: Path
 
 
 # -------------------------------------------------------------------------------- one consumer per folder
-def start_cli(project: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_cli(project: Path, *args: str, name: str) -> subprocess.Popen[bytes]:
+    """A watcher as its own process; its stdout and stderr go to NAME.out / NAME.err beside the project
+    (files, not pipes: a long-running process must never block on a full pipe)."""
     env = dict(os.environ, COLUMNS="200")
-    return subprocess.Popen([str(BIN), "run", "watch", "--project", str(project), "--watch", *args],
-                            cwd=project.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with open(project.parent / f"{name}.out", "wb") as out, open(project.parent / f"{name}.err", "wb") as err:
+        return subprocess.Popen([str(BIN), "run", "watch", "--project", str(project), "--watch", *args],
+                                cwd=project.parent, env=env, stdout=out, stderr=err)
+
+
+def stderr_of(proc: subprocess.Popen[bytes], tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.err").read_text()
+
+
+def wait_explained(predicate: Callable[[], Any], timeout: float, explain: Callable[[], str]) -> None:
+    try:
+        wait_for(predicate, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the watcher said:\n{explain()}") from None
 
 
 @pytest.fixture
@@ -157,7 +172,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     for p in procs:
         if p.poll() is None:
             p.kill()
-            p.communicate(timeout=10)
+            p.wait(timeout=10)
 
 
 def test_two_watchers_on_one_folder_process_each_message_exactly_once(
@@ -173,17 +188,18 @@ def test_two_watchers_on_one_folder_process_each_message_exactly_once(
     lease = f"read:mbox/{folder}"
     store = first.store()
 
-    a = start_cli(first.path, "--interval", "0.5")
+    a = start_cli(first.path, "--interval", "0.5", name="a")
     processes.append(a)
-    wait_for(lambda: store.lease_holder(lease) is not None, timeout=20)
+    wait_for(lambda: store.lease_holder(lease) is not None, timeout=30)
 
-    refused = start_cli(second.path)
+    refused = start_cli(second.path, name="refused")
     processes.append(refused)
-    _, err = refused.communicate(timeout=30)
-    assert refused.returncode == 8, err.decode()
-    assert f"mbox/{folder} is being processed by another run" in err.decode()
+    refused.wait(timeout=30)
+    err = stderr_of(refused, tmp_path, "refused")
+    assert refused.returncode == 8, err
+    assert f"mbox/{folder} is being processed by another run" in " ".join(err.split())
 
-    b = start_cli(second.path, "--wait")
+    b = start_cli(second.path, "--wait", name="b")
     processes.append(b)
     names = [f"msg {i:03d}" for i in range(200)]
 
@@ -194,18 +210,18 @@ def test_two_watchers_on_one_folder_process_each_message_exactly_once(
 
     sender = threading.Thread(target=deliver)
     sender.start()
-    wait_for(lambda: len(jsonl(tmp_path / "out-a.jsonl")) >= 60, timeout=30)
+    wait_for(lambda: len(jsonl(tmp_path / "out-a.jsonl")) >= 60, timeout=60)
     assert b.poll() is None, "the second watcher waits instead of exiting"
     a.send_signal(signal.SIGTERM)
-    a.communicate(timeout=20)
-    assert a.returncode == 0
+    a.wait(timeout=20)
+    assert a.returncode == 0, stderr_of(a, tmp_path, "a")
     sender.join(30)
     wait_for(lambda: len(jsonl(tmp_path / "out-a.jsonl")) + len(jsonl(tmp_path / "out-b.jsonl")) >= 200,
-             timeout=40)
+             timeout=60)
     time.sleep(0.5)
     b.send_signal(signal.SIGTERM)
-    b.communicate(timeout=20)
-    assert b.returncode == 0
+    b.wait(timeout=20)
+    assert b.returncode == 0, stderr_of(b, tmp_path, "b")
     got_a, got_b = subjects(tmp_path / "out-a.jsonl"), subjects(tmp_path / "out-b.jsonl")
     assert got_a and got_b, "both watchers processed messages (the second took over)"
     assert sorted(got_a + got_b) == names  # each exactly once
@@ -222,21 +238,21 @@ def test_a_killed_watcher_is_replaced_once_its_lease_runs_out(
     first = watch_project(tmp_path, sandbox, folder, out="out-a.jsonl", settings=settings)
     second = watch_project(tmp_path, sandbox, folder, out="out-b.jsonl", name="second.yaml", settings=settings)
     store = first.store()
-    a = start_cli(first.path)
+    a = start_cli(first.path, *DEBUG, name="a")
     processes.append(a)
-    wait_for(lambda: store.lease_holder(f"read:mbox/{folder}") is not None, timeout=20)
-    b = start_cli(second.path, "--wait")
+    wait_for(lambda: store.lease_holder(f"read:mbox/{folder}") is not None, timeout=30)
+    b = start_cli(second.path, "--wait", *DEBUG, name="b")
     processes.append(b)
     append_messages(conn, folder, ["before 1", "before 2"])
-    wait_for(lambda: len(jsonl(tmp_path / "out-a.jsonl")) == 2, timeout=10)
+    wait_explained(lambda: len(jsonl(tmp_path / "out-a.jsonl")) == 2, 30, lambda: stderr_of(a, tmp_path, "a"))
     time.sleep(0.3)
     a.kill()  # no chance to release the lease
-    a.communicate(timeout=10)
+    a.wait(timeout=10)
     killed = time.monotonic()
     append_messages(conn, folder, ["after 1", "after 2"])
-    wait_for(lambda: len(jsonl(tmp_path / "out-b.jsonl")) == 2, timeout=15, interval=0.05)
+    wait_for(lambda: len(jsonl(tmp_path / "out-b.jsonl")) == 2, timeout=30, interval=0.05)
     took = time.monotonic() - killed
-    assert 1.0 < took < 3 + 4, f"took over after {took:.1f} s"
+    assert 1.0 < took < 3 + 8, f"took over after {took:.1f} s"
     assert subjects(tmp_path / "out-a.jsonl") == ["before 1", "before 2"]
     assert sorted(subjects(tmp_path / "out-b.jsonl")) == ["after 1", "after 2"]
 

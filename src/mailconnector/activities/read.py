@@ -3,12 +3,17 @@
 Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
 - messages are fetched with ``BODY.PEEK[]``, so reading marks nothing;
 - only ``item.ack()`` acts: it first records the message as delivered in the store (connection, folder,
-  UIDVALIDITY, UID, Message-ID) and advances the checkpoint, then the after-read action (mark read, move,
-  delete) is applied on the server — batched per fetch batch, and always before the activity closes;
+  UIDVALIDITY, UID, Message-ID; one durable write per ack), then the after-read action (mark read, move,
+  delete) is applied on the server — batched per fetch batch, and always before the activity closes; the
+  checkpoint (UIDVALIDITY, last UID) moves with each batch;
 - a message that was recorded as delivered but whose action did not reach the server (a crash between the
   two) is not yielded again: the next run only completes its action;
 - ``keep_unread`` relies on the store alone; a changed UIDVALIDITY falls back to Message-IDs, so a
   recreated folder neither loses nor repeats a message that has one.
+
+Speed and memory: the next batch is fetched (in a thread) while this one is parsed; a batch holds at most
+``batch_size`` messages and ``BATCH_BYTES`` (sizes are asked first), so memory does not grow with the
+folder, and a message is let go as soon as its record is made.
 """
 
 from __future__ import annotations
@@ -251,7 +256,7 @@ class ReadEmail:
         self._session = session
         self._state: FolderState | None = None
         self._pending: list[int] = []
-        self._last_acked = 0
+        self._last_acked = self._checkpointed = 0
         self._existing: set[str] | None = None
         # The next batch is fetched in a thread while this one is parsed; the connection is used by one
         # thread at a time (a fetch, or an after-read action, or closing).
@@ -369,7 +374,7 @@ class ReadEmail:
             if cp is not None:
                 log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); matching "
                             "delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
-            uids = self._skip_by_message_id(uids)
+            uids = self._match_earlier_deliveries(uids)
         delivered = self.store.delivered_uids(self.key, s.folder, state.uidvalidity)
         redo = [u for u in uids if u in delivered]
         if redo and s.after_read != "keep_unread":
@@ -378,7 +383,7 @@ class ReadEmail:
             self._apply(redo)
         return [u for u in uids if u not in delivered]
 
-    def _skip_by_message_id(self, uids: list[int]) -> list[int]:
+    def _match_earlier_deliveries(self, uids: list[int]) -> list[int]:
         """Set the checkpoint to the folder's UIDVALIDITY. When it changed (or a run that delivered
         messages died before the checkpoint was written), drop the messages delivered before, by
         Message-ID, recording them as delivered under the new UIDVALIDITY -- in one transaction."""
@@ -480,8 +485,9 @@ class ReadEmail:
     def flush(self) -> None:
         """Apply the after-read action to every acknowledged message not yet acted on, and move the
         checkpoint (the delivered messages are already in the store: each ack wrote its own)."""
-        if self.store is not None and self._last_acked and self._state is not None:
+        if self.store is not None and self._last_acked > self._checkpointed and self._state is not None:
             self.store.move_checkpoint(self.key, self.settings.folder, self._uidvalidity(), self._last_acked)
+            self._checkpointed = self._last_acked
         if not self._pending:
             return
         with self._io:

@@ -43,7 +43,7 @@ from ..errors import (
     StateError,
     TransportError,
 )
-from ..mime.compose import ComposedMessage, compose
+from ..mime.compose import ComposedMessage, PathPolicy, compose
 from ..records.send import (
     ErrorInfo,
     RecipientResult,
@@ -77,6 +77,10 @@ class SendSettings(BaseModel):
     max_backoff: float = Field(30.0, ge=0, le=600)
     dry_run: Path | None = Field(None, description="write each message as .eml here instead of sending")
     defaults: SendDefaults | None = Field(None, description="a default for any record field")
+    attachment_dirs: list[Path] = Field(
+        default_factory=list,
+        description="directories besides the project directory that attachment and template files may be read "
+                    "from (relative to the project directory); a record naming any other file fails")
 
 
 class _RateLimiter:
@@ -217,12 +221,17 @@ class SendEmail:
     """
 
     def __init__(self, connection: Connection, settings: SendSettings | None = None, *,
-                 store: Store | None = None, base_dir: Path | None = None, **overrides: Any) -> None:
+                 store: Store | None = None, base_dir: Path | None = None, allow_files: Iterable[Path] = (),
+                 **overrides: Any) -> None:
         base = settings.model_dump() if settings else {}
         self.settings = SendSettings.model_validate({**base, **overrides})
         self.connection = connection
         self.store = store
         self.base_dir = base_dir
+        # Files a record may read: inside the project directory (the current one without a project) or
+        # attachment_dirs, plus ``allow_files`` (what a person named on the command line).
+        root = base_dir if base_dir is not None else Path.cwd()
+        self.paths = PathPolicy.of([root, *(root / d for d in self.settings.attachment_dirs)], allow_files)
         self._pool = _SessionPool(connection, self.settings.concurrency)
         self._claimed: set[str] = set()
         self._claim_lock = threading.Lock()
@@ -295,7 +304,8 @@ class SendEmail:
             request = apply_defaults(request, self.settings.defaults)
             if request.message_id is None:
                 request = request.model_copy(update={"message_id": self._derived_id(request, index, input_key)})
-            composed = compose(request, default_from=self.connection.from_address, base_dir=self.base_dir)
+            composed = compose(request, default_from=self.connection.from_address, base_dir=self.base_dir,
+                               paths=self.paths)
             message_id = composed.message_id
         except MailConnectorError as exc:
             if isinstance(record, Mapping) and rid is None:

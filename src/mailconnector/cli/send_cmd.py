@@ -104,7 +104,9 @@ def send_cmd(
                     raise ConfigError(f"attachment {p} does not exist", field="--attach")
             record["attachments"] = [{"path": str(p.resolve())} for p in attach]
         records, key = [record], None
-    activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory)
+    # --attach files were named by the person running the command: allowed wherever they are.
+    activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory,
+                         allow_files=[p.resolve() for p in attach or ()])
     counts: Counter[str] = Counter()
     failure_kinds: Counter[str] = Counter()
     sink: TextIO | None = None
