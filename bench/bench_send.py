@@ -157,12 +157,13 @@ class Bench:
         records = self.records(count, large=large)
         statuses: Counter[str] = Counter()
         started = time.perf_counter()
-        for response in SendEmail(conn, concurrency=concurrency, store=store).send(records):
+        activity = SendEmail(conn, concurrency=concurrency, store=store, base_dir=self.work)
+        for response in activity.send(records):
             statuses[response.status] += 1
         seconds = time.perf_counter() - started
         store.close()
         if statuses["sent"] != count:
-            print(f"warning: activity statuses {dict(statuses)}", file=sys.stderr)
+            print(f"warning: activity statuses {dict(statuses)}", file=sys.stderr, flush=True)
         kind = "large" if large else "small"
         return self._add(Result("Send Email activity", transport, kind, concurrency, count, seconds, statuses["sent"]))
 
@@ -250,7 +251,8 @@ def memory_child(rundir: str, count: int, concurrency: int, attachment: str) -> 
         store = Store(Path(tmp) / "ledger.db")
         statuses: Counter[str] = Counter()
         started = time.perf_counter()
-        for response in SendEmail(conn, concurrency=concurrency, store=store).send(records()):
+        activity = SendEmail(conn, concurrency=concurrency, store=store, base_dir=Path(attachment).parent)
+        for response in activity.send(records()):
             statuses[response.status] += 1
         seconds = time.perf_counter() - started
     peak = _peak_rss_mb()
@@ -272,6 +274,8 @@ def memory_run(bench: Bench, count: int, concurrency: int) -> dict[str, Any]:
                            "--concurrency", str(concurrency), "--attachment", str(bench.attachment)],
                           capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["sent"] != count:
+        raise RuntimeError(f"the memory run sent {result['sent']} of {count} messages")
     print(f"  memory: {count} × 1 MB at c={concurrency}: peak RSS {result['peak_mb']:.0f} MB "
           f"(after imports {result['baseline_mb']:.0f} MB), {result['sent']} sent in {result['seconds']:.1f} s",
           flush=True)

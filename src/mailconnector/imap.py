@@ -469,13 +469,16 @@ class ImapSession:
                         if not responses and time.monotonic() - started < wait / 2 and _readable(self.client):
                             # idle_check swallows EOF and returns nothing at once: the server has gone.
                             raise EOFError("the server closed the connection during IDLE")
-                        if any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")
-                               for r in responses):
+                        if _new_mail(responses):
                             changed = True
                             break
-                finally:
-                    self.client.idle_done()
-                if changed:
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.client.idle_done()
+                    raise
+                # What arrived just before DONE is reported in DONE's own responses, and never again.
+                _, tail = self.client.idle_done()
+                if changed or _new_mail(tail):
                     return True
         return False
 
@@ -607,6 +610,11 @@ def _parse_fetch_slowly(data: list[Any]) -> list[FetchedMessage]:
             when = when.astimezone()  # IMAPClient gives naive local time: keep the offset in the record
         messages.append(FetchedMessage(int(uid), bytes(raw), flags, when, int(item.get(b"RFC822.SIZE", len(raw)))))
     return messages
+
+
+def _new_mail(responses: Iterable[Any]) -> bool:
+    """Whether IDLE responses announce a new message (EXISTS or RECENT)."""
+    return any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
 
 
 def _readable(client: IMAPClient) -> bool:

@@ -353,8 +353,12 @@ class SmtpSession:
 
     # ------------------------------------------------------------------ send
     def send(self, envelope_from: str, recipients: list[str], data: bytes, *,
-             smtputf8: bool = False) -> TransactionResult:
+             smtputf8: bool = False, crlf: bool = False) -> TransactionResult:
         """Send one message. Raises on failure; a ``MayHaveBeenDelivered`` after the final dot.
+
+        ``crlf=True`` says every line of ``data`` already ends in CRLF and no CR or LF stands alone (what
+        ``ComposedMessage.as_bytes`` gives): the check that would otherwise scan a large message three
+        times is skipped. Dot-stuffing is always done here.
 
         Partial refusals are returned (``refused``), not raised. Every recipient refused raises
         ``RecipientsRefusedError`` (from ``ServerResponseError``) after resetting the transaction.
@@ -373,7 +377,7 @@ class SmtpSession:
                 f"message is {len(data):,} bytes; the server accepts at most {limit:,} (SIZE)", code=552,
                 hint="make the attachments smaller or send them as links",
             )
-        payload = _wire_payload(data)
+        payload = _wire_payload(data, crlf=crlf)
         trailer = (b"" if payload.endswith(CRLF) else CRLF) + b"." + CRLF
         # Commands carry a non-ASCII address only with SMTPUTF8 (smtplib's non-pipelined path encodes them).
         smtp.command_encoding = "utf-8" if smtputf8 else "ascii"
@@ -513,15 +517,16 @@ class SmtpSession:
         self.close()
 
 
-def _wire_payload(data: bytes) -> bytes:
+def _wire_payload(data: bytes, *, crlf: bool = False) -> bytes:
     """CRLF line ends and dot-stuffing (RFC 5321 4.5.2); copies the message only when something changes.
 
     A composed message already has CRLF line ends and rarely a line starting with a dot, so the common
     case costs a few scans instead of two regex passes that each copy the whole message.
     """
-    crlf = data.count(CRLF)
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _EOL.sub(CRLF, data)
+    if not crlf:
+        pairs = data.count(CRLF)
+        if data.count(b"\n") != pairs or data.count(b"\r") != pairs:
+            data = _EOL.sub(CRLF, data)
     if data.startswith(b".") or b"\n." in data:
         data = _DOT.sub(b"..", data)
     return data

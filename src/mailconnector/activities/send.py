@@ -362,7 +362,7 @@ class SendEmail:
         try:
             session, reused = self._pool.acquire(turn)
             result = session.send(composed.envelope_from, composed.recipients, data,
-                                  smtputf8=composed.needs_smtputf8)
+                                  smtputf8=composed.needs_smtputf8, crlf=True)
             keep = True
             return result, None, reused
         except ServerResponseError as exc:  # the transaction was reset; 421 means the server is closing

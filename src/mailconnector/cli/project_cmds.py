@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -34,8 +35,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        err_console.print(f"{signal.Signals(signum).name}: stopping after the record in hand (again to abort)")
         stop.set()
+        # Plain os.write: the handler may interrupt anything, even an import or a print of the console's.
+        with contextlib.suppress(OSError):
+            os.write(2, f"{signal.Signals(signum).name}: stopping after the record in hand (again to abort)\n"
+                     .encode())
 
     if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
         yield stop
