@@ -235,7 +235,14 @@ class _Run:
                 raise _lease_error(self.store, lease)
             if own:
                 keeper.start()
-        self.run_id = self.store.start_run(self.name, settings)
+        try:
+            self.run_id = self.store.start_run(self.name, settings)
+        except BaseException:
+            if keeper is not None and keeper is not self.watch_keeper:
+                keeper.stop()
+            source.close()
+            target.close()
+            raise
         status, error = "success", None
         pending_exc: BaseException | None = None
         try:
