@@ -6,8 +6,8 @@ removes the sandbox at the end:
 1. Loopback (CPU-bound), against Postfix's own load generator ``smtp-source``: 2,000 messages of about
    5 KB and 200 messages with a 1 MB attachment, at 1, 4 and 8 connections. ``smtp-source`` does no TLS
    and no AUTH, so both use the plain ``smtp`` port; the activity logs in there (AUTH PLAIN), and
-   ``smtp-source`` runs with ``-d`` (keeps its connections, like the activity) and a payload of the
-   same size as the activity's messages on the wire.
+   ``smtp-source`` runs with ``-d`` (keeps its connections, like the activity) and ``-F`` with the
+   activity's own message bytes. Two interleaved rounds (``--rounds``); the better of each is kept.
 2. Through ``delay_proxy.py`` (10 ms added one way to every chunk: a 20 ms round trip), against a plain
    ``smtplib`` loop that opens one connection per message (STARTTLS + login + sendmail + quit, what most
    scripts do), both on the submission port with STARTTLS. The loop sends a sample (``--naive-small``,
@@ -19,7 +19,8 @@ Throughput is measured until the server accepted each message (its final 250 aft
 Dovecot stored it: delivery into the mailbox is asynchronous. Between runs the bench waits for Postfix's
 queue to drain and empties the mailbox, so one run's deliveries do not slow the next.
 
-Run: ``.venv/bin/python bench/bench_send.py`` (about 5 minutes; ``--quick`` for a smaller smoke run).
+Run: ``.venv/bin/python bench/bench_send.py`` (about 12 minutes; ``--quick`` for a smaller smoke run).
+The figures and what they led to are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
