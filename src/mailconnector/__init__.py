@@ -47,8 +47,11 @@ _EXPORTS: dict[str, str] = {
     "ParseOptions": "records.read",
     "compose": "mime.compose",
     "parse_message": "mime.parse",
-    # projects, state, logging, sandbox
+    # projects, operations, state, logging, sandbox
     "Project": "project",
+    "RunResult": "operations",
+    "run_operation": "operations",
+    "watch_operation": "operations",
     "Store": "store",
     "Sandbox": "sandbox",
     "configure_logging": "logs",
@@ -84,6 +87,7 @@ __all__ = [
     "ReadRecord",
     "ReadSettings",
     "RecipientsRefusedError",
+    "RunResult",
     "Sandbox",
     "SendDefaults",
     "SendEmail",
@@ -105,6 +109,8 @@ __all__ = [
     "compose",
     "configure_logging",
     "parse_message",
+    "run_operation",
+    "watch_operation",
 ]
 
 
@@ -143,6 +149,7 @@ if TYPE_CHECKING:
     from .logs import configure_logging
     from .mime.compose import compose
     from .mime.parse import parse_message
+    from .operations import RunResult, run_operation, watch_operation
     from .project import Project
     from .records.read import ParseOptions, ReadRecord
     from .records.send import SendDefaults, SendRequest, SendResponse

@@ -20,6 +20,7 @@ PUBLIC = {
     "SendRequest", "SendDefaults", "SendResponse", "ReadRecord", "ParseOptions", "compose", "parse_message",
     # projects, state, logging, sandbox
     "Project", "Store", "Sandbox", "configure_logging",
+    "RunResult", "run_operation", "watch_operation",
     # errors
     "MailConnectorError", "ConfigError", "AuthenticationError", "TransportError", "TLSSecurityError",
     "ProtocolTimeoutError", "ServerResponseError", "SenderRefusedError", "RecipientsRefusedError",
