@@ -16,9 +16,11 @@ same unread mail:
 Then memory: mailconnector's peak RSS reading 5,000 and 20,000 messages (the big folder is made of
 server-side copies), and reading one message with a 50 MB attachment to a directory.
 
-Run: ``.venv/bin/python bench/bench_read.py [--messages 5000] [--rounds 3]`` (about three minutes,
-most of it APPEND). Targets: 1.5x imap-tools' messages per second, half the imaplib floor; peak RSS
-for 20,000 messages within 1.2x that for 5,000; peak RSS with a 50 MB attachment under 150 MB.
+Run: ``.venv/bin/python bench/bench_read.py [--messages 5000] [--rounds 3]`` (about four minutes on a
+quiet machine, most of it APPEND; on a shared machine, ``nice -n -15`` keeps other jobs from swamping the
+ratios: the sandbox's Dovecot inherits the priority). Targets: 1.5x imap-tools' messages per second,
+half the imaplib floor; peak RSS for 20,000 messages within 1.2x that for 5,000; peak RSS with a 50 MB
+attachment under 150 MB. Results and analysis: docs/benchmarks.md.
 """
 
 from __future__ import annotations

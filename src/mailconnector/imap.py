@@ -22,9 +22,9 @@ from imapclient import exceptions as imap_exc
 
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
-from .auth import TokenProvider, token_provider_for
+from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth.oauth2 import explain_refusal
-from .auth.sasl import decode_oauth_error, oauthbearer_string, token_refused, xoauth2_string
+from .auth.sasl import decode_oauth_error
 from .connection import Connection
 from .errors import (
     AuthenticationError,
@@ -255,14 +255,10 @@ class ImapSession:
 
     def _oauth_login(self, user: str, *, retried: bool = False) -> None:
         client = self.client
-        oauth = self.connection.auth.oauth2
-        assert oauth is not None
-        mech = oauth.mechanism.upper()
         provider = self._token_provider or token_provider_for(self.connection)
         self._token_provider = provider
-        token = provider.token(force_refresh=retried)
-        payload = (xoauth2_string(user, token) if mech == "XOAUTH2"
-                   else oauthbearer_string(user, token, self.server.host, self.server.port))
+        mech, token, payload = oauth_initial_response(self.connection, provider, user, self.server.host,
+                                                      self.server.port, force_refresh=retried)
         self.auth_mechanism = mech
         challenges: list[str] = []
 
@@ -282,9 +278,7 @@ class ImapSession:
                     raise imap_exc.LoginError(str(exc)) from exc
         except AuthenticationError as exc:
             detail = next((c for c in challenges if c), "")
-            if not retried and token_refused(detail):
-                provider.invalidate()
-                log.info("OAuth2 token refused (%s); refreshing once", detail)
+            if refresh_refused_token(provider, detail, retried=retried, log=log):
                 return self._oauth_login(user, retried=True)
             why, hint = explain_refusal(self.connection, token, exc.message, login=user)
             raise AuthenticationError(f"{exc.message} ({detail or 'no detail'}){why}", hint=hint) from exc

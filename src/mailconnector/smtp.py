@@ -20,9 +20,9 @@ from typing import Any
 
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, step
-from .auth import TokenProvider, token_provider_for
+from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth.oauth2 import explain_refusal
-from .auth.sasl import decode_oauth_error, oauthbearer_string, token_refused, xoauth2_string
+from .auth.sasl import decode_oauth_error
 from .connection import Connection
 from .errors import (
     AuthenticationError,
@@ -295,9 +295,8 @@ class SmtpSession:
             )
         provider = self._token_provider or token_provider_for(self.connection)
         self._token_provider = provider
-        token = provider.token(force_refresh=retried)
-        payload = (xoauth2_string(user, token) if mech == "XOAUTH2"
-                   else oauthbearer_string(user, token, self.server.host, self.server.port))
+        mech, token, payload = oauth_initial_response(self.connection, provider, user, self.server.host,
+                                                      self.server.port, force_refresh=retried)
         self.auth_mechanism = mech
         with self._translate("AUTH"):
             smtp._in_auth = True
@@ -308,9 +307,7 @@ class SmtpSession:
                 code, resp = smtp.docmd("")
                 if code not in (235, 503):
                     smtp._in_auth = False
-                    if not retried and token_refused(detail):
-                        provider.invalidate()
-                        log.info("OAuth2 token refused (%s); refreshing once", detail)
+                    if refresh_refused_token(provider, detail, retried=retried, log=log):
                         return self._oauth_login(user, offered, retried=True)
                     why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
                     raise AuthenticationError(
