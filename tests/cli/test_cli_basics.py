@@ -7,27 +7,23 @@ a real process, so that exit codes and streams are also checked exactly as a scr
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer.main
 import yaml
+from cli_harness.runner import cli
 from typer.testing import CliRunner
 
-from mailconnector import secrets as secret_registry
-from mailconnector.cli import app, main
+from mailconnector.cli import app
 from mailconnector.sandbox import Sandbox
 
 MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
@@ -41,46 +37,6 @@ def run(args: list[str], cwd: Path, *, env: dict[str, str] | None = None,
     full_env.update(env or {})
     return subprocess.run([str(MAILCONNECTOR), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=full_env, stdin=subprocess.DEVNULL)
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def cli(args: list[str], cwd: Path, *, env: dict[str, str] | None = None) -> Result:
-    """Run the program in this process as a fresh run would: its cwd, environment, streams and secrets."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    loggers = [logging.getLogger(n) for n in ("mailconnector", "mailconnector.protocol", "imapclient")]
-    saved_logging = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
-    saved_secrets = (set(secret_registry._known), secret_registry._pattern)
-    os.environ.pop("MAILCONNECTOR_PROJECT", None)
-    os.environ.update({"COLUMNS": "200", **(env or {})})
-    secret_registry._known.clear()  # a fresh process knows no secret until it resolves one
-    secret_registry._pattern = None
-    code = 0
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(args)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        for lg, level, propagate, handlers in saved_logging:
-            lg.setLevel(level)
-            lg.propagate = propagate
-            lg.handlers[:] = handlers
-        secret_registry._known.clear()
-        secret_registry._known.update(saved_secrets[0])
-        secret_registry._pattern = saved_secrets[1]
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def flat(text: str) -> str:

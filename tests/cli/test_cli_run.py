@@ -5,20 +5,16 @@ operations; a folder lease held by "another process"); runs against the sandbox 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_harness.runner import Result
+from cli_harness.runner import cli as run_cli
 
-from mailconnector.cli import main
 from mailconnector.project import Project
 from mailconnector.store import Store
 
@@ -36,41 +32,9 @@ def check(record):
 '''
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_flat(self) -> str:
-        return " ".join(self.err.split())
-
-
 def cli(*args: str, cwd: Path) -> Result:
-    """The program's entry point in this process, with its own cwd, streams and a wide terminal."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
-    logger = logging.getLogger("mailconnector")
-    saved_log = (logger.level, logger.propagate, list(logger.handlers))
-    os.environ.pop("MAILCONNECTOR_PROJECT", None)
-    os.environ.update({"COLUMNS": "250", "MC_CLI_RUN_PASSWORD": "not-a-real-password"})
-    code = 0
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(list(args))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        logger.setLevel(saved_log[0])
-        logger.propagate = saved_log[1]
-        logger.handlers[:] = saved_log[2]
-    return Result(code, out.getvalue(), err.getvalue())
+    """The program's entry point in this process, with a wide terminal and the project's password variable."""
+    return run_cli(args, cwd, {"MC_CLI_RUN_PASSWORD": "not-a-real-password"}, columns=250)
 
 
 @pytest.fixture
@@ -98,16 +62,16 @@ def project(tmp_path: Path) -> Path:
 
 def test_run_then_logs_show_the_failed_record(project: Path) -> None:
     run = cli("run", "double", "--json", cwd=project)
-    assert run.code == 1, run.err  # some records failed, the rest succeeded
-    result = json.loads(run.out)
+    assert run.returncode == 1, run.stderr  # some records failed, the rest succeeded
+    result = json.loads(run.stdout)
     assert (result["status"], result["read"], result["written"], result["failed"]) == ("partial", 5, 4, 1)
     assert [(c["operation"], c["status"]) for c in result["chained"]] == [("copy", "success")]
     assert (project / "doubled.csv").read_text().splitlines() == ["n,double", "1,2", "2,4", "4,8", "5,10"]
     assert [r["n"] for r in json.loads((project / "copy.json").read_text())] == [1, 2, 3, 4, 5]
 
     shown = cli("logs", result["run_id"], "--json", cwd=project)
-    assert shown.code == 0, shown.err
-    log = json.loads(shown.out)
+    assert shown.returncode == 0, shown.stderr
+    log = json.loads(shown.stdout)
     assert (log["run_id"], log["operation"], log["status"]) == (result["run_id"], "double", "partial")
     assert (log["records_read"], log["records_written"], log["records_failed"]) == (5, 4, 1)
     assert log["errors"] == [{"record": "record 2", "error": {
@@ -117,40 +81,40 @@ def test_run_then_logs_show_the_failed_record(project: Path) -> None:
     assert log["started_at"] and log["ended_at"]
 
     text = cli("logs", result["run_id"], cwd=project)
-    assert text.code == 0 and "record 2" in text.out and "three is not allowed" in text.out
+    assert text.returncode == 0 and "record 2" in text.stdout and "three is not allowed" in text.stdout
 
     listed = cli("logs", "--json", cwd=project)
-    runs = json.loads(listed.out)
+    runs = json.loads(listed.stdout)
     assert [(r["operation"], r["status"]) for r in runs] == [("copy", "success"), ("double", "partial")]
-    only = json.loads(cli("logs", "--json", "--operation", "copy", cwd=project).out)
+    only = json.loads(cli("logs", "--json", "--operation", "copy", cwd=project).stdout)
     assert [r["operation"] for r in only] == ["copy"]
     table = cli("logs", cwd=project)
-    assert table.code == 0 and result["run_id"] in table.out and "partial" in table.out
+    assert table.returncode == 0 and result["run_id"] in table.stdout and "partial" in table.stdout
 
 
 def test_a_clean_run_exits_0_and_reports_on_stderr(project: Path) -> None:
     run = cli("run", "copy", cwd=project)
-    assert run.code == 0, run.err
-    assert run.out == ""  # results go to stderr unless --json
-    assert "copy: success — read 5, written 5, failed 0" in run.err_flat
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""  # results go to stderr unless --json
+    assert "copy: success — read 5, written 5, failed 0" in run.stderr_flat
 
 
 def test_run_restores_the_signal_handlers(project: Path) -> None:
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    assert cli("run", "copy", cwd=project).code == 0
+    assert cli("run", "copy", cwd=project).returncode == 0
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
 def test_logs_of_an_unknown_run(project: Path) -> None:
     shown = cli("logs", "20000101-000000-abcdef", cwd=project)
-    assert shown.code == 8
-    assert "no run '20000101-000000-abcdef'" in shown.err_flat
+    assert shown.returncode == 8
+    assert "no run '20000101-000000-abcdef'" in shown.stderr_flat
 
 
 def test_an_unknown_operation(project: Path) -> None:
     run = cli("run", "nope", cwd=project)
-    assert run.code == 3
-    assert "no operation named 'nope' (defined: double, copy, drain)" in run.err_flat
+    assert run.returncode == 3
+    assert "no operation named 'nope' (defined: double, copy, drain)" in run.stderr_flat
 
 
 @pytest.mark.parametrize(("operation", "edit", "expected"), [
@@ -169,11 +133,11 @@ def test_a_broken_project_file_exits_3_naming_file_line_and_field(project: Path,
     path.write_text(edit(text))
     assert path.read_text() != text
     run = cli("run", operation, cwd=project)
-    assert run.code == 3, run.err
-    assert "mailconnector.yaml: line " in run.err_flat and expected in run.err_flat
+    assert run.returncode == 3, run.stderr
+    assert "mailconnector.yaml: line " in run.stderr_flat and expected in run.stderr_flat
     # An entry the operation does not use does not stop it (entries are checked when used).
     if operation != "copy":
-        assert cli("run", "copy", cwd=project).code == 0
+        assert cli("run", "copy", cwd=project).returncode == 0
 
 
 def test_a_folder_held_by_another_consumer_exits_8(project: Path) -> None:
@@ -181,38 +145,39 @@ def test_a_folder_held_by_another_consumer_exits_8(project: Path) -> None:
     assert store.acquire_lease("read:mb/INBOX", ttl=60, holder="another-process")
     for args in (("run", "drain"), ("run", "drain", "--watch")):
         run = cli(*args, cwd=project)
-        assert run.code == 8, run.err
-        assert "mb/INBOX is being processed by another run" in run.err_flat
-        assert "--wait" in run.err_flat
+        assert run.returncode == 8, run.stderr
+        assert "mb/INBOX is being processed by another run" in run.stderr_flat
+        assert "--wait" in run.stderr_flat
 
 
 def test_a_file_source_cannot_be_watched(project: Path) -> None:
     run = cli("run", "copy", "--watch", cwd=project)
-    assert run.code == 3
-    assert "cannot be watched" in run.err_flat
+    assert run.returncode == 3
+    assert "cannot be watched" in run.stderr_flat
 
 
 # ----------------------------------------------------------------------------------------------- schema
 def test_schema_lists_and_prints_the_project_schema(project: Path) -> None:
     listed = cli("schema", cwd=project)
-    assert listed.code == 0 and listed.out.split() == ["send-request", "send-response", "read-record", "project"]
+    assert listed.returncode == 0
+    assert listed.stdout.split() == ["send-request", "send-response", "read-record", "project"]
     printed = cli("schema", "project", cwd=project)
-    assert printed.code == 0
-    schema = json.loads(printed.out)
+    assert printed.returncode == 0
+    schema = json.loads(printed.stdout)
     assert schema["title"] == "mailconnector project file"
     assert set(schema["properties"]) == {"connections", "activities", "operations", "settings"}
     read = schema["$defs"]["ReadActivity"]["properties"]
     assert {"folder", "after_read", "criteria", "attachments"} <= set(read)
     send = schema["$defs"]["SendActivity"]["properties"]
     assert {"concurrency", "rate_limit", "defaults", "to", "subject"} <= set(send)
-    assert cli("schema", "nope", cwd=project).code == 3
+    assert cli("schema", "nope", cwd=project).returncode == 3
 
 
 # ------------------------------------------------------------------------------------------------- init
 def test_init_writes_a_project_that_validates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "new-project"
     made = cli("init", str(target), cwd=tmp_path)
-    assert made.code == 0, made.err
+    assert made.returncode == 0, made.stderr
     path = target / "mailconnector.yaml"
     assert path.exists() and (target / "outbox.jsonl").exists()
     assert "${env:MAILBOX_PASSWORD}" in path.read_text()  # no secret in clear
@@ -221,7 +186,7 @@ def test_init_writes_a_project_that_validates(tmp_path: Path, monkeypatch: pytes
     project.validate_all()
     assert set(project._section("operations")) == {"send-outbox", "inbox-to-file"}
     again = cli("init", str(target), cwd=tmp_path)
-    assert again.code == 3 and "already exists" in again.err_flat
+    assert again.returncode == 3 and "already exists" in again.stderr_flat
     path.write_text("# mine\n")
-    assert cli("init", str(target), "--force", cwd=tmp_path).code == 0
+    assert cli("init", str(target), "--force", cwd=tmp_path).returncode == 0
     Project.load(path).validate_all()

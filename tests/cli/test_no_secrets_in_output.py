@@ -11,136 +11,34 @@ redaction by value knows only what the run itself resolved). ``test`` also runs 
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import io
-import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
-import yaml
+from cli_harness.commands import (
+    CONNECTING,
+    INVOCATIONS,
+    NOT_RUN,
+    USER,
+    commands,
+    folder_with_mail,
+    forbidden,
+    option_names,
+    write_project,
+)
+from cli_harness.runner import cli
 
-from mailconnector import secrets as secret_registry
-from mailconnector.cli import app, main
 from mailconnector.sandbox import Sandbox
 
+__all__ = ["folder_with_mail"]  # the fixture, used below
+
 MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
-USER = "frank"  # logs in as this user; touches only a folder of its own, never the INBOX
 WRONG_PASSWORD = "Wr0ng-Passw0rd-for-frank"
 PW_VAR = "MC_NOSECRET_PASSWORD"
-
-# How to run each command against the project below. A command added to the app without an entry here
-# fails test_every_command_is_covered, so it cannot escape this check.
-INVOCATIONS: dict[tuple[str, ...], list[str]] = {
-    ("test",): ["sandbox"],
-    ("folders",): ["sandbox"],
-    # A recipient the server refuses: the whole SMTP conversation, login included, and nothing delivered.
-    ("send",): ["sandbox", "--to", "nobody@example.test", "--subject", "no secrets here", "--text", "hello"],
-    ("read",): ["sandbox", "--folder", "{folder}", "--limit", "5", "--after-read", "keep_unread"],
-    ("run",): ["copy-folder"],
-    ("logs",): [],
-    ("schema",): ["project"],
-    ("init",): ["starter"],
-    ("sandbox", "status"): [],
-    ("auth", "login"): ["sandbox"],
-}
-NOT_RUN = {
-    (): "the program itself: its commands are run one by one",
-    ("sandbox",): "starts servers of its own with passwords of its own: covered in test_cli_basics",
-    ("sandbox", "stop"): "needs a sandbox started from the directory: covered in test_cli_basics",
-    ("auth",): "a group: its command is run",
-}
-CONNECTING = {("test",), ("folders",), ("send",), ("read",), ("run",)}
-
-
-def commands() -> dict[tuple[str, ...], Any]:
-    found: dict[tuple[str, ...], Any] = {}
-
-    def walk(cmd: Any, path: tuple[str, ...]) -> None:
-        found[path] = cmd
-        for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, (*path, name))
-
-    walk(typer.main.get_command(app), ())
-    return found
-
-
-def option_names(cmd: Any) -> set[str]:
-    return {opt for p in cmd.params for opt in getattr(p, "opts", [])}
-
-
-def forbidden(password: str, user: str) -> dict[str, str]:
-    raw = password.encode()
-    return {
-        "password": password,
-        "base64(password)": base64.b64encode(raw).decode().rstrip("="),
-        "base64(\\0user\\0password)": base64.b64encode(b"\0" + user.encode() + b"\0" + raw).decode(),
-        "base64(user\\0user\\0password)": base64.b64encode(user.encode() + b"\0" + user.encode() + b"\0" + raw)
-        .decode(),
-    }
-
-
-def write_project(directory: Path, sandbox: Sandbox, password_ref: str, folder: str) -> Path:
-    conn = sandbox.connection_dict(USER, password=password_ref)
-    data = {
-        "connections": {"sandbox": conn},
-        "activities": {
-            "inbox": {"type": "read-email", "connection": "sandbox", "folder": folder,
-                      "after_read": "keep_unread"},
-            "out": {"type": "file", "path": "out.jsonl"},
-        },
-        "operations": {"copy-folder": {"source": "inbox", "target": "out"}},
-    }
-    path = directory / "mailconnector.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def cli(args: list[str], cwd: Path, env: dict[str, str]) -> Result:
-    """Run the program in this process as a fresh run would: its cwd, environment, streams and secrets."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    loggers = [logging.getLogger(n) for n in ("mailconnector", "mailconnector.protocol", "imapclient")]
-    saved_logging = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
-    saved_secrets = (set(secret_registry._known), secret_registry._pattern)
-    os.environ.pop("MAILCONNECTOR_PROJECT", None)
-    os.environ.update({"COLUMNS": "200", **env})
-    secret_registry._known.clear()
-    secret_registry._pattern = None
-    code = 0
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(args)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
-        for lg, level, propagate, handlers in saved_logging:
-            lg.setLevel(level)
-            lg.propagate = propagate
-            lg.handlers[:] = handlers
-        secret_registry._known.clear()
-        secret_registry._known.update(saved_secrets[0])
-        secret_registry._pattern = saved_secrets[1]
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def real_process(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -176,18 +74,6 @@ def assert_clean(results: dict[tuple[str, ...], Any], secrets: dict[str, str]) -
                     leaks.append(f"{' '.join(path)}: {kind} in {stream}")
     assert not leaks, leaks
 
-
-@pytest.fixture
-def folder_with_mail(sandbox: Sandbox, fresh_folder: Callable[[str], str]) -> str:
-    """A folder of USER's with one message, for `read` and `run` to find."""
-    from mailconnector.connection import Connection
-    from mailconnector.imap import ImapSession
-
-    name = fresh_folder(USER)
-    conn = Connection.from_dict(sandbox.connection_dict(USER), name="seed")
-    with ImapSession(conn) as imap:
-        imap.append(name, b"From: a@example.test\r\nTo: frank@example.test\r\nSubject: seed\r\n\r\nbody\r\n")
-    return name
 
 
 def test_every_command_is_covered() -> None:

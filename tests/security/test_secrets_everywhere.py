@@ -2,10 +2,10 @@
 with ``--json`` of every command, stderr with ``--debug --verbose-protocol``, error messages, ``repr``, and the
 operation logs in the store (its ``runs`` and ``run_errors`` tables, and ``mailconnector logs --json``).
 
-The commands are listed from the typer app (through the harness of tests/cli/test_no_secrets_in_output.py,
-whose ``test_every_command_is_covered`` fails for a command nobody knows how to run), so a new command is
-covered as soon as it is added. Tokens in the store's own token cache are there by design (file mode 0600,
-see test_security_checks.py); every other table is searched.
+The commands are listed from the typer app (through tests/cli_harness, shared with
+tests/cli/test_no_secrets_in_output.py, whose ``test_every_command_is_covered`` fails for a command nobody
+knows how to run), so a new command is covered as soon as it is added. Tokens in the store's own token cache are
+there by design (file mode 0600, see test_security_checks.py); every other table is searched.
 """
 
 from __future__ import annotations
@@ -13,26 +13,23 @@ from __future__ import annotations
 import base64
 import logging
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))  # the CLI harness lives beside its test
-from test_no_secrets_in_output import (  # type: ignore[import-not-found,unused-ignore]
+from cli_harness.commands import (
     CONNECTING,
     INVOCATIONS,
     NOT_RUN,
     USER,
-    cli,
     commands,
     folder_with_mail,
     forbidden,
     option_names,
     write_project,
 )
+from cli_harness.runner import cli
 
 from mailconnector.connection import Connection
 from mailconnector.errors import MailConnectorError
