@@ -8,14 +8,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ..errors import MailConnectorError
 from ..logs import configure_logging
-from ..project import Project
+
+if TYPE_CHECKING:
+    from ..project import Project
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -64,6 +66,8 @@ class Session:
     @property
     def project(self) -> Project:
         if self._project is None:
+            from ..project import Project
+
             self._project = Project.load(self.project_path)
             if self._project.uses_oauth2:
                 from ..auth.oauth2 import use_store

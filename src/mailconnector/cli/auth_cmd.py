@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,10 +21,12 @@ from ..auth.oauth2 import (
     google_exchange_code,
     microsoft_device_login,
 )
-from ..connection import Connection
 from ..errors import ConfigError, StateError
-from ..project import Project
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, emit_json, err_console, out_console, start
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+    from ..project import Project
 
 __all__ = ["auth_app", "login_cmd", "register"]
 
@@ -124,6 +126,8 @@ def _connection_for_login(project: Project, name: str) -> Connection:
                           "(provider, client_id, ...)", field=f"connections.{name}.auth", source=project.source)
     oauth["grant"] = "refresh_token"
     oauth["refresh_token"] = _PENDING
+    from ..connection import Connection
+
     return Connection.from_dict(data, name=name, source=project.source, base_dir=project.directory,
                                 locate=project.doc.line_of)
 

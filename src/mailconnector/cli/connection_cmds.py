@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..diagnostics import run_test
-from ..imap import ImapSession
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, out_console, start
 
 _STATUS = {"passed": "[green]passed[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]"}
@@ -36,6 +34,8 @@ def test_cmd(
 
     Example: mailconnector test sandbox --json
     """
+    from ..diagnostics import run_test  # imported on use: keeps the CLI quick to start
+
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     conn = s.project.connection(connection)
@@ -77,6 +77,8 @@ def folders_cmd(
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     conn = s.project.connection(connection)
+    from ..imap import ImapSession
+
     with ImapSession(conn) as imap:
         folders = imap.list_folders(with_counts=counts)
     if json_output:

@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO, TextIO, cast
 
 import typer
-from pydantic import ValidationError
 
-from .._validation import config_error_from_validation
 from ..errors import StateError
 from ._common import DebugOpt, LogFormatOpt, ProjectOpt, VerboseOpt, err_console, progress, start
 
@@ -52,6 +50,9 @@ def read_cmd(
       mailconnector read sandbox --limit 10
       mailconnector read sandbox -o inbox.jsonl --attachments ./files --after-read move:Archive
     """
+    from pydantic import ValidationError
+
+    from .._validation import config_error_from_validation
     from ..activities.read import ReadEmail, ReadSettings, record_json  # imported on use: keeps the CLI quick to start
 
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)

@@ -8,13 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from pydantic import ValidationError
 
-from .._validation import config_error_from_validation
-from ..activities.files import iter_records, read_input, write_jsonl
-from ..activities.send import SendEmail, SendSettings, input_key_for
 from ..errors import ConfigError, MailConnectorError
-from ..records.send import SendDefaults
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, progress, start
 
 
@@ -68,6 +63,14 @@ def send_cmd(
       mailconnector send sandbox --input outbox.jsonl --output responses.jsonl --concurrency 8
       cat records.csv | mailconnector send sandbox --input - --format csv --dry-run out/
     """
+    # Imported on use: keeps `mailconnector --help` and the other commands quick to start.
+    from pydantic import ValidationError
+
+    from .._validation import config_error_from_validation
+    from ..activities.files import iter_records, read_input, write_jsonl
+    from ..activities.send import SendEmail, SendSettings, input_key_for
+    from ..records.send import SendDefaults
+
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     one = {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "text": text, "html": html, "attach": attach}
