@@ -189,7 +189,9 @@ class _LeaseKeeper:
 
 class _Run:
     def __init__(self, project: Project, name: str, stop: threading.Event, keeper: _LeaseKeeper | None = None,
-                 append_files: bool | None = None, log_empty: bool = True) -> None:
+                 append_files: bool | None = None, log_empty: bool = True,
+                 on_record: Callable[[str], None] | None = None) -> None:
+        self.on_record = on_record  # progress: called with the operation's name as each record settles
         self.watch_keeper = keeper  # watch mode holds the folder's lease across runs
         self.log_empty = log_empty  # watch mode keeps no log entry for a run that found nothing
         self.append_files = append_files  # watch mode appends to file targets after its first run
@@ -329,6 +331,8 @@ class _Run:
                 self.fail(label, {**error.model_dump(exclude_none=True), "stage": "target"})
             else:
                 self.written += 1
+            if self.on_record is not None:
+                self.on_record(self.name)
             entry.remaining -= 1
             if entry.remaining == 0:
                 del pending[index]
@@ -353,18 +357,19 @@ def _lease_error(store: Store, lease: str) -> StateError:
 
 def run_operation(project: Project, name: str, *, stop: threading.Event | None = None,
                   append_files: bool | None = None, log_empty: bool = True, _keeper: _LeaseKeeper | None = None,
-                  _depth: int = 0) -> RunResult:
+                  on_record: Callable[[str], None] | None = None, _depth: int = 0) -> RunResult:
     """Run an operation once, then the operations it chains to (on_success / on_failure).
 
     The operation's own failure to start (configuration, lease, connection) raises; a chained operation's
     failure to start is reported in ``chained`` instead, so the first run's result is never lost.
     ``log_empty=False`` (watch mode) keeps no operation log entry for a clean run that read nothing.
+    ``on_record(operation)`` is called as each record is taken or fails (for a progress display).
     """
     if _depth > MAX_CHAIN_DEPTH:
         raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)",
                           source=project.source)
     stop = stop or threading.Event()
-    run = _Run(project, name, stop, _keeper, append_files, log_empty)
+    run = _Run(project, name, stop, _keeper, append_files, log_empty, on_record)
     try:
         result = run.execute()
     except MailConnectorError as exc:
@@ -376,7 +381,8 @@ def run_operation(project: Project, name: str, *, stop: threading.Event | None =
         if stop.is_set():
             break
         try:
-            result.chained.append(run_operation(project, next_name, stop=stop, _depth=_depth + 1))
+            result.chained.append(run_operation(project, next_name, stop=stop, on_record=on_record,
+                                                _depth=_depth + 1))
         except MailConnectorError as exc:
             log.warning("chained operation %s did not run: %s", next_name, exc.message)
             result.chained.append(RunResult("", next_name, "error", error=exc.message))

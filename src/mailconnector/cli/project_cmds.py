@@ -16,7 +16,18 @@ import typer
 from rich.table import Table
 
 from ..errors import ConfigError, StateError
-from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, out_console, start
+from ._common import (
+    DebugOpt,
+    JsonOpt,
+    LogFormatOpt,
+    ProjectOpt,
+    VerboseOpt,
+    emit_json,
+    err_console,
+    out_console,
+    progress,
+    start,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -102,7 +113,8 @@ def run_cmd(
         if watch:
             watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
             return
-        result = run_operation(proj, operation, stop=stop)
+        with progress(f"running {operation}") as bar:
+            result = run_operation(proj, operation, stop=stop, on_record=lambda _name: bar.advance())
     show(result)
     if result.interrupted:
         raise typer.Exit(130)
