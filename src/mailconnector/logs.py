@@ -105,6 +105,3 @@ def configure_logging(*, debug: bool = False, verbose_protocol: bool = False, lo
         logging.getLogger("imapclient").setLevel(logging.WARNING)
     _installed.append(handler)
 
-
-def protocol_enabled(proto: str) -> bool:
-    return logging.getLogger(f"{PROTOCOL}.{proto}").isEnabledFor(logging.DEBUG)

@@ -104,11 +104,8 @@ class Store:
             self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state store {self.path}: {exc}",
-                             hint="check the directory is writable, or set --state") from exc
-
-    @classmethod
-    def default_for(cls, project_dir: Path) -> Store:
-        return cls(project_dir / ".mailconnector" / "state.db")
+                             hint="check the directory is writable, or choose another place with "
+                             "settings.state in the project file") from exc
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -143,9 +140,6 @@ class Store:
             self._local.db = None
 
     # ------------------------------------------------------------- send ledger
-    def was_sent(self, message_id: str) -> bool:
-        return self.sent_status(message_id) is not None
-
     def sent_status(self, message_id: str) -> str | None:
         """The ledger's status for ``message_id`` (``sent``, ``partial``, ``uncertain``), None if never sent."""
         row = self._db().execute("SELECT status FROM send_ledger WHERE message_id = ?", (message_id,)).fetchone()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import re
@@ -482,6 +481,3 @@ def input_key_for(data: bytes) -> str:
     """The identity of an input (its content hash), for deterministic Message-IDs on a rerun."""
     return hashlib.sha256(data).hexdigest()[:24]
 
-
-def response_line(response: SendResponse) -> str:
-    return json.dumps(response.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 from pathlib import Path
@@ -132,10 +131,3 @@ def sandbox_status(json_output: JsonOpt = False) -> None:
         out_console.print(f"sandbox {'running' if running else 'not running'} ({sbx.info.rundir})")
     raise typer.Exit(0 if running else 8)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
