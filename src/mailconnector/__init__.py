@@ -52,7 +52,8 @@ _EXPORTS: dict[str, str] = {
     "RunResult": "operations",
     "run_operation": "operations",
     "watch_operation": "operations",
-    "Store": "store",
+    "StateStore": "state",
+    "Store": "state",
     "Sandbox": "sandbox",
     "configure_logging": "logs",
     # errors
@@ -99,6 +100,7 @@ __all__ = [
     "ServerSettings",
     "SmtpSession",
     "StateError",
+    "StateStore",
     "Store",
     "TLSSecurityError",
     "TestReport",
@@ -155,4 +157,4 @@ if TYPE_CHECKING:
     from .records.send import SendDefaults, SendRequest, SendResponse
     from .sandbox import Sandbox
     from .smtp import SmtpSession
-    from .store import Store
+    from .state import StateStore, Store

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 from jinja2.sandbox import SandboxedEnvironment
 
 from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSource, build_source, build_target
-from .errors import ConfigError, MailConnectorError, StateError, TransportError
+from .errors import ConfigError, MailConnectorError, TransportError
 from .project import OperationConfig, Project, Transformation
 from .records.send import ErrorInfo
+from .state import LeaseKeeper
+from .state._leases import lease_busy_error
 
 if TYPE_CHECKING:
     from .activities.endpoints import SendEmailTarget
     from .connection import Connection
     from .imap import ImapSession
-    from .store import Store
 
 __all__ = ["RunResult", "build_transformation", "run_operation", "watch_operation"]
 
@@ -139,56 +139,8 @@ class _Pending:
     failed: bool = False
 
 
-class _LeaseKeeper:
-    """Holds a lease: takes it, renews it from a thread every third of its time, gives it back.
-
-    A renewal that finds another holder (this process stalled past the lease time and another consumer
-    took over) sets ``lost``; the run or watch then stops at its next check rather than share the folder.
-    """
-
-    def __init__(self, store: Store, name: str, holder: str, ttl: float) -> None:
-        self.store = store
-        self.name = name
-        self.holder = holder
-        self.ttl = ttl
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def take(self) -> bool:
-        return self.store.acquire_lease(self.name, ttl=self.ttl, holder=self.holder) is not None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._renew, name="mc-lease", daemon=True)
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._done.wait(self.ttl / 3):
-            try:
-                if not self.take():
-                    log.error("lost the lease on %s to another consumer", self.name.split(":", 1)[1])
-                    self.lost.set()
-                    return
-            except MailConnectorError as exc:  # a busy store: try again at the next turn
-                log.warning("could not renew the lease on %s: %s", self.name, exc.message)
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise _lease_error(self.store, self.name)
-
-    def stop(self) -> None:
-        """Stop renewing and release the lease (if it is still ours)."""
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        try:
-            self.store.release_lease(self.name, self.holder)
-        except MailConnectorError as exc:
-            log.warning("could not release %s: %s", self.name, exc.message)
-
-
 class _Run:
-    def __init__(self, project: Project, name: str, stop: threading.Event, keeper: _LeaseKeeper | None = None,
+    def __init__(self, project: Project, name: str, stop: threading.Event, keeper: LeaseKeeper | None = None,
                  append_files: bool | None = None, log_empty: bool = True,
                  on_record: Callable[[str], None] | None = None) -> None:
         self.on_record = on_record  # progress: called with the operation's name as each record settles
@@ -229,14 +181,14 @@ class _Run:
         keeper = None
         if lease:
             own = self.watch_keeper is None or self.watch_keeper.name != lease
-            keeper = _LeaseKeeper(self.store, lease, uuid.uuid4().hex, self.ttl) if own else self.watch_keeper
+            keeper = LeaseKeeper(self.store, lease, self.ttl) if own else self.watch_keeper
             assert keeper is not None
-            if not keeper.take():
+            if own and not keeper.take():
                 source.close()
                 target.close()
-                raise _lease_error(self.store, lease)
-            if own:
-                keeper.start()
+                raise lease_busy_error(self.store, lease)
+            assert isinstance(source, ReadEmailSource)
+            source.reader.lease = keeper  # its acks, checkpoints and actions are fenced by this lease
         try:
             self.run_id = self.store.start_run(self.name, settings)
         except BaseException:
@@ -286,7 +238,7 @@ class _Run:
         return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error)
 
     def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
-              transform: Transform, keeper: _LeaseKeeper | None) -> None:
+              transform: Transform, keeper: LeaseKeeper | None) -> None:
         pending: dict[int, _Pending] = {}
         tickets: dict[int, tuple[int, str]] = {}
         next_ticket = 0
@@ -348,15 +300,8 @@ def _describe_crash(exc: BaseException) -> tuple[str, str]:
     return "error", f"{type(exc).__name__}: {exc}"
 
 
-def _lease_error(store: Store, lease: str) -> StateError:
-    holder = store.lease_holder(lease)
-    until = f" (its lease runs for up to {max(0, holder[1] - time.time()):.0f} s more)" if holder else ""
-    return StateError(f"{lease.split(':', 1)[1]} is being processed by another run{until}",
-                      hint="only one consumer per connection and folder at a time; wait for it, or use --wait")
-
-
 def run_operation(project: Project, name: str, *, stop: threading.Event | None = None,
-                  append_files: bool | None = None, log_empty: bool = True, _keeper: _LeaseKeeper | None = None,
+                  append_files: bool | None = None, log_empty: bool = True, _keeper: LeaseKeeper | None = None,
                   on_record: Callable[[str], None] | None = None, _depth: int = 0) -> RunResult:
     """Run an operation once, then the operations it chains to (on_success / on_failure).
 
@@ -412,17 +357,16 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
     connection = source.connection
     source.close()
     store = project.store()
-    keeper = _LeaseKeeper(store, lease, uuid.uuid4().hex, ttl)
+    keeper = LeaseKeeper(store, lease, ttl)
     announced = False
     while not keeper.take():
         if not wait_for_lease:
-            raise _lease_error(store, lease)
+            raise lease_busy_error(store, lease)
         if not announced:
             log.warning("%s is being processed by another run; waiting for it to finish", lease.split(":", 1)[1])
             announced = True
         if stop.wait(min(5.0, ttl / 4)):
             return
-    keeper.start()
     log.info("watching %s", lease.split(":", 1)[1])
     waiter = _MailWaiter(connection, folder, keeper)
     backoff = 1.0
@@ -458,7 +402,7 @@ class _MailWaiter:
     ``interval`` seconds.
     """
 
-    def __init__(self, connection: Connection, folder: str, keeper: _LeaseKeeper) -> None:
+    def __init__(self, connection: Connection, folder: str, keeper: LeaseKeeper) -> None:
         self.connection = connection
         self.folder = folder
         self.keeper = keeper
@@ -515,7 +459,7 @@ class _MailWaiter:
         self.reset()
 
 
-def _sleep_checking(stop: threading.Event, seconds: float, keeper: _LeaseKeeper) -> bool:
+def _sleep_checking(stop: threading.Event, seconds: float, keeper: LeaseKeeper) -> bool:
     """Sleep (True when stopped meanwhile), checking the lease is still ours every second."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -18,7 +18,8 @@ from ._validation import config_error_from_validation
 from ._yaml import LocatedYaml, load_yaml
 from .connection import Connection
 from .errors import ConfigError
-from .store import Store
+from .secrets import SecretReferenceError, resolve_in_url
+from .state import STATE_ENV, StateStore, Store
 
 __all__ = [
     "PROJECT_ENV",
@@ -146,8 +147,11 @@ def mapping_expression_problem(expr: str) -> str | None:
 class ProjectSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    state: str | None = Field(None, description="the SQLite store (default .mailconnector/state.db); processes "
-                              "that share one (on a shared disk) share the send ledger, checkpoints and leases")
+    state: str | None = Field(None, description="the state store: a SQLite file (default "
+                              ".mailconnector/state.db, relative to the project file) or a "
+                              "postgresql://user:password@host:port/database URL (secrets through ${env:...} or "
+                              "${file:...}); processes that share one share the send ledger, read state and "
+                              "leases. MAILCONNECTOR_STATE overrides it")
     log_retention_days: float | None = Field(90, gt=0, description="operation logs older than this are removed "
                                              "(null: kept whatever their age)")
     log_retention_runs: int | None = Field(10000, gt=0, description="at most this many runs are kept "
@@ -213,7 +217,7 @@ class Project:
     path: Path
     doc: LocatedYaml
     _connections: dict[str, Connection] = field(default_factory=dict)
-    _store: Store | None = None
+    _store: StateStore | None = None
 
     @classmethod
     def load(cls, path: Path | None = None) -> Project:
@@ -282,14 +286,26 @@ class Project:
         self._connections[name] = conn
         return conn
 
-    def store(self) -> Store:
+    def store(self) -> StateStore:
+        """The project's state store: ``$MAILCONNECTOR_STATE``, else ``settings.state``, else the default file."""
         if self._store is None:
-            configured = self.settings.state
-            path = Path(configured) if configured else self.directory / ".mailconnector" / "state.db"
-            if not path.is_absolute():
-                path = self.directory / path
-            self._store = Store(path)
+            self._store = Store(self.state_target())
         return self._store
+
+    def state_target(self) -> str:
+        """Where the store is: a SQLite path (relative ones to the project's directory) or a URL, its
+        secret references resolved."""
+        configured = os.environ.get(STATE_ENV) or self.settings.state
+        if not configured:
+            return str(self.directory / ".mailconnector" / "state.db")
+        try:
+            target = resolve_in_url(configured, base_dir=self.directory)
+        except SecretReferenceError as exc:
+            raise ConfigError(f"settings.state: {exc}", source=self.source, field="settings.state") from None
+        if "://" in target:
+            return target
+        path = Path(target).expanduser()
+        return str(path if path.is_absolute() else self.directory / path)
 
     def activity(self, name: str) -> FileActivity | SendActivity | ReadActivity:
         entries = self._section("activities")

@@ -13,7 +13,15 @@ import re
 import threading
 from pathlib import Path
 
-__all__ = ["REDACTED", "SecretReferenceError", "is_reference", "redact", "register_secret", "resolve"]
+__all__ = [
+    "REDACTED",
+    "SecretReferenceError",
+    "is_reference",
+    "redact",
+    "register_secret",
+    "resolve",
+    "resolve_in_url",
+]
 
 REDACTED = "****"
 _REF = re.compile(r"^\$\{(env|file):([^}]*)\}$")
@@ -59,6 +67,29 @@ def resolve(value: str, *, base_dir: Path | None = None) -> str:
             raise SecretReferenceError(f"secret file {path} cannot be read: {exc.strerror}") from None
     register_secret(secret)
     return secret
+
+
+_EMBEDDED = re.compile(r"\$\{(?:env|file):[^}]*\}")
+
+
+def resolve_in_url(value: str, *, base_dir: Path | None = None) -> str:
+    """A URL whose parts may be references (``postgresql://mc:${env:PG_PASSWORD}@db/mc``): each is
+    resolved and percent-encoded, so a password with ``@`` or ``/`` keeps the URL whole. A value that is one
+    reference is resolved as it is (it holds the whole URL)."""
+    if is_reference(value):
+        return resolve(value, base_dir=base_dir)
+    from urllib.parse import quote
+
+    def one(match: re.Match[str]) -> str:
+        secret = resolve(match.group(0), base_dir=base_dir)
+        encoded = quote(secret, safe="")
+        register_secret(encoded)
+        return encoded
+
+    resolved = _EMBEDDED.sub(one, value)
+    if "${" in resolved:
+        raise SecretReferenceError("looks like a secret reference but is not one; write ${env:NAME} or ${file:PATH}")
+    return resolved
 
 
 def register_secret(secret: str) -> None:

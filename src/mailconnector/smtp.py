@@ -14,7 +14,7 @@ import re
 import smtplib
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from .errors import (
 )
 from .logs import redact_smtp_line
 
-__all__ = ["SmtpSession", "TransactionResult"]
+__all__ = ["MayHaveBeenDelivered", "NotCommitted", "SmtpSession", "TransactionResult"]
 
 log = logging.getLogger("mailconnector.smtp")
 wire = logging.getLogger("mailconnector.protocol.smtp")
@@ -61,6 +61,10 @@ class MayHaveBeenDelivered(TransportError):
 
 # smtplib's reply code for a line that does not start with three digits: the reply was garbled on the way.
 _GARBLED = -1
+
+
+class NotCommitted(TransportError):
+    """The caller's ``commit`` refused the transaction before any data was sent: nothing was submitted."""
 
 
 class _SMTP(smtplib.SMTP):
@@ -350,7 +354,8 @@ class SmtpSession:
 
     # ------------------------------------------------------------------ send
     def send(self, envelope_from: str, recipients: list[str], data: bytes, *,
-             smtputf8: bool = False, crlf: bool = False) -> TransactionResult:
+             smtputf8: bool = False, crlf: bool = False,
+             commit: Callable[[], bool] | None = None) -> TransactionResult:
         """Send one message. Raises on failure; a ``MayHaveBeenDelivered`` after the final dot.
 
         ``crlf=True`` says every line of ``data`` already ends in CRLF and no CR or LF stands alone (what
@@ -359,6 +364,12 @@ class SmtpSession:
 
         Partial refusals are returned (``refused``), not raised. Every recipient refused raises
         ``RecipientsRefusedError`` (from ``ServerResponseError``) after resetting the transaction.
+
+        ``commit`` is called once the server has said 354, right before the message data: the send ledger
+        claims the Message-ID there, so that the window in which a killed process leaves a claim for a
+        message that never went out is only the data transfer. When it returns False (another sender holds
+        the Message-ID) or raises, the connection is dropped -- the one way to leave DATA without
+        submitting -- and ``NotCommitted`` (or its exception) is raised.
         """
         from .errors import RecipientsRefusedError
 
@@ -427,6 +438,15 @@ class SmtpSession:
             self._abort(data_reply)
             raise ServerResponseError(f"DATA refused: {data_reply[0]} {_text(data_reply[1])}",
                                       code=data_reply[0], text=_text(data_reply[1]))
+        if commit is not None:
+            try:
+                taken = commit()
+            except BaseException:
+                self.close(quit=False)
+                raise
+            if not taken:
+                self.close(quit=False)
+                raise NotCommitted("another sender holds this Message-ID; the transaction was abandoned")
         with self._translate("DATA"):
             if len(payload) < 65536:
                 smtp.send(payload + trailer)

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -125,12 +124,13 @@ class ReadEmailSource:
 
     @property
     def lease_name(self) -> str:
-        return f"read:{self.connection.name}/{self.settings.folder}"
+        return self.reader.lease_name
 
     def items(self) -> Iterator[SourceItem]:
+        where = f"imap:{self.reader.account}/{self.reader.folder}"
         for item in self.reader.items():
             record = item.record.model_dump(mode="json", by_alias=True)
-            key = f"imap:{self.connection.name}/{self.settings.folder}/{record.get('uidvalidity')}/{item.uid}"
+            key = f"{where}/{record.get('uidvalidity')}/{item.uid}"
             yield SourceItem(record, item.ack, label=f"uid {item.uid}", key=key)
 
     def flush(self) -> None:
@@ -199,13 +199,13 @@ class SendEmailTarget:
         self.activity = SendEmail(self.connection, send_settings, store=project.store(), base_dir=project.directory)
         self.name = name
         self.operation = operation
-        sender = self.connection.from_address or self.connection.auth.username or ""
-        domain = sender.rsplit("@", 1)[-1].strip(" >") if "@" in sender else ""
-        self._domain = re.sub(r"[^A-Za-z0-9.-]", "", domain) or "mailconnector.invalid"
+        self._sender = self.connection.from_address or self.connection.auth.username or ""
 
     def _message_id(self, key: str) -> str:
-        digest = hashlib.sha256(f"{self.operation}\0{self.connection.name}\0{key}".encode()).hexdigest()[:32]
-        return f"<{digest}.op@{self._domain}>"
+        from .send import derive_message_id
+
+        # The sending account, not the connection's name: renaming a connection must not send again.
+        return derive_message_id(f"op:{self.operation}\0{self.connection.auth.username}\0{key}", self._sender)
 
     def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
         tickets: list[int] = []

@@ -2,12 +2,16 @@
 
 Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
 - messages are fetched with ``BODY.PEEK[]``, so reading marks nothing;
-- only ``item.ack()`` acts: it first records the message as delivered in the store (connection, folder,
-  UIDVALIDITY, UID, Message-ID; one durable write per ack), then the after-read action (mark read, move,
-  delete) is applied on the server — batched per fetch batch, and always before the activity closes; the
-  checkpoint (UIDVALIDITY, last UID) moves with each batch;
+- only ``item.ack()`` acts: it first records the message as delivered in the store (account, folder,
+  UIDVALIDITY, UID, Message-ID and the after-read action asked for; one durable write per ack), then the
+  action (mark read, move, delete) is applied on the server — batched per fetch batch, and always before
+  the activity closes — and recorded as done; the checkpoint (UIDVALIDITY, last UID) moves with each batch;
 - a message that was recorded as delivered but whose action did not reach the server (a crash between the
-  two) is not yielded again: the next run only completes its action;
+  two) is not yielded again: the next run only completes *its* action (never its own action, so mail read
+  with ``keep_unread`` is not marked or deleted by a later ``mark_read`` or ``delete`` run);
+- state is keyed by the mailbox (IMAP host, port, user) and the folder, INBOX in any case being INBOX, and
+  one consumer at a time holds the folder's lease; every ack, checkpoint and action is fenced by it, so a
+  consumer that lost the lease (paused, cut off) acknowledges nothing more;
 - ``keep_unread`` relies on the store alone; a changed UIDVALIDITY falls back to Message-IDs, so a
   recreated folder neither loses nor repeats a message that has one.
 
@@ -40,7 +44,8 @@ from ..mime._parse_decode import Defects
 from ..mime._parse_fields import parse_msg_id
 from ..mime.parse import parse_message
 from ..records.read import ParseOptions, ReadRecord
-from ..store import Store
+from ..state import Fence, LeaseKeeper, StateStore, account_key, normalize_folder
+from ..state._leases import lease_busy_error, lease_lost_error
 
 __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
 
@@ -247,12 +252,18 @@ class ReadEmail:
     """
 
     def __init__(self, connection: Connection, settings: ReadSettings | None = None, *,
-                 store: Store | None = None, session: ImapSession | None = None, **overrides: Any) -> None:
+                 store: StateStore | None = None, session: ImapSession | None = None,
+                 lease: LeaseKeeper | None = None, lease_seconds: float = 60.0, **overrides: Any) -> None:
         base = settings.model_dump(by_alias=True) if settings else {}
         self.settings = ReadSettings.model_validate({**base, **overrides})
         self.settings.check()
         self.connection = connection
         self.store = store
+        self.folder = normalize_folder(self.settings.folder)
+        # The folder's lease: held by the caller (an operation, a watch) or taken here when opened.
+        self.lease = lease
+        self.lease_seconds = lease_seconds
+        self._own_lease: LeaseKeeper | None = None
         self._session = session
         self._state: FolderState | None = None
         self._pending: list[int] = []
@@ -267,6 +278,11 @@ class ReadEmail:
 
     # ------------------------------------------------------------- lifecycle
     def open(self) -> ReadEmail:
+        if self.store is not None and self.lease is None and self._own_lease is None:
+            keeper = LeaseKeeper(self.store, self.lease_name, self.lease_seconds)
+            if not keeper.take():
+                raise lease_busy_error(self.store, self.lease_name)
+            self._own_lease = self.lease = keeper
         if self._session is None:
             self._session = ImapSession(self.connection)
         if not self._session._client:
@@ -290,6 +306,9 @@ class ReadEmail:
             with self._io:  # not under a fetch still running for an abandoned iteration
                 if self._session is not None:
                     self._session.close()
+            if self._own_lease is not None:
+                self._own_lease.stop()
+                self._own_lease = self.lease = None
 
     def __enter__(self) -> ReadEmail:
         return self.open()
@@ -298,8 +317,24 @@ class ReadEmail:
         self.close()
 
     @property
-    def key(self) -> str:
-        return self.connection.name
+    def account(self) -> str:
+        """The mailbox this reads (the store's key): not the connection's name, which may change."""
+        imap = self.connection.imap
+        if imap is None:
+            return f"connection:{self.connection.name}"
+        return account_key(imap.host, imap.port, self.connection.auth.username)
+
+    @property
+    def lease_name(self) -> str:
+        return f"read:{self.account}/{self.folder}"
+
+    @property
+    def fence(self) -> Fence | None:
+        return self.lease.fence if self.lease is not None else None
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     # -------------------------------------------------------------- iterate
     def __iter__(self) -> Iterator[ReadItem]:
@@ -329,6 +364,7 @@ class ReadEmail:
                     record = self._record(msg)
                     uid = msg.uid
                     del msg
+                    self._check_lease()
                     self.yielded += 1
                     yield ReadItem(record, uid, self)
             self.flush()
@@ -369,18 +405,33 @@ class ReadEmail:
         if self.store is None:
             return uids
         state = self._state
-        cp = self.store.checkpoint(self.key, s.folder)
+        cp = self.store.checkpoint(self.account, self.folder)
+        if cp is None and self.store.adopt_account(f"connection:{self.connection.name}", s.folder,
+                                                   self.account, self.folder):
+            log.info("folder %s: adopted the read state a first-release store kept for connection %s",
+                     s.folder, self.connection.name)
+            cp = self.store.checkpoint(self.account, self.folder)
         if cp is None or cp.uidvalidity != state.uidvalidity:
             if cp is not None:
                 log.warning("folder %s: UIDVALIDITY changed from %s to %s (the folder was recreated); matching "
                             "delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
             uids = self._match_earlier_deliveries(uids)
-        delivered = self.store.delivered_uids(self.key, s.folder, state.uidvalidity)
-        redo = [u for u in uids if u in delivered]
-        if redo and s.after_read != "keep_unread":
-            # Delivered before, but the action never reached the server: finish it, do not deliver again.
-            log.info("completing the after-read action of %d message(s) delivered in an earlier run", len(redo))
-            self._apply(redo)
+        delivered = self.store.delivered(self.account, self.folder, state.uidvalidity)
+        pending: dict[str, list[int]] = {}
+        for uid in uids:
+            entry = delivered.get(uid)
+            if entry is not None and not entry.done:
+                pending.setdefault(entry.action, []).append(uid)
+        for action, redo in pending.items():
+            # Delivered before, but the action asked for then never reached the server: finish that
+            # action (not this run's), and do not deliver them again.
+            log.info("completing the after-read action (%s) of %d message(s) delivered in an earlier run",
+                     action, len(redo))
+            self._apply(redo, action)
+        skipped = sum(1 for u in uids if u in delivered)
+        if skipped:
+            log.info("%d message(s) matching the search were already delivered by an earlier run: not read again",
+                     skipped)
         return [u for u in uids if u not in delivered]
 
     def _match_earlier_deliveries(self, uids: list[int]) -> list[int]:
@@ -388,7 +439,7 @@ class ReadEmail:
         messages died before the checkpoint was written), drop the messages delivered before, by
         Message-ID, recording them as delivered under the new UIDVALIDITY -- in one transaction."""
         assert self._session is not None and self.store is not None
-        seen = self.store.delivered_message_ids(self.key, self.settings.folder)
+        seen = self.store.delivered_message_ids(self.account, self.folder)
         keep: list[int] = []
         matches: list[tuple[int, str | None]] = []
         if seen and uids:
@@ -401,7 +452,7 @@ class ReadEmail:
                     keep.append(uid)
         else:
             keep = uids
-        self.store.adopt_delivered(self.key, self.settings.folder, self._uidvalidity(), matches)
+        self.store.adopt_delivered(self.account, self.folder, self._uidvalidity(), matches, self.fence)
         return keep
 
     def _uidvalidity(self) -> int:
@@ -475,8 +526,8 @@ class ReadEmail:
     # ------------------------------------------------------------------ ack
     def _ack(self, item: ReadItem) -> None:
         if self.store is not None:
-            self.store.record_delivered(self.key, self.settings.folder, self._uidvalidity(), item.uid,
-                                        item.record.message_id)
+            self.store.record_delivered(self.account, self.folder, self._uidvalidity(), item.uid,
+                                        item.record.message_id, self.settings.after_read, self.fence)
         self.acked += 1
         self._last_acked = max(self._last_acked, item.uid)
         if self.settings.after_read != "keep_unread":
@@ -486,34 +537,39 @@ class ReadEmail:
         """Apply the after-read action to every acknowledged message not yet acted on, and move the
         checkpoint (the delivered messages are already in the store: each ack wrote its own)."""
         if self.store is not None and self._last_acked > self._checkpointed and self._state is not None:
-            self.store.move_checkpoint(self.key, self.settings.folder, self._uidvalidity(), self._last_acked)
+            self.store.move_checkpoint(self.account, self.folder, self._uidvalidity(), self._last_acked, self.fence)
             self._checkpointed = self._last_acked
         if not self._pending:
             return
         with self._io:
             uids, self._pending = self._pending, []
+            fence = self.fence
+            if self.store is not None and fence is not None and not self.store.check_fence(fence):
+                raise lease_lost_error(fence.name)  # their actions are for the lease's new holder to finish
             try:
                 try:
-                    self._apply(uids)
+                    self._apply(uids, self.settings.after_read)
                 except TransportError as exc:
                     log.warning("after-read action failed (%s); reconnecting once", exc.message)
                     self._reconnect()
-                    self._apply(uids)
+                    self._apply(uids, self.settings.after_read)
             except TransportError:
                 # With a store, the next run completes the action without delivering them again.
                 log.warning("after-read action for %d message(s) not applied", len(uids))
                 raise
 
-    def _apply(self, uids: list[int]) -> None:
+    def _apply(self, uids: list[int], action: str) -> None:
+        """Apply ``action`` to ``uids`` on the server, then record it as done (fenced by the lease)."""
         assert self._session is not None
-        action = self.settings.after_read
         if action == "mark_read":
             self._session.add_flags(uids, ["\\Seen"])
         elif action == "delete":
             self._session.delete(uids)
-        elif self.settings.move_to:
+        elif action.startswith("move:"):
             self._session.add_flags(uids, ["\\Seen"])  # read where it lands, as a mail client would
-            self._session.move(uids, self.settings.move_to)
+            self._session.move(uids, action[5:])
+        if self.store is not None and action != "keep_unread":
+            self.store.actions_done(self.account, self.folder, self._uidvalidity(), uids, self.fence)
 
 
 def record_json(record: ReadRecord) -> bytes:

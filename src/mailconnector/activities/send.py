@@ -7,12 +7,14 @@
 - Temporary failures (421, 450, 451, 452, a drop before the data was accepted) are retried with
   exponential backoff and jitter (a connection kept from an earlier message that turns out closed is
   replaced at once, without a backoff); permanent ones are not. After a refused login no other login
-  is tried: every remaining record fails with that error. A drop after the final dot is reported as
-  failed, not retryable, "may have been delivered", and is never sent again automatically.
-- The send ledger (``message_id`` → sent) is written before a success is reported, so a rerun of the
-  same input reports ``skipped_duplicate``. A record without ``message_id`` or ``id`` gets a deterministic
-  Message-ID when the caller names its input (``input_key``: the CLI uses the input's content hash),
-  otherwise a random one (and then only an explicit id protects a rerun).
+  is tried: every remaining record fails with that error.
+- Nothing is sent twice, across processes and kills: once the server has said 354, the Message-ID is
+  claimed in the send ledger (one atomic, durable insert naming this sender) before the data and its final
+  dot go out. The server's answer settles the claim (``sent``/``partial``; a refusal releases it so that a
+  rerun sends it); a drop after the final dot, or a claim left by a sender that died, is ``uncertain`` and
+  is never sent again automatically (``mailconnector ledger`` resolves it). A record without
+  ``message_id`` or ``id`` gets a deterministic Message-ID when the caller names its input
+  (``input_key``), otherwise a random one.
 - A bad record fails alone, with an error naming the record and the field; the others are still sent.
 """
 
@@ -28,7 +30,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,10 +54,10 @@ from ..records.send import (
     apply_defaults,
     parse_send_request,
 )
-from ..smtp import MayHaveBeenDelivered, SmtpSession, TransactionResult
-from ..store import Store
+from ..smtp import MayHaveBeenDelivered, NotCommitted, SmtpSession, TransactionResult
+from ..state import LedgerEntry, SenderIdentity, StateStore, holder_alive
 
-__all__ = ["SendEmail", "SendSettings"]
+__all__ = ["SendEmail", "SendSettings", "derive_message_id", "input_key_for"]
 
 log = logging.getLogger("mailconnector.send")
 
@@ -220,7 +222,7 @@ class SendEmail:
     """
 
     def __init__(self, connection: Connection, settings: SendSettings | None = None, *,
-                 store: Store | None = None, base_dir: Path | None = None, allow_files: Iterable[Path] = (),
+                 store: StateStore | None = None, base_dir: Path | None = None, allow_files: Iterable[Path] = (),
                  **overrides: Any) -> None:
         base = settings.model_dump() if settings else {}
         self.settings = SendSettings.model_validate({**base, **overrides})
@@ -234,6 +236,9 @@ class SendEmail:
         self._pool = _SessionPool(connection, self.settings.concurrency)
         self._claimed: set[str] = set()
         self._claim_lock = threading.Lock()
+        # Who claims Message-IDs in the ledger: kept alive by a lease, so a claim it leaves when killed
+        # is known to be abandoned.
+        self._identity = SenderIdentity(store) if store is not None else None
         self._rate = _RateLimiter(self.settings.rate_limit)
 
     # ------------------------------------------------------------------ API
@@ -271,6 +276,8 @@ class SendEmail:
 
     def close(self) -> None:
         self._pool.close()
+        if self._identity is not None:
+            self._identity.stop()
 
     # --------------------------------------------------------------- worker
     def _one(self, index: int, record: Record, input_key: str | None, turn: _Turn | None = None) -> SendResponse:
@@ -313,44 +320,75 @@ class SendEmail:
             return self._response(index, rid, message_id, "failed", started, error=_error_info(exc, index, rid))
         if self.settings.dry_run is not None:
             return self._dry_run(index, rid, composed, started)
-        refusal = self._claim(message_id)
+        refusal = self._precheck(message_id)
         if refusal is not None:
-            return self._response(index, rid, message_id, "skipped_duplicate", started,
-                                  error=ErrorInfo(type="Duplicate", retryable=False, message=refusal))
+            return self._refused(index, rid, message_id, started, *refusal)
         return self._deliver(index, rid, composed, started, turn)
 
     def _derived_id(self, request: SendRequest, index: int, input_key: str | None) -> str | None:
-        """A stable Message-ID for a rerun of the same input; None leaves generation to the composer."""
+        """A stable Message-ID for a rerun of the same input; None leaves generation to the composer. It
+        depends on the sending account, not on the connection's name, so a rename does not send again."""
+        account = self.connection.auth.username or self.connection.from_address or ""
         if request.id is not None:
-            seed = f"id:{self.connection.name}:{request.id}"
+            seed = f"id:{account}:{request.id}"
         elif input_key is not None:
-            seed = f"input:{self.connection.name}:{input_key}:{index}"
+            seed = f"input:{account}:{input_key}:{index}"
         else:
             return None
-        digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
-        sender = request.from_ or self.connection.from_address or self.connection.auth.username
-        domain = sender.rsplit("@", 1)[-1].strip(">").strip() if "@" in sender else "mailconnector.invalid"
-        try:
-            ascii_domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:  # not a valid IDN: the id only needs to be unique and well formed
-            ascii_domain = ""
-        domain = re.sub(r"[^A-Za-z0-9.-]", "", ascii_domain).strip(".") or "localhost"
-        return f"<{digest}@{domain}>"
+        return derive_message_id(seed, request.from_ or self.connection.from_address or account)
 
-    def _claim(self, message_id: str) -> str | None:
-        """None when this run may send ``message_id``; otherwise why not (for the response)."""
+    # ------------------------------------------------------------------ ledger
+    def _precheck(self, message_id: str) -> tuple[str, str, str | None] | None:
+        """None when this run may go on to send ``message_id``; otherwise (status, why, hint). The claim
+        itself is made later, at the server's 354 (``_commit``); this only spares a connection."""
         with self._claim_lock:
             if message_id in self._claimed:
-                return "this message_id was already taken by an earlier record of this run"
-            status = self.store.sent_status(message_id) if self.store is not None else None
-            if status == "uncertain":
-                return ("an earlier run may have delivered this message_id (the connection was lost after the "
-                        "data was sent), so it is not sent again; check the recipient's mailbox, and give the "
-                        "record a new message_id to send it anyway")
-            if status is not None:
-                return f"this message_id was already sent (send ledger: {status})"
+                return "skipped_duplicate", "this message_id was already taken by an earlier record of this run", None
             self._claimed.add(message_id)
+        if self.store is None:
             return None
+        entry = self.store.ledger_entry(message_id)
+        return None if entry is None else self._why_not(entry)
+
+    def _why_not(self, entry: LedgerEntry) -> tuple[str, str, str | None] | None:
+        """Why a Message-ID found in the ledger is not sent by this run (None: it vanished, send it)."""
+        assert self.store is not None and self._identity is not None
+        for _ in range(3):
+            if entry.status in ("sent", "partial"):
+                return "skipped_duplicate", f"this message_id was already sent (send ledger: {entry.status})", (
+                    "give the record a new message_id (or id) to send it again")
+            if entry.status == "uncertain":
+                return "uncertain", _UNCERTAIN, _UNCERTAIN_HINT
+            holder = entry.holder or ""
+            if holder == self._identity.holder:
+                return "skipped_duplicate", "this message_id was already taken by an earlier record of this run", None
+            if holder_alive(self.store, holder):
+                return "skipped_duplicate", f"another sender ({holder}) is sending this message_id right now", (
+                    "if that sender fails to send it, it releases it and a rerun sends it")
+            self.store.abandon(entry.message_id, holder=holder)  # its sender died holding it
+            fresh = self.store.ledger_entry(entry.message_id)
+            if fresh is None:
+                return None
+            entry = fresh
+        return "uncertain", _UNCERTAIN, _UNCERTAIN_HINT
+
+    def _commit(self, composed: ComposedMessage) -> bool:
+        """At the server's 354: claim the Message-ID (atomic, durable) or give the transaction up."""
+        if self.store is None or self._identity is None:
+            return True
+        self._identity.ensure()
+        claim = self.store.claim(composed.message_id, connection=self.connection.name,
+                                 holder=self._identity.holder, recipients=list(composed.recipients))
+        return claim.granted
+
+    def _settle(self, message_id: str, status: Literal["sent", "partial", "uncertain"],
+                accepted: list[str], note: str | None = None) -> None:
+        if self.store is not None and self._identity is not None:
+            self.store.settle(message_id, holder=self._identity.holder, status=status, accepted=accepted, note=note)
+
+    def _release(self, message_id: str) -> None:
+        if self.store is not None and self._identity is not None:
+            self.store.release(message_id, holder=self._identity.holder)
 
     def _attempt(self, composed: ComposedMessage, data: bytes,
                  turn: _Turn | None) -> tuple[TransactionResult | None, MailConnectorError | None, bool]:
@@ -361,7 +399,8 @@ class SendEmail:
         try:
             session, reused = self._pool.acquire(turn)
             result = session.send(composed.envelope_from, composed.recipients, data,
-                                  smtputf8=composed.needs_smtputf8, crlf=True)
+                                  smtputf8=composed.needs_smtputf8, crlf=True,
+                                  commit=lambda: self._commit(composed))
             keep = True
             return result, None, reused
         except ServerResponseError as exc:  # the transaction was reset; 421 means the server is closing
@@ -389,10 +428,17 @@ class SendEmail:
             except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
                 return self._failed(index, rid, composed, started, stopped.error, attempts)
             attempts += 1
-            if isinstance(exc, MayHaveBeenDelivered):
-                if self.store is not None:  # at most once: a rerun must not send it again
-                    self.store.record_sent(composed.message_id, self.connection.name, "uncertain", [])
-                return self._failed(index, rid, composed, started, exc, attempts)
+            if isinstance(exc, NotCommitted):  # another sender claimed it between our look and our 354
+                entry = self.store.ledger_entry(composed.message_id) if self.store is not None else None
+                refusal = self._why_not(entry) if entry is not None else None
+                if refusal is None:
+                    continue
+                return self._refused(index, rid, composed.message_id, started, *refusal)
+            if isinstance(exc, MayHaveBeenDelivered):  # at most once: a rerun must not send it again
+                self._settle(composed.message_id, "uncertain", [], note=exc.message)
+                return self._failed(index, rid, composed, started, exc, attempts, status="uncertain")
+            if exc is not None:
+                self._release(composed.message_id)  # nothing was accepted: a retry or a rerun sends it
             if isinstance(exc, AuthenticationError):  # never retried; the pool stops every other login
                 return self._failed(index, rid, composed, started, exc, attempts)
             if exc is not None:
@@ -415,22 +461,27 @@ class SendEmail:
                 delay *= 2
                 continue
             assert result is not None
-            status = "partial" if result.refused else "sent"
-            if self.store is not None:
-                self.store.record_sent(composed.message_id, self.connection.name, status, result.accepted)
+            status: Literal["sent", "partial"] = "partial" if result.refused else "sent"
+            self._settle(composed.message_id, status, result.accepted)
             return self._response(
                 index, rid, composed.message_id, status, started, attempts=attempts, accepted=result.accepted,
                 refused=[RecipientResult(address=a, code=c, text=t) for a, (c, t) in result.refused.items()],
             )
 
     def _failed(self, index: int, rid: str | None, composed: ComposedMessage, started: float,
-                exc: MailConnectorError, attempts: int, *,
+                exc: MailConnectorError, attempts: int, *, status: str = "failed",
                 refused: dict[str, tuple[int, str]] | None = None) -> SendResponse:
         return self._response(
-            index, rid, composed.message_id, "failed", started, attempts=attempts,
+            index, rid, composed.message_id, status, started, attempts=attempts,
             error=_error_info(exc, index, rid),
             refused=[RecipientResult(address=a, code=c, text=t) for a, (c, t) in (refused or {}).items()],
         )
+
+    def _refused(self, index: int, rid: str | None, message_id: str, started: float, status: str, why: str,
+                 hint: str | None) -> SendResponse:
+        kind = "Uncertain" if status == "uncertain" else "Duplicate"
+        return self._response(index, rid, message_id, status, started,
+                              error=ErrorInfo(type=kind, retryable=False, message=why, hint=hint))
 
     def _dry_run(self, index: int, rid: str | None, composed: ComposedMessage, started: float) -> SendResponse:
         directory = self.settings.dry_run
@@ -475,6 +526,24 @@ def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorIn
 def _wait_some(futures: set[Future[SendResponse]]) -> tuple[set[Future[SendResponse]], set[Future[SendResponse]]]:
     done, pending = wait(futures, return_when=FIRST_COMPLETED)
     return set(done), set(pending)
+
+
+_UNCERTAIN = ("an earlier attempt may have delivered this message (the connection was lost, or its sender was "
+              "stopped, after the message data was sent), so it is not sent again")
+_UNCERTAIN_HINT = ("check the recipient's mailbox, then record what happened with `mailconnector ledger resolve "
+                   "MESSAGE_ID --sent` or `--not-sent` (the next run sends it)")
+
+
+def derive_message_id(seed: str, sender: str) -> str:
+    """A Message-ID that is the same whenever ``seed`` is: the ledger's key for a rerun of the same input.
+    Its domain is the sender's (IDNA, only the characters a Message-ID may hold) or ``localhost``."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
+    domain = sender.rsplit("@", 1)[-1].strip(" <>") if "@" in sender else ""
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii") if domain else ""
+    except UnicodeError:  # not a valid IDN: the id only needs to be unique and well formed
+        ascii_domain = ""
+    return f"<{digest}@{re.sub(r'[^A-Za-z0-9.-]', '', ascii_domain).strip('.') or 'localhost'}>"
 
 
 def input_key_for(data: bytes) -> str:

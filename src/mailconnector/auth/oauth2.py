@@ -45,7 +45,7 @@ from ._refusals import explain_refusal
 
 if TYPE_CHECKING:
     from ..connection import Connection
-    from ..store import Store
+    from ..state import TokenCache
 
 __all__ = [
     "GOOGLE_AUTHORIZATION_URL",
@@ -95,7 +95,7 @@ class CachingTokenProvider:
     ``token(force_refresh=True)`` reuses a token another thread fetched since, instead of fetching again.
     """
 
-    def __init__(self, key: str, source: TokenSource, *, store: Store | None = None,
+    def __init__(self, key: str, source: TokenSource, *, store: TokenCache | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.key = key
         self.source = source
@@ -213,10 +213,10 @@ class CachingTokenProvider:
 # ------------------------------------------------------------ provider registry
 _providers: dict[str, CachingTokenProvider] = {}
 _registry_lock = threading.Lock()
-_default_store: Store | None = None
+_default_store: TokenCache | None = None
 
 
-def use_store(store: Store | None) -> None:
+def use_store(store: TokenCache | None) -> None:
     """The store that ``provider_for`` uses when it is given none (a project's, set once by the CLI)."""
     global _default_store
     _default_store = store
@@ -257,7 +257,7 @@ def cache_key(connection: Connection) -> str:
     return "oauth2:" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def provider_for(connection: Connection, *, store: Store | None = None) -> CachingTokenProvider:
+def provider_for(connection: Connection, *, store: TokenCache | None = None) -> CachingTokenProvider:
     """The one provider for this connection's OAuth2 settings (created on first use, then shared)."""
     o = _oauth(connection)
     key = cache_key(connection)

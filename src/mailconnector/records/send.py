@@ -560,9 +560,10 @@ class SendResponse(_Model):
     id: str | None = Field(default=None, description="The record's `id`, if it had one.")
     index: int = Field(description="0-based position of the record in the input.")
     message_id: str = Field(description="The Message-ID, with angle brackets; empty if never composed.")
-    status: Literal["sent", "partial", "failed", "skipped_duplicate", "dry_run"] = Field(
-        description="sent; partial (some recipients refused); failed; skipped_duplicate (already in the "
-                    "send ledger); dry_run (written to eml_path, not sent).")
+    status: Literal["sent", "partial", "failed", "skipped_duplicate", "uncertain", "dry_run"] = Field(
+        description="sent; partial (some recipients refused); failed; skipped_duplicate (already sent, or "
+                    "being sent by another sender); uncertain (an earlier attempt may have delivered it: not "
+                    "sent again until resolved in the send ledger); dry_run (written to eml_path, not sent).")
     accepted: list[str] = Field(default_factory=list)
     refused: list[RecipientResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
