@@ -3,6 +3,7 @@ the same module as ``mailconnector sandbox``, and helpers to build connections a
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services.postgres import PostgresNotInstalled, PostgresServer
 
 from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
@@ -79,3 +81,41 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: f
 @pytest.fixture
 def project_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# -- PostgreSQL: one real throwaway server per session, one fresh database per test ----------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL server on 127.0.0.1 (stopped and its directory removed at session end).
+
+    Missing binaries fail the tests in CI (the machine was set up wrong) and skip them locally.
+    """
+    server = PostgresServer()
+    try:
+        server.start()
+    except PostgresNotInstalled as exc:
+        if _in_ci():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """URL of a database made for this test alone (owner ``mc``, password ``mc-secret``), dropped afterwards."""
+    name = f"mc_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield url
+    finally:
+        if postgres_server.running:
+            postgres_server.drop_database(name)

@@ -16,7 +16,7 @@ from cli_harness.runner import Result
 from cli_harness.runner import cli as run_cli
 
 from mailconnector.project import Project
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 CONNECTION = {
     "auth": {"type": "basic", "username": "ops@example.test", "password": "${env:MC_CLI_RUN_PASSWORD}"},

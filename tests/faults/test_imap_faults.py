@@ -29,7 +29,7 @@ from mailconnector.connection import Connection
 from mailconnector.errors import MailConnectorError, TLSSecurityError, TransportError
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 USER = "erin"
 BODY_MARK = b"MIDDLE-OF-THE-LITERAL"

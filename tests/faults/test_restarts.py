@@ -35,7 +35,7 @@ from mailconnector.errors import MailConnectorError, TransportError
 from mailconnector.imap import ImapSession
 from mailconnector.records.send import SendResponse
 from mailconnector.sandbox import Sandbox
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 SEND_COUNT = 40
 READ_COUNT = 60

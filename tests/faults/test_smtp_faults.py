@@ -32,7 +32,7 @@ from mailconnector.imap import ImapSession
 from mailconnector.records.send import SendResponse
 from mailconnector.sandbox import Sandbox
 from mailconnector.smtp import SmtpSession
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 RECIPIENT = "dave"
 COMMAND_TIMEOUT = 1.0

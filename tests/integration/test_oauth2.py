@@ -39,7 +39,7 @@ from mailconnector.imap import ImapSession
 from mailconnector.project import Project
 from mailconnector.sandbox import Sandbox
 from mailconnector.smtp import SmtpSession
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 TENANT = "contoso"
 

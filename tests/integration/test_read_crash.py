@@ -22,7 +22,7 @@ from mailconnector.activities.read import ReadEmail
 from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 MakeConn = Callable[..., Connection]
 FreshFolder = Callable[[str], str]
@@ -86,7 +86,7 @@ CHILD = textwrap.dedent("""
     import json, sys, time
     from mailconnector.activities.read import ReadEmail
     from mailconnector.connection import Connection
-    from mailconnector.store import Store
+    from mailconnector.state import Store
 
     cfg = json.loads(sys.argv[1])
     conn = Connection.from_dict(cfg["connection"], name=cfg["name"])

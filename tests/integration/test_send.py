@@ -31,7 +31,7 @@ from mailconnector.imap import ImapSession
 from mailconnector.records.send import SendDefaults, SendResponse
 from mailconnector.sandbox import Sandbox
 from mailconnector.smtp import SmtpSession
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "compose"
 PNG = (DATA / "pixel.png").read_bytes()

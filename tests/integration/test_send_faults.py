@@ -26,7 +26,7 @@ from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
 from mailconnector.records.send import SendResponse
 from mailconnector.sandbox import Sandbox
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 MakeConn = Callable[..., Connection]
 

@@ -21,7 +21,7 @@ from mailconnector.mime.compose import PathPolicy, compose
 from mailconnector.operations import run_operation
 from mailconnector.project import Project
 from mailconnector.records.send import parse_send_request
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
 

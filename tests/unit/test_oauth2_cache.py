@@ -28,7 +28,7 @@ from mailconnector.auth.oauth2 import (
 )
 from mailconnector.connection import Connection
 from mailconnector.errors import AuthenticationError, ConfigError
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 
 class Clock:

@@ -19,7 +19,7 @@ PUBLIC = {
     "SendEmail", "SendSettings", "ReadEmail", "ReadSettings", "ReadItem", "Criteria",
     "SendRequest", "SendDefaults", "SendResponse", "ReadRecord", "ParseOptions", "compose", "parse_message",
     # projects, state, logging, sandbox
-    "Project", "Store", "Sandbox", "configure_logging",
+    "Project", "StateStore", "Store", "Sandbox", "configure_logging",
     "RunResult", "run_operation", "watch_operation",
     # errors
     "MailConnectorError", "ConfigError", "AuthenticationError", "TransportError", "TLSSecurityError",

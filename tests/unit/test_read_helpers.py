@@ -82,7 +82,7 @@ def test_record_json_is_model_dump_json_in_utf8() -> None:
 
 
 def test_store_checkpoint_moves_forward_and_adopts_a_new_uidvalidity(tmp_path: Path) -> None:
-    from mailconnector.store import Store
+    from mailconnector.state import Store
 
     store = Store(tmp_path / "state.db")
     assert store.checkpoint("c", "INBOX") is None

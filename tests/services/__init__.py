@@ -1,0 +1,1 @@
+"""Real, throwaway servers the test suite starts for itself (no mocks, no shared machine state)."""
