@@ -20,7 +20,7 @@ from mailconnector.sandbox import Sandbox
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank"))
+    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank", "gina"))  # gina: tests/state only
     try:
         yield sbx
     finally:

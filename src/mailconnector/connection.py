@@ -243,6 +243,18 @@ class Connection(_Model):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     from_address: str | None = None
+    server_files_sent: bool | None = Field(
+        None, description="the server files each message submitted over SMTP into a Sent folder by itself "
+        "(Microsoft 365 and Gmail do; default: true for those providers), so `mailconnector ledger reconcile` "
+        "can look for an uncertain send there")
+    sent_folder: str | None = Field(None, description="where the server files sent mail (default: the folder "
+                                    "marked \\Sent)")
+
+    @property
+    def files_sent_mail(self) -> bool:
+        if self.server_files_sent is not None:
+            return self.server_files_sent
+        return self.provider in ("microsoft365", "gmail")
 
     @model_validator(mode="before")
     @classmethod

@@ -141,12 +141,15 @@ def test_a_broken_project_file_exits_3_naming_file_line_and_field(project: Path,
 
 
 def test_a_folder_held_by_another_consumer_exits_8(project: Path) -> None:
+    from mailconnector.state import account_key
+
     store = Store(project / ".mailconnector" / "state.db")
-    assert store.acquire_lease("read:mb/INBOX", ttl=60, holder="another-process")
+    lease = f"read:{account_key('127.0.0.1', 9, 'ops@example.test')}/INBOX"  # the mailbox, whatever its name
+    assert store.acquire_lease(lease, ttl=60, holder="another-process")
     for args in (("run", "drain"), ("run", "drain", "--watch")):
         run = cli(*args, cwd=project)
         assert run.returncode == 8, run.stderr
-        assert "mb/INBOX is being processed by another run" in run.stderr_flat
+        assert f"{lease.split(':', 1)[1]} is being processed by another run" in run.stderr_flat
         assert "--wait" in run.stderr_flat
 
 

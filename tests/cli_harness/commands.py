@@ -43,12 +43,16 @@ INVOCATIONS: dict[tuple[str, ...], list[str]] = {
     ("init",): ["starter"],
     ("sandbox", "status"): [],
     ("auth", "login"): ["sandbox"],
+    ("ledger", "list"): ["--status", "uncertain"],
+    ("ledger", "resolve"): ["<not-in-the-ledger@example.test>", "--sent"],
+    ("ledger", "reconcile"): ["sandbox"],
 }
 NOT_RUN = {
     (): "the program itself: its commands are run one by one",
     ("sandbox",): "starts servers of its own with passwords of its own: covered in test_cli_basics",
     ("sandbox", "stop"): "needs a sandbox started from the directory: covered in test_cli_basics",
     ("auth",): "a group: its command is run",
+    ("ledger",): "a group: its commands are run",
 }
 CONNECTING = {("test",), ("folders",), ("send",), ("read",), ("run",)}
 

@@ -22,13 +22,19 @@ from mailconnector.activities.read import ReadEmail
 from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
-from mailconnector.state import Store
+from mailconnector.state import StateStore, Store
 
 MakeConn = Callable[..., Connection]
 FreshFolder = Callable[[str], str]
 
 
-def run(conn: Connection, folder: str, store: Store, *, ack: bool = True, **settings: Any) -> list[str]:
+def where(conn: Connection, folder: str) -> tuple[str, str]:
+    """The store's key for a folder: the mailbox (host, port, user) and the folder, not the connection's name."""
+    reader = ReadEmail(conn, folder=folder)
+    return reader.account, reader.folder
+
+
+def run(conn: Connection, folder: str, store: StateStore, *, ack: bool = True, **settings: Any) -> list[str]:
     """One run of the activity: the Message-IDs it yields, each acked unless ``ack`` is false."""
     got = []
     with ReadEmail(conn, folder=folder, store=store, **settings) as reader:
@@ -76,6 +82,7 @@ def test_an_acked_message_whose_action_was_lost_is_completed_not_delivered_again
     assert reader._session is not None
     reader._session.close()  # the connection is gone before the action reached the server
     reader._pending.clear()  # ... and so is the process that would have applied it
+    reader._release_own_lease()  # (a dead process's lease on this host is taken over at once)
     assert unseen(conn, folder) == {message_id(r) for r in raws}
 
     assert run(conn, folder, store) == [message_id(r) for r in raws[1:]]
@@ -131,7 +138,7 @@ def test_a_reader_killed_mid_run_loses_nothing_and_repeats_nothing(
     assert acked == every[: len(acked)] and len(acked) >= 7
 
     store = Store(tmp_path / "state.db")
-    assert store.delivered_message_ids(conn.name, folder) == set(acked)  # every ack reached the store
+    assert store.delivered_message_ids(*where(conn, folder)) == set(acked)  # every ack reached the store
     left = unseen(conn, folder)
     assert set(every) - set(acked) <= left  # every message not acked is still unread
     if after_read == "mark_read":
@@ -152,7 +159,7 @@ def test_a_recreated_folder_is_detected_and_matched_by_message_id(
     old = [make_message(f"old {n}") for n in range(3)]
     append_all(conn, folder, old)
     assert run(conn, folder, store, after_read="keep_unread") == [message_id(r) for r in old]
-    before = store.checkpoint(conn.name, folder)
+    before = store.checkpoint(*where(conn, folder))
     assert before is not None
 
     with ImapSession(conn) as imap:
@@ -164,7 +171,7 @@ def test_a_recreated_folder_is_detected_and_matched_by_message_id(
         assert imap.select(folder).uidvalidity != before.uidvalidity
 
     assert run(conn, folder, store, after_read="keep_unread") == [message_id(r) for r in new]
-    after = store.checkpoint(conn.name, folder)
+    after = store.checkpoint(*where(conn, folder))
     assert after is not None and after.uidvalidity != before.uidvalidity
     assert run(conn, folder, store, after_read="keep_unread") == []
     latest = make_message("after the change")

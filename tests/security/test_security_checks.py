@@ -199,7 +199,8 @@ def test_state_database_and_its_journal_files_are_private(tmp_path: Path) -> Non
     try:
         store = Store(tmp_path / ".mailconnector" / "state.db")
         store.put_token("k", "a-token-value", 1e12)
-        store.record_sent("<a@b>", "c", "sent", [])
+        store.claim("<a@b>", connection="c", holder="h", recipients=["x@example.test"])
+        store.settle("<a@b>", holder="h", status="sent", accepted=[])
     finally:
         os.umask(old)
     files = sorted((tmp_path / ".mailconnector").iterdir())

@@ -466,13 +466,22 @@ def read_project(tmp_path: Path, **settings: Any) -> Project:
     return make_project(tmp_path, activities, {"op": {"source": "inbox", "target": "out"}}, settings=settings)
 
 
+def folder_lease(project: Project, folder: str = "INBOX") -> str:
+    """The lease a reader of ``folder`` of connection mb takes: named by the mailbox, not the connection."""
+    from mailconnector.activities.read import ReadEmail
+
+    return ReadEmail(project.connection("mb"), folder=folder).lease_name
+
+
 def test_a_run_refuses_a_folder_another_consumer_holds(tmp_path: Path) -> None:
     project = read_project(tmp_path)
-    assert project.store().acquire_lease("read:mb/INBOX", ttl=60, holder="someone-else")
+    lease = folder_lease(project, "inbox")  # INBOX in any case is one folder
+    assert lease == folder_lease(project) and lease.endswith("/INBOX")
+    assert project.store().acquire_lease(lease, ttl=60, holder="someone-else")
     with pytest.raises(StateError) as ei:
         run_operation(project, "op")  # refused before any connection is made (port 9 would fail)
     assert ei.value.exit_code == 8
-    assert "mb/INBOX is being processed by another run" in ei.value.message
+    assert f"{lease.split(':', 1)[1]} is being processed by another run" in ei.value.message
     assert "--wait" in (ei.value.hint or "")
     assert project.store().list_runs() == []
 
@@ -480,7 +489,8 @@ def test_a_run_refuses_a_folder_another_consumer_holds(tmp_path: Path) -> None:
 def test_a_watcher_waits_for_the_lease_and_gives_up_when_stopped(tmp_path: Path) -> None:
     project = read_project(tmp_path, lease_seconds=4)
     store = project.store()
-    assert store.acquire_lease("read:mb/INBOX", ttl=60, holder="someone-else")
+    lease = folder_lease(project)
+    assert store.acquire_lease(lease, ttl=60, holder="someone-else")
     with pytest.raises(StateError):
         watch_operation(project, "op", stop=threading.Event())
     stop = threading.Event()
@@ -492,31 +502,34 @@ def test_a_watcher_waits_for_the_lease_and_gives_up_when_stopped(tmp_path: Path)
     stop.set()
     waiter.join(5)
     assert not waiter.is_alive()
-    assert store.lease_holder("read:mb/INBOX")[0] == "someone-else"  # type: ignore[index]
+    info = store.lease_info(lease)
+    assert info is not None and info.holder == "someone-else"
 
 
 def test_a_lease_taken_over_by_another_consumer_is_noticed(tmp_path: Path) -> None:
-    from mailconnector.operations import _LeaseKeeper
+    from mailconnector.state import LeaseKeeper
 
     project = read_project(tmp_path)
     store = project.store()
-    keeper = _LeaseKeeper(store, "read:mb/INBOX", "me", ttl=1.0)
+    lease = folder_lease(project)
+    keeper = LeaseKeeper(store, lease, 1.0, holder="me")
     assert keeper.take()
-    keeper.start()
     try:
         time.sleep(1.5)  # renewed meanwhile: still ours, although the first grant has run out
         keeper.check()
-        assert store.lease_holder("read:mb/INBOX")[0] == "me"  # type: ignore[index]
+        info = store.lease_info(lease)
+        assert info is not None and info.holder == "me"
         # This process "stalled": the lease ran out and another consumer took the folder.
-        with sqlite3.connect(store.path) as db:
-            db.execute("UPDATE leases SET holder = 'other', expires_at = ? WHERE name = 'read:mb/INBOX'",
-                       (time.time() + 60,))
+        with sqlite3.connect(project.state_target()) as db:
+            db.execute("UPDATE leases SET holder = 'other', token = token + 1, expires_at = expires_at + 60 "
+                       "WHERE name = ?", (lease,))
         time.sleep(0.6)
-        with pytest.raises(StateError, match="being processed by another run"):
+        with pytest.raises(StateError, match="lost the lease"):
             keeper.check()
     finally:
         keeper.stop()
-    assert store.lease_holder("read:mb/INBOX")[0] == "other"  # type: ignore[index]  # not released by us
+    info = store.lease_info(lease)
+    assert info is not None and info.holder == "other"  # not released by us
 
 
 def test_a_file_source_cannot_be_watched(tmp_path: Path) -> None:

@@ -79,23 +79,3 @@ def test_record_json_is_model_dump_json_in_utf8() -> None:
     line = record_json(record)
     assert line == record.model_dump_json().encode("utf-8")
     assert b'"from":{"name":"\xc3\x84nnchen"' in line and b"\n" not in line
-
-
-def test_store_checkpoint_moves_forward_and_adopts_a_new_uidvalidity(tmp_path: Path) -> None:
-    from mailconnector.state import Store
-
-    store = Store(tmp_path / "state.db")
-    assert store.checkpoint("c", "INBOX") is None
-    store.record_delivered("c", "INBOX", 7, 10, "<a@x>")
-    store.move_checkpoint("c", "INBOX", 7, 10)
-    store.move_checkpoint("c", "INBOX", 7, 4)  # never backwards
-    checkpoint = store.checkpoint("c", "INBOX")
-    assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (7, 10)
-    store.adopt_delivered("c", "INBOX", 8, [(3, "<a@x>")])  # the folder was recreated
-    checkpoint = store.checkpoint("c", "INBOX")
-    assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (8, 3)
-    assert store.delivered_uids("c", "INBOX", 8) == {3} and store.delivered_uids("c", "INBOX", 7) == {10}
-    assert store.delivered_message_ids("c", "INBOX") == {"<a@x>"}
-    store.move_checkpoint("c", "INBOX", 9, 1)  # another UIDVALIDITY starts over
-    checkpoint = store.checkpoint("c", "INBOX")
-    assert checkpoint is not None and (checkpoint.uidvalidity, checkpoint.last_uid) == (9, 1)

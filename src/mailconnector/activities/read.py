@@ -283,11 +283,15 @@ class ReadEmail:
             if not keeper.take():
                 raise lease_busy_error(self.store, self.lease_name)
             self._own_lease = self.lease = keeper
-        if self._session is None:
-            self._session = ImapSession(self.connection)
-        if not self._session._client:
-            self._session.connect()
-        self._state = self._select()
+        try:
+            if self._session is None:
+                self._session = ImapSession(self.connection)
+            if not self._session._client:
+                self._session.connect()
+            self._state = self._select()
+        except BaseException:
+            self._release_own_lease()  # a reader that never opened holds no folder
+            raise
         return self
 
     def _select(self) -> FolderState:
@@ -306,9 +310,12 @@ class ReadEmail:
             with self._io:  # not under a fetch still running for an abandoned iteration
                 if self._session is not None:
                     self._session.close()
-            if self._own_lease is not None:
-                self._own_lease.stop()
-                self._own_lease = self.lease = None
+            self._release_own_lease()
+
+    def _release_own_lease(self) -> None:
+        if self._own_lease is not None:
+            self._own_lease.stop()
+            self._own_lease = self.lease = None
 
     def __enter__(self) -> ReadEmail:
         return self.open()

@@ -22,7 +22,15 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-from . import auth_cmd, connection_cmds, project_cmds, read_cmd, sandbox_cmd, send_cmd  # noqa: E402  (registers commands)
+from . import (  # noqa: E402  (registers commands)
+    auth_cmd,
+    connection_cmds,
+    ledger_cmd,
+    project_cmds,
+    read_cmd,
+    sandbox_cmd,
+    send_cmd,
+)
 
 connection_cmds.register(app)
 send_cmd.register(app)
@@ -30,6 +38,7 @@ read_cmd.register(app)
 project_cmds.register(app)
 sandbox_cmd.register(app)
 auth_cmd.register(app)
+ledger_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

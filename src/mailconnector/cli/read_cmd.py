@@ -79,7 +79,9 @@ def read_cmd(
     count = 0
     closed = False
     try:
-        with ReadEmail(conn, settings, store=s.project.store()) as reader, progress("reading") as bar:
+        # Takes the folder's lease, as an operation does: one consumer of a mailbox folder at a time.
+        reader = ReadEmail(conn, settings, store=s.project.store(), lease_seconds=s.project.settings.lease_seconds)
+        with reader, progress("reading") as bar:
             for item in reader:
                 bar.set_total(reader.total)
                 try:

@@ -127,8 +127,9 @@ def send_cmd(
                     write_jsonl(sink, item)
                 if json_output:
                     results.append(item)
-                elif response.status == "failed" and response.error is not None:
-                    err_console.print(f"[red]failed[/] record {response.index}: {_esc(response.error.message)}")
+                elif response.status in ("failed", "uncertain") and response.error is not None:
+                    err_console.print(f"[red]{response.status}[/] record {response.index} "
+                                      f"{_esc(response.message_id)}: {_esc(response.error.message)}")
                 bar.advance()
     finally:
         if sink is not None and sink is not sys.stdout:
@@ -145,7 +146,7 @@ def send_cmd(
 
 def _exit_code(counts: Counter[str], failure_kinds: Counter[str]) -> int:
     """0; 1 when some records failed; the family's own code when all failed for one kind of reason."""
-    if not counts["failed"] and not counts["partial"]:
+    if not counts["failed"] and not counts["partial"] and not counts["uncertain"]:
         return 0
     if counts["failed"] == sum(counts.values()):
         codes = {_EXIT_BY_KIND.get(kind) for kind in failure_kinds}

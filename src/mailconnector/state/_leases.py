@@ -15,9 +15,10 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import MailConnectorError, StateError
+from ._model import Fence
 
 if TYPE_CHECKING:
-    from ._model import Fence, Leases
+    from ._model import Leases
 
 __all__ = ["LeaseKeeper", "SenderIdentity", "holder_alive", "lease_busy_error", "lease_lost_error"]
 
@@ -46,7 +47,17 @@ class LeaseKeeper:
     def take(self) -> bool:
         fence = self.store.acquire_lease(self.name, ttl=self.ttl, holder=self.holder)
         if fence is None:
-            return False
+            info = self.store.lease_info(self.name)
+            if info is None or not _gone_from_this_host(info.holder):
+                return False
+            # Its holder was a process on this host that no longer exists (killed): no need to wait out
+            # its lease. Expired by its exact holder and token, so a live newcomer is never pushed out.
+            log.info("the lease on %s was held by a process that has ended: taking it over",
+                     self.name.split(":", 1)[-1])
+            self.store.release_lease(Fence(info.name, info.holder, info.token))
+            fence = self.store.acquire_lease(self.name, ttl=self.ttl, holder=self.holder)
+            if fence is None:
+                return False
         self.fence = fence
         self._done.clear()
         self._thread = threading.Thread(target=self._renew, name="mc-lease", daemon=True)
@@ -125,13 +136,22 @@ class SenderIdentity:
 def holder_alive(store: Leases, holder: str) -> bool:
     """Whether the sender ``holder`` may still be at work: its lease is live, and, when it ran on this
     host, its process still exists (a killed process on this host is known dead at once)."""
+    if _gone_from_this_host(holder):
+        return False
+    return store.lease_info(f"sender:{holder}") is not None
+
+
+def _gone_from_this_host(holder: str) -> bool:
+    """A holder named ``host:pid:...`` that ran on this host in a process that no longer exists. (A
+    reused pid only makes us wait for the lease to run out: the safe direction.)"""
     host, _, rest = holder.partition(":")
     pid_text = rest.split(":", 1)[0]
-    if host == _HOST and pid_text.isdigit():
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    return store.lease_info(f"sender:{holder}") is not None
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
