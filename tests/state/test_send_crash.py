@@ -337,7 +337,7 @@ def test_two_senders_on_one_ledger_send_each_message_once(sandbox: Sandbox, tmp_
                                                          request: pytest.FixtureRequest) -> None:
     """Two ``send`` processes started together on the same input and one shared ledger: each record is sent by
     exactly one and skipped as a duplicate by the other, and each Message-ID arrives once."""
-    users = ("dave", "erin")
+    users = ("carol", "dave")
     total = 200
     tok = uuid.uuid4().hex[:12]
     # SQLite: the default store, .mailconnector/state.db beside the project file.

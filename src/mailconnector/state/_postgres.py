@@ -41,11 +41,17 @@ class PostgresStore(SqlStore):
         if password and password.group(1):
             register_secret(password.group(1))
         try:
-            import psycopg  # noqa: F401
+            import psycopg
             from psycopg_pool import ConnectionPool
         except ImportError as exc:
             raise StateError("settings.state is a PostgreSQL URL, and the PostgreSQL driver is not installed",
                              hint="pip install 'mailconnector[postgres]'") from exc
+        # One direct attempt first: it fails at once with the server's own reason, where a pool would
+        # retry quietly until its timeout.
+        try:
+            psycopg.connect(url, connect_timeout=max(1, int(connect_timeout))).close()
+        except psycopg.Error as exc:
+            raise _connect_error(self.location, exc) from exc
         self._pool: ConnectionPool[Any] | None = None
         pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout,
@@ -55,29 +61,9 @@ class PostgresStore(SqlStore):
             pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:
             pool.close()
-            raise self._connect_error(url, exc) from exc
+            raise _connect_error(self.location, exc) from exc
         self._pool = pool
         self._prepare()
-
-    def _connect_error(self, url: str, exc: Exception) -> StateError:
-        """Why the first connection failed, from a direct attempt (the pool only says it timed out)."""
-        import psycopg
-
-        try:
-            with psycopg.connect(url, connect_timeout=5):
-                pass
-        except psycopg.Error as direct:
-            detail = str(direct).strip().splitlines()[0] if str(direct).strip() else type(direct).__name__
-        else:
-            detail = str(exc) or type(exc).__name__
-        hint = "check settings.state (or MAILCONNECTOR_STATE): host, port, user, password and database"
-        if "password authentication failed" in detail:
-            hint = "the PostgreSQL user or password in settings.state (or MAILCONNECTOR_STATE) is wrong"
-        elif "does not exist" in detail:
-            hint = "create the database and its user first (CREATE DATABASE ... OWNER ...), or fix the URL"
-        elif "could not translate host name" in detail or "Name or service not known" in detail:
-            hint = "the host in settings.state does not resolve: fix the URL"
-        return StateError(f"cannot open the state store {self.location}: {detail}", hint=hint)
 
     def _error(self, exc: Exception) -> StateError:
         import psycopg.errors as pe
@@ -89,6 +75,8 @@ class PostgresStore(SqlStore):
                    "at the primary"
         elif isinstance(exc, pe.InsufficientPrivilege):
             hint = "the user in settings.state may not write the store's tables: grant it, or use the owner"
+        elif isinstance(exc, pe.OperationalError):
+            hint = "the PostgreSQL server named by settings.state (or MAILCONNECTOR_STATE) was lost: check it is up"
         return StateError(f"state store {self.location}: {text}", hint=hint)
 
     @contextlib.contextmanager
@@ -133,3 +121,19 @@ class PostgresStore(SqlStore):
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _connect_error(location: str, exc: Exception) -> StateError:
+    """Why the store's database cannot be reached, in words, with the setting to fix."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    setting = "settings.state (or MAILCONNECTOR_STATE)"
+    hint = f"check {setting}: host, port, user, password and database"
+    if "password authentication failed" in detail:
+        hint = f"the PostgreSQL user or password in {setting} is wrong"
+    elif "does not exist" in detail:
+        hint = f"create the database and its user first (CREATE DATABASE ... OWNER ...), or fix {setting}"
+    elif "resolve host" in detail or "translate host name" in detail or "not known" in detail:
+        hint = f"the host in {setting} does not resolve"
+    elif "refused" in detail:
+        hint = f"nothing listens at the host and port in {setting}: is PostgreSQL running there?"
+    return StateError(f"cannot open the state store {location}: {detail}", hint=hint)
