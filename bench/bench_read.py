@@ -119,7 +119,7 @@ def _rss_mb() -> float:
 def child_ours(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     from mailconnector.activities.read import ReadEmail, record_json
     from mailconnector.connection import Connection
-    from mailconnector.store import Store
+    from mailconnector.state import Store
 
     conn = Connection.from_dict(cfg["connection"], name="bench")
     store = Store(work / "state.db")

@@ -49,7 +49,7 @@ from mailconnector.connection import Connection
 from mailconnector.mime.compose import compose
 from mailconnector.records.send import parse_send_request
 from mailconnector.sandbox import Sandbox
-from mailconnector.store import Store
+from mailconnector.state import Store
 
 HERE = Path(__file__).resolve().parent
 SMTP_SOURCE = "/usr/sbin/smtp-source"
