@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import email
+import errno
 import json
 import os
 import re
@@ -150,6 +151,36 @@ def kill_when(project: Project, proc: subprocess.Popen[bytes], output: str, read
     assert proc.returncode == -signal.SIGKILL, f"the send ended by itself (exit {proc.returncode}) before the kill"
 
 
+def release_together(senders: dict[Path, subprocess.Popen[bytes]], data: bytes, timeout: float = 60) -> None:
+    """Give every sender its input at the same moment, however long each took to start: a FIFO opens for writing
+    only once its reader has opened it (``ENXIO`` before), so when all are open, all senders wait in their read;
+    then each gets ``data`` and its end of file together."""
+    fds: dict[Path, int] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for fifo in senders.keys() - fds.keys():
+                try:
+                    fds[fifo] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: its sender has not opened it yet
+                        raise
+            if len(fds) == len(senders):
+                break
+            ended = {fifo.name: p.returncode for fifo, p in senders.items() if p.poll() is not None}
+            assert not ended, f"senders ended before reading their input: {ended}"
+            assert time.monotonic() < deadline, f"the senders did not open their input within {timeout} s"
+            time.sleep(0.01)  # poll interval
+        for fd in fds.values():
+            os.set_blocking(fd, True)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 @dataclass(frozen=True)
 class LedgerLook:
     sent: int
@@ -269,10 +300,11 @@ def test_sigkill_mid_run_then_rerun_never_sends_twice(sandbox: Sandbox, proxy: F
             before = look_at_ledger(db).sent
             if threshold is None:
                 # The 16th end-of-data reply of this run is held back: Postfix has queued that message (it said
-                # "250 ... queued as"), the sender has written the final dot and waits for the answer.
+                # "250 ... queued as"), the sender has written the final dot and waits for the answer, and stays
+                # so (the connection is stalled) until the kill, once this run has recorded a message sent.
                 hold = proxy.add(Fault(OnPattern(b"Ok: queued as", before=True), Stall(), direction=S2C, skip=15))
                 proc = project.start_send(connection, output)
-                kill_when(project, proc, output, lambda hold=hold: hold.fired >= 1)
+                kill_when(project, proc, output, lambda h=hold, o=output: h.fired >= 1 and sent_lines(o) >= 1)
                 [stalled] = [c for c in proxy.connections if hold in c.fired]
                 stalled_mid = last_message_id(bytes(stalled.received[C2S]))
                 proxy.clear()
@@ -335,8 +367,9 @@ def test_sigkill_mid_run_then_rerun_never_sends_twice(sandbox: Sandbox, proxy: F
 @pytest.mark.parametrize("store", ["postgres", "sqlite"])
 def test_two_senders_on_one_ledger_send_each_message_once(sandbox: Sandbox, tmp_path: Path, store: str,
                                                          request: pytest.FixtureRequest) -> None:
-    """Two ``send`` processes started together on the same input and one shared ledger: each record is sent by
-    exactly one and skipped as a duplicate by the other, and each Message-ID arrives once."""
+    """Two ``send`` processes on the same input and one shared ledger, let go at the same moment (each reads the
+    input from a FIFO written only once both wait on theirs): each record is sent by exactly one and skipped as a
+    duplicate by the other, and each Message-ID arrives once."""
     users = ("carol", "dave")
     total = 200
     tok = uuid.uuid4().hex[:12]
@@ -344,7 +377,11 @@ def test_two_senders_on_one_ledger_send_each_message_once(sandbox: Sandbox, tmp_
     state = request.getfixturevalue("postgres_url") if store == "postgres" else None
     with make_project(sandbox, tmp_path, state=state) as project:
         write_outbox(project, tok, total, users)
-        procs = [project.start_send("mail", f"sender{n}.jsonl") for n in (0, 1)]
+        fifos = [project.directory / f"sender{n}.in.jsonl" for n in (0, 1)]
+        for fifo in fifos:
+            os.mkfifo(fifo)
+        procs = [project.start_send("mail", f"sender{n}.jsonl", inp=fifos[n].name) for n in (0, 1)]
+        release_together(dict(zip(fifos, procs, strict=True)), (project.directory / "outbox.jsonl").read_bytes())
         codes = [p.wait(timeout=60) for p in procs]
         assert codes == [0, 0], [project.stderr_of(f"sender{n}.jsonl") for n in (0, 1)]
         runs = [{r["index"]: r for r in project.responses(f"sender{n}.jsonl")} for n in (0, 1)]

@@ -91,14 +91,20 @@ def resolve_cmd(
     mid = message_id.strip()
     if not mid.startswith("<"):
         mid = f"<{mid}>"
+    from ..state import holder_alive
+
     before = store.ledger_entry(mid)
+    if before is not None and before.status == "claimed" and before.holder \
+            and not holder_alive(store, before.holder):
+        store.abandon(mid, holder=before.holder)  # its sender died holding it: uncertain, so resolvable
+        before = store.ledger_entry(mid)
     if before is None:
         raise StateError(f"{mid} is not in the send ledger", hint="list it with: mailconnector ledger list --search "
                          "TEXT")
     if before.status != "uncertain":
         raise StateError(f"{mid} is {before.status}, not uncertain: only an uncertain send can be resolved",
-                         hint="a claimed message is being sent right now, or its sender died a moment ago (then "
-                         "`mailconnector ledger list` shows it uncertain)")
+                         hint="a claimed message is being sent right now by a live sender; a sent one needs no "
+                         "resolving")
     after = store.resolve(mid, sent=sent, note="resolved by hand: " + ("sent" if sent else "not sent"))
     result = {"message_id": mid, "status": after.status if after else "not_sent"}
     if json_output:

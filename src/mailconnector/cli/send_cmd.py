@@ -139,6 +139,9 @@ def send_cmd(
     else:
         summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
         err_console.print(f"{sum(counts.values())} record(s): {summary}")
+        if counts["uncertain"]:
+            err_console.print(f"[yellow]hint[/]: {counts['uncertain']} may have been delivered and will not be sent "
+                              "again until resolved: mailconnector ledger list --status uncertain")
     code = _exit_code(counts, failure_kinds)
     if code:
         raise typer.Exit(code)

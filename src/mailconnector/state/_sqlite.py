@@ -31,6 +31,10 @@ class SqliteStore(SqlStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One writer at a time within this process, queued here: SQLite's own busy handler would make
+        # the others sleep in growing steps (1, 2, 5, 10, 20 ms...), which costs a parallel sender dearly.
+        # Other processes still meet the busy handler; readers never wait (WAL).
+        self._write_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not self.path.exists():
@@ -68,10 +72,13 @@ class SqliteStore(SqlStore):
         return StateError(f"state store {self.path}: {text}", hint=hint)
 
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> tuple[Rows, int]:
+        db = self._db()
+        writes = not sql.lstrip()[:6].upper().startswith("SELECT")
         try:
-            cur = self._db().execute(sql, params)
-            rows = cur.fetchall() if cur.description is not None else []
-            return rows, cur.rowcount
+            with self._write_lock if writes else contextlib.nullcontext():
+                cur = db.execute(sql, params)
+                rows = cur.fetchall() if cur.description is not None else []
+                return rows, cur.rowcount
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
@@ -83,18 +90,19 @@ class SqliteStore(SqlStore):
             cur = db.execute(sql, params)
             return (cur.fetchall() if cur.description is not None else []), cur.rowcount
 
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            yield ex
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise self._error(exc) from exc
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+        with self._write_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                yield ex
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise self._error(exc) from exc
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
 
     def _prepare(self) -> None:
         with self._transaction() as ex:
