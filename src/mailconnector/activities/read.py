@@ -3,9 +3,10 @@
 Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
 - messages are fetched with ``BODY.PEEK[]``, so reading marks nothing;
 - only ``item.ack()`` acts: it first records the message as delivered in the store (account, folder,
-  UIDVALIDITY, UID, Message-ID and the after-read action asked for; one durable write per ack), then the
-  action (mark read, move, delete) is applied on the server — batched per fetch batch, and always before
-  the activity closes — and recorded as done; the checkpoint (UIDVALIDITY, last UID) moves with each batch;
+  UIDVALIDITY, UID, Message-ID and the after-read action asked for; one write per ack), then, once per
+  fetch batch and always before the activity closes, the checkpoint (UIDVALIDITY, last UID) moves — synced
+  to disk, and every ack with it — and only then is the action (mark read, move, delete) applied on the
+  server and recorded as done;
 - a message that was recorded as delivered but whose action did not reach the server (a crash between the
   two) is not yielded again: the next run only completes *its* action (never its own action, so mail read
   with ``keep_unread`` is not marked or deleted by a later ``mark_read`` or ``delete`` run);
@@ -543,7 +544,9 @@ class ReadEmail:
     def flush(self) -> None:
         """Apply the after-read action to every acknowledged message not yet acted on, and move the
         checkpoint (the delivered messages are already in the store: each ack wrote its own)."""
-        if self.store is not None and self._last_acked > self._checkpointed and self._state is not None:
+        if self.store is not None and self._state is not None and (
+                self._last_acked > self._checkpointed or self._pending):
+            # Durable, and with it every ack before it: no action reaches the server for an unrecorded ack.
             self.store.move_checkpoint(self.account, self.folder, self._uidvalidity(), self._last_acked, self.fence)
             self._checkpointed = self._last_acked
         if not self._pending:

@@ -92,7 +92,8 @@ class PostgresStore(SqlStore):
         except (psycopg.Error, PoolTimeout) as exc:
             raise self._error(exc) from exc
 
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> tuple[Rows, int]:
+    def _exec(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> tuple[Rows, int]:
+        # Every commit is as durable as the server is configured to make it (synchronous_commit).
         with self._conn() as conn:
             cur = conn.execute(sql, params, prepare=False)
             rows = cur.fetchall() if cur.description is not None else []

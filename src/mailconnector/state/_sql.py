@@ -59,7 +59,11 @@ class SqlStore:
     location: str
 
     # -------------------------------------------------------------- backend
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> tuple[Rows, int]:
+    def _exec(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> tuple[Rows, int]:
+        """Run one statement. ``durable``: it must be on disk when this returns, even across a power cut
+        (a claim; the checkpoint that precedes after-read actions). Other writes may be lost in a power cut
+        (never in a process kill), and each such loss errs on the safe side: a lost settle or release
+        leaves a claim that becomes ``uncertain``; a lost lease renewal is an expired lease."""
         raise NotImplementedError
 
     @contextlib.contextmanager
@@ -73,8 +77,8 @@ class SqlStore:
     def _q(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         return self._exec(self.dialect.sql(sql), params)[0]
 
-    def _w(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._exec(self.dialect.sql(sql), params)[1]
+    def _w(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> int:
+        return self._exec(self.dialect.sql(sql), params, durable=durable)[1]
 
     def _migrate(self, ex: Exec, current: int) -> None:
         """Bring a store at version ``current`` up to ``LATEST`` (inside the caller's transaction)."""
@@ -102,7 +106,7 @@ class SqlStore:
             inserted = self._w(
                 "INSERT INTO ledger (message_id, connection, status, holder, claimed_at, recipients) "
                 "VALUES (?, ?, 'claimed', ?, {now}, ?) ON CONFLICT (message_id) DO NOTHING",
-                (message_id, connection, holder, json.dumps(recipients)))
+                (message_id, connection, holder, json.dumps(recipients)), durable=True)
             if inserted:
                 return Claim(True, "claimed", holder)
             rows = self._q("SELECT status, holder FROM ledger WHERE message_id = ?", (message_id,))
@@ -155,9 +159,9 @@ class SqlStore:
     def resolve(self, message_id: str, *, sent: bool, note: str) -> LedgerEntry | None:
         if sent:
             self._w("UPDATE ledger SET status = 'sent', settled_at = {now}, note = ? "
-                    "WHERE message_id = ? AND status = 'uncertain'", (note, message_id))
+                    "WHERE message_id = ? AND status = 'uncertain'", (note, message_id), durable=True)
         else:
-            self._w("DELETE FROM ledger WHERE message_id = ? AND status = 'uncertain'", (message_id,))
+            self._w("DELETE FROM ledger WHERE message_id = ? AND status = 'uncertain'", (message_id,), durable=True)
         return self.ledger_entry(message_id)
 
     # ----------------------------------------------------------- read state
@@ -207,7 +211,7 @@ class SqlStore:
             "last_uid = CASE WHEN read_checkpoints.uidvalidity = excluded.uidvalidity "
             "THEN {greatest}(read_checkpoints.last_uid, excluded.last_uid) ELSE excluded.last_uid END, "
             "uidvalidity = excluded.uidvalidity, updated_at = excluded.updated_at",
-            (account, folder, uidvalidity, last_uid, *args))
+            (account, folder, uidvalidity, last_uid, *args), durable=True)  # also makes the acks before it durable
         self._fenced(count, fence)
 
     def adopt_delivered(self, account: str, folder: str, uidvalidity: int, matches: list[tuple[int, str | None]],

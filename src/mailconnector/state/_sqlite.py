@@ -1,5 +1,7 @@
 """The embedded store: one SQLite file (mode 0600: it holds tokens), WAL so that readers do not wait for the
-writer, ``synchronous=FULL`` so that a claim or an ack that returned survives a power cut, not only a kill.
+writer. Every committed write survives a killed process; the durable ones (claims, checkpoints, resolutions)
+are synced to disk before they return (``synchronous=FULL`` for that statement; in WAL mode that also syncs
+every write committed before it), so they survive a power cut too, while the rest pays no sync each.
 Processes on one machine (or on a disk they share with working locks) share it; its clock is the host's."""
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class SqliteStore(SqlStore):
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA busy_timeout=30000")
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             self._local.db = db
@@ -71,14 +73,20 @@ class SqliteStore(SqlStore):
             hint = "settings.state names a file that is not a mailconnector store"
         return StateError(f"state store {self.path}: {text}", hint=hint)
 
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> tuple[Rows, int]:
+    def _exec(self, sql: str, params: Sequence[Any] = (), *, durable: bool = False) -> tuple[Rows, int]:
         db = self._db()
         writes = not sql.lstrip()[:6].upper().startswith("SELECT")
         try:
             with self._write_lock if writes else contextlib.nullcontext():
-                cur = db.execute(sql, params)
-                rows = cur.fetchall() if cur.description is not None else []
-                return rows, cur.rowcount
+                if durable:
+                    db.execute("PRAGMA synchronous=FULL")
+                try:
+                    cur = db.execute(sql, params)
+                    rows = cur.fetchall() if cur.description is not None else []
+                    return rows, cur.rowcount
+                finally:
+                    if durable:
+                        db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
 
@@ -92,6 +100,7 @@ class SqliteStore(SqlStore):
 
         with self._write_lock:
             try:
+                db.execute("PRAGMA synchronous=FULL")  # transactions are rare and each one matters
                 db.execute("BEGIN IMMEDIATE")
                 yield ex
                 db.execute("COMMIT")
@@ -103,6 +112,9 @@ class SqliteStore(SqlStore):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=NORMAL")
 
     def _prepare(self) -> None:
         with self._transaction() as ex:
