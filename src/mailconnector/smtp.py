@@ -365,11 +365,12 @@ class SmtpSession:
         Partial refusals are returned (``refused``), not raised. Every recipient refused raises
         ``RecipientsRefusedError`` (from ``ServerResponseError``) after resetting the transaction.
 
-        ``commit`` is called once the server has said 354, right before the message data: the send ledger
-        claims the Message-ID there, so that the window in which a killed process leaves a claim for a
-        message that never went out is only the data transfer. When it returns False (another sender holds
-        the Message-ID) or raises, the connection is dropped -- the one way to leave DATA without
-        submitting -- and ``NotCommitted`` (or its exception) is raised.
+        ``commit`` is called before any of the message data is written: with PIPELINING, right after MAIL,
+        RCPT and DATA went out (the send ledger's durable claim then overlaps the server's work on them),
+        otherwise right before DATA. So a killed process leaves a claim only for a message in flight. When
+        it returns False (another sender holds the Message-ID) or raises, the connection is dropped -- the
+        one way to leave a transaction that may be in DATA without submitting -- and ``NotCommitted`` (or
+        its exception) is raised. A refusal after a granted commit is raised as usual: nothing was sent.
         """
         from .errors import RecipientsRefusedError
 
@@ -401,6 +402,7 @@ class SmtpSession:
             if self.supports_pipelining:
                 batch = "".join(c + "\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA"))
                 smtp.send(batch.encode("utf-8"))
+                self._commit(commit)
                 mail_reply = smtp.getreply()
                 rcpt_replies = [smtp.getreply() for _ in rcpt_cmds]
                 data_reply = smtp.getreply()
@@ -411,6 +413,7 @@ class SmtpSession:
                 if mail_reply[0] == 250:
                     rcpt_replies = [smtp.docmd(c) for c in rcpt_cmds]
                     if any(c in (250, 251) for c, _ in rcpt_replies):
+                        self._commit(commit)
                         data_reply = smtp.docmd("DATA")
         if _GARBLED in (mail_reply[0], data_reply[0], *(c for c, _ in rcpt_replies)):
             # Which command the server took is unknown; DATA may even be open. Dropping the connection is
@@ -438,15 +441,6 @@ class SmtpSession:
             self._abort(data_reply)
             raise ServerResponseError(f"DATA refused: {data_reply[0]} {_text(data_reply[1])}",
                                       code=data_reply[0], text=_text(data_reply[1]))
-        if commit is not None:
-            try:
-                taken = commit()
-            except BaseException:
-                self.close(quit=False)
-                raise
-            if not taken:
-                self.close(quit=False)
-                raise NotCommitted("another sender holds this Message-ID; the transaction was abandoned")
         with self._translate("DATA"):
             if len(payload) < 65536:
                 smtp.send(payload + trailer)
@@ -473,6 +467,18 @@ class SmtpSession:
             raise ServerResponseError(f"message refused after DATA: {code} {_text(text)}", code=code,
                                       text=_text(text))
         return result
+
+    def _commit(self, commit: Callable[[], bool] | None) -> None:
+        if commit is None:
+            return
+        try:
+            taken = commit()
+        except BaseException:
+            self.close(quit=False)
+            raise
+        if not taken:
+            self.close(quit=False)
+            raise NotCommitted("another sender holds this Message-ID; the transaction was abandoned")
 
     def _abort(self, data_reply: tuple[int, bytes]) -> None:
         """Leave the transaction cleanly after a refusal.

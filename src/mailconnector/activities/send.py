@@ -8,13 +8,13 @@
   exponential backoff and jitter (a connection kept from an earlier message that turns out closed is
   replaced at once, without a backoff); permanent ones are not. After a refused login no other login
   is tried: every remaining record fails with that error.
-- Nothing is sent twice, across processes and kills: once the server has said 354, the Message-ID is
-  claimed in the send ledger (one atomic, durable insert naming this sender) before the data and its final
-  dot go out. The server's answer settles the claim (``sent``/``partial``; a refusal releases it so that a
-  rerun sends it); a drop after the final dot, or a claim left by a sender that died, is ``uncertain`` and
-  is never sent again automatically (``mailconnector ledger`` resolves it). A record without
-  ``message_id`` or ``id`` gets a deterministic Message-ID when the caller names its input
-  (``input_key``), otherwise a random one.
+- Nothing is sent twice, across processes and kills: the Message-ID is claimed in the send ledger (one
+  atomic, durable insert naming this sender) while the server answers MAIL, RCPT and DATA, before any of
+  the data and its final dot go out. The server's answer settles the claim (``sent``/``partial``; a
+  refusal releases it so that a rerun sends it); a drop after the final dot, or a claim left by a sender
+  that died, is ``uncertain`` and is never sent again automatically (``mailconnector ledger`` resolves it).
+  A record without ``message_id`` or ``id`` gets a deterministic Message-ID when the caller names its
+  input (``input_key``), otherwise a random one.
 - A bad record fails alone, with an error naming the record and the field; the others are still sent.
 """
 
@@ -340,7 +340,7 @@ class SendEmail:
     # ------------------------------------------------------------------ ledger
     def _precheck(self, message_id: str) -> tuple[str, str, str | None] | None:
         """None when this run may go on to send ``message_id``; otherwise (status, why, hint). The claim
-        itself is made later, at the server's 354 (``_commit``); this only spares a connection."""
+        itself is made later, as the transaction starts (``_commit``); this only spares a connection."""
         with self._claim_lock:
             if message_id in self._claimed:
                 return "skipped_duplicate", "this message_id was already taken by an earlier record of this run", None
@@ -373,7 +373,7 @@ class SendEmail:
         return "uncertain", _UNCERTAIN, _UNCERTAIN_HINT
 
     def _commit(self, composed: ComposedMessage) -> bool:
-        """At the server's 354: claim the Message-ID (atomic, durable) or give the transaction up."""
+        """As the transaction starts: claim the Message-ID (atomic, durable) or give the transaction up."""
         if self.store is None or self._identity is None:
             return True
         self._identity.ensure()
@@ -428,7 +428,7 @@ class SendEmail:
             except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
                 return self._failed(index, rid, composed, started, stopped.error, attempts)
             attempts += 1
-            if isinstance(exc, NotCommitted):  # another sender claimed it between our look and our 354
+            if isinstance(exc, NotCommitted):  # another sender claimed it after our look
                 entry = self.store.ledger_entry(composed.message_id) if self.store is not None else None
                 refusal = self._why_not(entry) if entry is not None else None
                 if refusal is None:
