@@ -20,7 +20,7 @@ from ._model import Fence
 if TYPE_CHECKING:
     from ._model import Leases
 
-__all__ = ["LeaseKeeper", "SenderIdentity", "holder_alive", "lease_busy_error", "lease_lost_error"]
+__all__ = ["LeaseKeeper", "SenderIdentity", "holder_alive", "lease_busy_error", "lease_lost_error", "new_holder"]
 
 log = logging.getLogger("mailconnector.state")
 _HOST = socket.gethostname()
@@ -37,7 +37,7 @@ class LeaseKeeper:
     def __init__(self, store: Leases, name: str, ttl: float, holder: str | None = None) -> None:
         self.store = store
         self.name = name
-        self.holder = holder or f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = holder or new_holder()
         self.ttl = ttl
         self.fence: Fence | None = None
         self.lost = threading.Event()
@@ -93,6 +93,11 @@ class LeaseKeeper:
             self.fence = None
 
 
+def new_holder() -> str:
+    """``host:pid:random``: unique, and telling which process on which host holds a lease or a claim."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def lease_lost_error(name: str) -> StateError:
     return StateError(f"lost the lease on {name.split(':', 1)[-1]} to another consumer: nothing more is "
                       "acknowledged by this run",
@@ -113,9 +118,8 @@ class SenderIdentity:
     TTL = 30.0
 
     def __init__(self, store: Leases) -> None:
-        self.keeper = LeaseKeeper(store, "", self.TTL)
-        self.keeper.name = f"sender:{self.keeper.holder}"
-        self.holder = self.keeper.holder
+        self.holder = new_holder()
+        self.keeper = LeaseKeeper(store, f"sender:{self.holder}", self.TTL, holder=self.holder)
         self._started = False
         self._lock = threading.Lock()
 
