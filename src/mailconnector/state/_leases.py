@@ -23,7 +23,19 @@ if TYPE_CHECKING:
 __all__ = ["LeaseKeeper", "SenderIdentity", "holder_alive", "lease_busy_error", "lease_lost_error", "new_holder"]
 
 log = logging.getLogger("mailconnector.state")
-_HOST = socket.gethostname()
+
+
+def _this_host() -> str:
+    """The host name, and the PID namespace where there is one: two containers that share a host name
+    but not their process ids are then never taken for one host (a live holder for a dead one)."""
+    name = socket.gethostname().replace(":", "_")
+    try:
+        return f"{name}~{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return name
+
+
+_HOST = _this_host()
 
 
 class LeaseKeeper:
