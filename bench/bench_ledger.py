@@ -39,7 +39,6 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -68,32 +67,6 @@ from services.postgres import PostgresServer  # noqa: E402  (the test suite's th
 SENDER = bench_send.SENDER
 RECIPIENT = bench_send.RECIPIENT
 SMALL_BODY = bench_send.SMALL_BODY
-
-
-# --------------------------------------------------------------------------- PostgreSQL with fsync on
-
-
-class DurablePostgresServer(PostgresServer):
-    """The test suite's server with its durability settings back on (``fsync``, ``synchronous_commit``,
-    ``full_page_writes``): a commit returns after its WAL reached the disk, as in production.
-
-    ``PostgresServer`` hard-codes ``fsync=off`` in its private ``_launch``, so this copies that method with
-    the three settings changed; if that class's internals change, starting fails and the bench notes it.
-    """
-
-    def _launch(self) -> None:
-        cmd = [self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-               "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self._dir}",
-               "-c", "logging_collector=off", "-c", "fsync=on", "-c", "synchronous_commit=on",
-               "-c", "full_page_writes=on"]
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, cwd=self._dir, env=self._env(), stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=log, process_group=0, **self._run_as())
-        try:
-            self._wait_ready()
-        except BaseException:
-            self._stop_process()
-            raise
 
 
 # --------------------------------------------------------------------------- results
@@ -445,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                          "statement), settles synchronous=NORMAL")
             servers: list[tuple[str, str, PostgresServer]] = [("pg", "PostgreSQL ledger (fsync=off)", PostgresServer())]
             if not args.no_pg_fsync:
-                servers.append(("pg-fsync", "PostgreSQL ledger (fsync=on)", DurablePostgresServer()))
+                servers.append(("pg-fsync", "PostgreSQL ledger (fsync=on)", PostgresServer(durable=True)))
             for key, label, server in servers:
                 urls = start_postgres(stack, server, label, notes)
                 if urls is not None:

@@ -92,8 +92,11 @@ class PostgresServer:
     socket the superuser connects through.
     """
 
-    def __init__(self, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, *, startup_timeout: float = 30.0, durable: bool = False) -> None:
         self.startup_timeout = startup_timeout
+        # Throwaway data: durability is only lost time. ``durable=True`` puts it back (for benchmarks).
+        flag = "on" if durable else "off"
+        self.settings = {name: flag for name in ("fsync", "synchronous_commit", "full_page_writes")}
         self.port: int = 0
         self.directory: Path | None = None
         self._bindir: Path | None = None
@@ -265,8 +268,9 @@ class PostgresServer:
         """Start the postmaster in its own process group and wait until it accepts connections."""
         cmd = [self._bin("postgres"), "-D", str(self.data_dir), "-p", str(self.port),
                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self._dir}",
-               "-c", "logging_collector=off", "-c", "fsync=off", "-c", "synchronous_commit=off",
-               "-c", "full_page_writes=off"]
+               "-c", "logging_collector=off"]
+        for name, value in self.settings.items():
+            cmd += ["-c", f"{name}={value}"]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, cwd=self._dir, env=self._env(), stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=log, process_group=0, **self._run_as())
