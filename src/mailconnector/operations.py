@@ -27,8 +27,7 @@ from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSou
 from .errors import ConfigError, MailConnectorError, TransportError
 from .project import OperationConfig, Project, Transformation
 from .records.send import ErrorInfo
-from .state import LeaseKeeper
-from .state._leases import lease_busy_error
+from .state import LeaseKeeper, lease_busy_error
 
 if TYPE_CHECKING:
     from .activities.endpoints import SendEmailTarget

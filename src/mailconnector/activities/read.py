@@ -45,8 +45,15 @@ from ..mime._parse_decode import Defects
 from ..mime._parse_fields import parse_msg_id
 from ..mime.parse import parse_message
 from ..records.read import ParseOptions, ReadRecord
-from ..state import Fence, LeaseKeeper, StateStore, account_key, normalize_folder
-from ..state._leases import lease_busy_error, lease_lost_error
+from ..state import (
+    Fence,
+    LeaseKeeper,
+    StateStore,
+    account_key,
+    lease_busy_error,
+    lease_lost_error,
+    normalize_folder,
+)
 
 __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
 

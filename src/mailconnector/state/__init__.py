@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..errors import StateError
-from ._leases import LeaseKeeper, SenderIdentity, holder_alive
+from ._leases import LeaseKeeper, SenderIdentity, holder_alive, lease_busy_error, lease_lost_error
 from ._model import (
     Checkpoint,
     Claim,
@@ -52,6 +52,8 @@ __all__ = [
     "TokenCache",
     "account_key",
     "holder_alive",
+    "lease_busy_error",
+    "lease_lost_error",
     "normalize_folder",
 ]
 
