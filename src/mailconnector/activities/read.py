@@ -51,7 +51,6 @@ from ..state import (
     StateStore,
     account_key,
     lease_busy_error,
-    lease_lost_error,
     normalize_folder,
 )
 
@@ -554,15 +553,13 @@ class ReadEmail:
         if self.store is not None and self._state is not None and (
                 self._last_acked > self._checkpointed or self._pending):
             # Durable, and with it every ack before it: no action reaches the server for an unrecorded ack.
+            # Fenced too: a consumer that lost the folder stops here, leaving the actions to the new holder.
             self.store.move_checkpoint(self.account, self.folder, self._uidvalidity(), self._last_acked, self.fence)
             self._checkpointed = self._last_acked
         if not self._pending:
             return
         with self._io:
             uids, self._pending = self._pending, []
-            fence = self.fence
-            if self.store is not None and fence is not None and not self.store.check_fence(fence):
-                raise lease_lost_error(fence.name)  # their actions are for the lease's new holder to finish
             try:
                 try:
                     self._apply(uids, self.settings.after_read)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -54,7 +55,7 @@ def list_cmd(
             store.abandon(entry.message_id, holder=entry.holder)
     entries = store.ledger_entries(status=status, search=search, limit=limit)
     if json_output:
-        emit_json([e.as_dict() for e in entries])
+        emit_json([asdict(e) for e in entries])
         return
     from rich.table import Table
 

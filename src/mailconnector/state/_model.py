@@ -82,11 +82,6 @@ class LedgerEntry:
     accepted: list[str] = field(default_factory=list)
     note: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"message_id": self.message_id, "connection": self.connection, "status": self.status,
-                "holder": self.holder, "claimed_at": self.claimed_at, "settled_at": self.settled_at,
-                "recipients": self.recipients, "accepted": self.accepted, "note": self.note}
-
 
 @dataclass(frozen=True)
 class Fence:
@@ -203,8 +198,5 @@ class StateStore(SendLedger, ReadState, Leases, TokenCache, RunLog, Protocol):
     @property
     def location(self) -> str:
         """Where the store is, with any password hidden (for messages)."""
-
-    def now(self) -> float:
-        """The store's clock (seconds since the epoch): lease expiry is judged by it, not by each host's."""
 
     def close(self) -> None: ...

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["PostgresStore", "hide_password"]
+__all__ = ["PostgresStore"]
 
 _DIALECT = Dialect(placeholder="%s", now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
                    greatest="GREATEST", share="FOR SHARE", real="DOUBLE PRECISION",
@@ -28,7 +28,7 @@ _DIALECT = Dialect(placeholder="%s", now="EXTRACT(EPOCH FROM clock_timestamp()):
 _MIGRATION_LOCK = 0x6D61696C  # an advisory lock: two processes upgrading one store at once take turns
 
 
-def hide_password(url: str) -> str:
+def _hide_password(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
 
 
@@ -36,7 +36,7 @@ class PostgresStore(SqlStore):
     dialect = _DIALECT
 
     def __init__(self, url: str, *, pool_size: int = 16, connect_timeout: float = 10.0) -> None:
-        self.location = hide_password(url)
+        self.location = _hide_password(url)
         password = re.search(r"://[^:/@]*:([^@]*)@", url)
         if password and password.group(1):
             register_secret(password.group(1))

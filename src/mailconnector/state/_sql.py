@@ -97,9 +97,6 @@ class SqlStore:
         text = script.format(real=self.dialect.real, serial=self.dialect.serial)
         return [s.strip() for s in text.split(";") if s.strip()]
 
-    def now(self) -> float:
-        return float(self._q("SELECT {now}")[0][0])
-
     # ---------------------------------------------------------- send ledger
     def claim(self, message_id: str, *, connection: str, holder: str, recipients: list[str]) -> Claim:
         for _ in range(3):  # the row can vanish between the insert and the look (a release): look again
