@@ -10,6 +10,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class SqliteStore(SqlStore):
             try:
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA busy_timeout=30000")
-                db.execute("PRAGMA journal_mode=WAL")
+                _use_wal(db)
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
@@ -136,3 +137,18 @@ class SqliteStore(SqlStore):
             with contextlib.suppress(sqlite3.Error):
                 db.close()
         self._local = threading.local()
+
+
+def _use_wal(db: sqlite3.Connection, *, patience: float = 30.0) -> None:
+    """Switch the file to WAL once. The switch does not wait for a lock as other statements do (the busy
+    handler is not called), so processes opening a new store at the same moment take turns here."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
