@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
     "RecipientsRefusedError": "errors",
     "MessageError": "errors",
     "StateError": "errors",
+    "LeaseBusyError": "errors",
 }
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "Connection",
     "Criteria",
     "ImapSession",
+    "LeaseBusyError",
     "MailConnectorError",
     "MessageError",
     "OAuth2Settings",
@@ -137,6 +139,7 @@ if TYPE_CHECKING:
     from .errors import (
         AuthenticationError,
         ConfigError,
+        LeaseBusyError,
         MailConnectorError,
         MessageError,
         ProtocolTimeoutError,

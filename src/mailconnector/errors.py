@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "LeaseBusyError",
     "MailConnectorError",
     "MessageError",
     "ProtocolTimeoutError",
@@ -151,3 +152,7 @@ class StateError(MailConnectorError):
     """The local store (ledger, checkpoints, leases, logs) is unusable or held by another process."""
 
     exit_code = 8
+
+
+class LeaseBusyError(StateError):
+    """Another consumer holds the folder (or the operation) right now: wait for it, or try later."""

@@ -300,6 +300,7 @@ class ImapSession:
                 messages, unseen = int(st[b"MESSAGES"]), int(st[b"UNSEEN"])
             d = delim.decode() if isinstance(delim, bytes) else delim
             out.append(FolderInfo(str(name), flag_names, special, d, messages, unseen))
+        out.sort(key=_folder_order)
         return out
 
     def select(self, folder: str, *, readonly: bool = False) -> FolderState:
@@ -329,8 +330,64 @@ class ImapSession:
             self.client.delete_folder(folder)
 
     def folder_exists(self, folder: str) -> bool:
+        """Whether a folder of exactly this name exists (IMAPClient's own check treats ``*`` and ``%`` in
+        the name as LIST wildcards, so ``Arch*`` would "exist" wherever ``Archive`` does)."""
+        return self._listed(folder) is not None
+
+    def _listed(self, folder: str) -> tuple[str, ...] | None:
+        """The LIST flags of exactly ``folder`` (INBOX in any case), or None when it is not there."""
+        if folder.upper() == "INBOX":
+            folder = "INBOX"
         with self._translate("LIST"):
-            return bool(self.client.folder_exists(folder))
+            rows = self.client.list_folders("", folder)
+        for flags, _delim, name in rows:
+            if str(name) == folder or (folder == "INBOX" and str(name).upper() == "INBOX"):
+                names = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
+                if "\\NonExistent" not in names:
+                    return names
+        return None
+
+    def hierarchy_delimiter(self) -> str | None:
+        """The server's hierarchy delimiter (``LIST "" ""``), or None for a flat namespace."""
+        with self._translate("LIST"):
+            rows = self.client.list_folders("", "")
+        for _flags, delim, _name in rows:
+            if delim:
+                return delim.decode() if isinstance(delim, bytes) else str(delim)
+        return None
+
+    def ensure_folder(self, folder: str, *, subscribe: bool = True) -> list[str]:
+        """Create ``folder`` unless it exists: its missing parent levels first (servers differ on whether
+        CREATE makes them), each level created then subscribed, so mail clients show it. Returns the levels
+        created, ``folder`` last; [] when it was there. Idempotent, also when another client creates it at the
+        same moment. Names go over the wire in modified UTF-7 (IMAPClient encodes them)."""
+        check_folder_name(folder)
+        if folder.upper() == "INBOX":
+            return []
+        levels = folder_levels(folder, self.hierarchy_delimiter())
+        created: list[str] = []
+        for path in levels:
+            flags = self._listed(path)
+            # A parent only has to be there; the folder itself must also hold mail (not \Noselect).
+            if flags is not None and (path != folder or "\\Noselect" not in flags):
+                continue
+            if self._create_unless_exists(path):
+                created.append(path)
+                if subscribe:
+                    with self._translate(f"SUBSCRIBE {path}"):
+                        self.client.subscribe_folder(path)
+        return created
+
+    def _create_unless_exists(self, folder: str) -> bool:
+        """CREATE; False when the server says it exists already (created meanwhile by someone else)."""
+        with self._translate(f"CREATE {folder}"):
+            try:
+                self.client.create_folder(folder)
+            except imap_exc.IMAPClientError as exc:
+                if "ALREADYEXISTS" in str(exc).upper() and self._listed(folder) is not None:
+                    return False
+                raise
+        return True
 
     # ----------------------------------------------------------------- search
     def search(self, criteria: Sequence[Any] | str, *, charset: str | None = None) -> list[int]:
@@ -338,7 +395,10 @@ class ImapSession:
             try:
                 uids = self.client.search(criteria, charset=charset)
             except imap_exc.InvalidCriteriaError as exc:
-                raise ConfigError(f"invalid search criteria: {_clean(exc)}", field="criteria") from exc
+                # The library appends a paragraph about its documentation: the server's words are the first line.
+                said = _clean(exc).split("\n", 1)[0].strip()
+                raise ConfigError(f"the server refused the search criteria: {said}", field="criteria",
+                                  hint="see `mailconnector read --help` for the search keys") from exc
         return sorted(int(u) for u in uids)
 
     # ------------------------------------------------------------------ fetch
@@ -500,6 +560,41 @@ class ImapSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_folder_name(folder: str) -> None:
+    """Refuse a folder name no server should be asked to create: empty, with control characters (CR and LF
+    would end the command line), or with the LIST wildcards ``*`` and ``%`` (such a folder cannot be listed
+    by its name alone)."""
+    if not folder or not folder.strip():
+        raise ConfigError("the folder name is empty", field="folder")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in folder):
+        raise ConfigError(f"folder name {folder!r} contains a control character (CR, LF, NUL, tab, ...)",
+                          field="folder")
+    if "*" in folder or "%" in folder:
+        raise ConfigError(f"folder name {folder!r} contains * or %, which IMAP treats as wildcards",
+                          field="folder", hint="choose a name without * and %")
+
+
+def folder_levels(folder: str, delimiter: str | None) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b", "a/b/c"]`` with the server's delimiter; a name that starts or ends with
+    it, or has an empty level (``a//b``), is refused: servers either refuse it or make something else."""
+    if not delimiter or delimiter not in folder:
+        return [folder]
+    parts = folder.split(delimiter)
+    if any(not p for p in parts):
+        raise ConfigError(f"folder name {folder!r} has an empty level (the server's hierarchy delimiter is "
+                          f"{delimiter!r})", field="folder",
+                          hint=f"write nested folders as Parent{delimiter}Child, without a leading, trailing or "
+                               f"doubled {delimiter!r}")
+    return [delimiter.join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _folder_order(info: FolderInfo) -> tuple[int, list[str], str]:
+    """INBOX (and what is under it) first, then alphabetically, level by level and ignoring case, so that
+    a folder's children follow it (``a``, ``a/b``, ``a-c``)."""
+    levels = info.name.split(info.delimiter) if info.delimiter else [info.name]
+    return (0 if levels[0].upper() == "INBOX" else 1, [level.casefold() for level in levels], info.name)
 
 
 def uid_sets(uids: Iterable[int], max_length: int = 4000) -> list[str]:

@@ -17,7 +17,8 @@ from typing import IO, Any
 
 from .secrets import REDACTED, redact
 
-__all__ = ["RedactingFormatter", "configure_logging", "get_logger", "redact_imap_line", "redact_smtp_line"]
+__all__ = ["RedactingFormatter", "configure_logging", "get_logger", "json_line", "redact_imap_line",
+           "redact_smtp_line"]
 
 ROOT = "mailconnector"
 PROTOCOL = "mailconnector.protocol"
@@ -66,12 +67,24 @@ class RedactingFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("run_id", "operation", "record", "uid", "message_id"):
+        for key in ("run_id", "operation", "record", "uid", "message_id", "error"):
             if hasattr(record, key):
                 data[key] = getattr(record, key)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return redact(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def json_line(message: str, *, level: int = logging.INFO, logger: str = f"{ROOT}.cli", **fields: Any) -> str:
+    """A message that is no log record (a command's summary, the error it ended with) as one JSON line with
+    the fields of the log records, so that one parser reads the whole of stderr; secrets removed.
+
+    ``fields`` are the extra keys the JSON formatter knows (``run_id``, ``error``, ...).
+    """
+    record = logging.LogRecord(logger, level, __file__, 0, message, None, None)
+    for key, value in fields.items():
+        setattr(record, key, value)
+    return RedactingFormatter(json_lines=True).format(record)
 
 
 _installed: list[logging.Handler] = []

@@ -3,7 +3,10 @@
 A source item is acknowledged (for Read Email: marked read / moved / deleted) only once the target has
 taken every record the transformation made of it; an item the transformation drops (``None``, ``[]``) is
 acknowledged at once. A failed record is written to the operation log and leaves its source item
-unacknowledged, so the next run retries exactly it. Each run writes one operation log entry.
+unacknowledged, so the next run retries exactly it; so does an ``uncertain`` one (it may have been sent:
+the next run reports it again until the ledger is resolved). A record the target already had (``skipped``:
+sent by an earlier run) acknowledges its item. Each run writes one operation log entry, with the written,
+skipped, uncertain and failed records counted apart.
 
 Watch mode repeats the run, waiting with IMAP IDLE where offered (else polling), reconnecting with backoff
 after a dropped connection; one consumer per connection + folder at a time (a lease in the store).
@@ -52,6 +55,8 @@ class RunResult:
     written: int = 0
     failed: int = 0
     error: str | None = None
+    skipped: int = 0  # already taken by an earlier run (the send ledger): nothing was sent
+    uncertain: int = 0  # may have been sent: not again until the ledger is resolved
     chained: list[RunResult] = field(default_factory=list)
 
     @property
@@ -64,7 +69,8 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "operation": self.operation, "status": self.status, "read": self.read,
-                "written": self.written, "failed": self.failed, "error": self.error,
+                "written": self.written, "skipped": self.skipped, "uncertain": self.uncertain,
+                "failed": self.failed, "error": self.error,
                 "chained": [c.to_dict() for c in self.chained]}
 
 
@@ -140,19 +146,19 @@ class _Pending:
 
 class _Run:
     def __init__(self, project: Project, name: str, stop: threading.Event, keeper: LeaseKeeper | None = None,
-                 append_files: bool | None = None, log_empty: bool = True,
-                 on_record: Callable[[str], None] | None = None) -> None:
+                 log_empty: bool = True, on_record: Callable[[str], None] | None = None,
+                 batch_key: str | None = None) -> None:
         self.on_record = on_record  # progress: called with the operation's name as each record settles
         self.watch_keeper = keeper  # watch mode holds the folder's lease across runs
         self.log_empty = log_empty  # watch mode keeps no log entry for a run that found nothing
-        self.append_files = append_files  # watch mode appends to file targets after its first run
         self.project = project
         self.name = name
         self.op: OperationConfig = project.operation(name)
         self.stop = stop
         self.store = project.store()
         self.ttl = project.settings.lease_seconds
-        self.read = self.written = self.failed = 0
+        self.batch_key = batch_key if batch_key is not None else self.op.batch_key()
+        self.read = self.written = self.failed = self.skipped = self.uncertain = 0
         self.halted = False  # on_error: stop, after a failed record
         self.cut_short = False  # stop was set (SIGTERM / Ctrl-C) before the source was exhausted
         self.run_id = ""
@@ -169,7 +175,8 @@ class _Run:
         transform = build_transformation(self.op.transformation, self.project, self.name)
         source = build_source(self.project, self.op.source)
         try:
-            target = build_target(self.project, self.op.target, operation=self.name, append=self.append_files)
+            target = build_target(self.project, self.op.target, operation=self.name, batch_key=self.batch_key,
+                                  stop=self.stop)
         except BaseException:
             source.close()
             raise
@@ -219,13 +226,13 @@ class _Run:
         if status == "success":
             if self.cut_short:
                 status = "interrupted"
-            elif self.failed:
-                status = "partial" if self.written else "failed"
+            elif self.failed or self.uncertain:
+                status = "partial" if self.written or self.skipped else "failed"
         if status == "success" and not self.read and not self.log_empty:
             self.store.delete_run(self.run_id)
         else:
             self.store.finish_run(self.run_id, status=status, read=self.read, written=self.written,
-                                  failed=self.failed, error=error)
+                                  failed=self.failed, skipped=self.skipped, uncertain=self.uncertain, error=error)
         retention = self.project.settings
         try:
             self.store.prune_runs(max_age_days=retention.log_retention_days,
@@ -234,7 +241,8 @@ class _Run:
             log.warning("could not prune the operation logs: %s", exc.message)
         if pending_exc is not None:
             raise pending_exc
-        return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error)
+        return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error,
+                         skipped=self.skipped, uncertain=self.uncertain)
 
     def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
               transform: Transform, keeper: LeaseKeeper | None) -> None:
@@ -274,14 +282,22 @@ class _Run:
                     yield next_ticket, out, key
                     next_ticket += 1
 
-        for ticket, error in target.deliver(feed()):
-            index, label = tickets.pop(ticket)
+        for outcome in target.deliver(feed()):
+            index, label = tickets.pop(outcome.ticket)
             entry = pending[index]
-            if error is not None:
-                entry.failed = True
-                self.fail(label, {**error.model_dump(exclude_none=True), "stage": "target"})
-            else:
+            if outcome.status == "written":
                 self.written += 1
+            elif outcome.status == "skipped":
+                self.skipped += 1
+            elif outcome.status == "uncertain":  # not a failure (on_error does not stop), not taken either
+                entry.failed = True
+                self.uncertain += 1
+                detail = outcome.error.model_dump(exclude_none=True) if outcome.error else {}
+                self.store.record_run_error(self.run_id, label, {**detail, "stage": "target", "outcome": "uncertain"})
+            else:
+                entry.failed = True
+                detail = outcome.error.model_dump(exclude_none=True) if outcome.error else {"message": "failed"}
+                self.fail(label, {**detail, "stage": "target"})
             if self.on_record is not None:
                 self.on_record(self.name)
             entry.remaining -= 1
@@ -299,8 +315,8 @@ def _describe_crash(exc: BaseException) -> tuple[str, str]:
     return "error", f"{type(exc).__name__}: {exc}"
 
 
-def run_operation(project: Project, name: str, *, stop: threading.Event | None = None,
-                  append_files: bool | None = None, log_empty: bool = True, _keeper: LeaseKeeper | None = None,
+def run_operation(project: Project, name: str, *, stop: threading.Event | None = None, log_empty: bool = True,
+                  batch_key: str | None = None, _keeper: LeaseKeeper | None = None,
                   on_record: Callable[[str], None] | None = None, _depth: int = 0) -> RunResult:
     """Run an operation once, then the operations it chains to (on_success / on_failure).
 
@@ -308,16 +324,19 @@ def run_operation(project: Project, name: str, *, stop: threading.Event | None =
     failure to start is reported in ``chained`` instead, so the first run's result is never lost.
     ``log_empty=False`` (watch mode) keeps no operation log entry for a clean run that read nothing.
     ``on_record(operation)`` is called as each record is taken or fails (for a progress display).
+    ``batch_key`` overrides the operation's ``key`` (a Send Email target's Message-IDs: a new key sends the
+    same records again); it does not pass on to chained operations.
     """
     if _depth > MAX_CHAIN_DEPTH:
         raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)",
                           source=project.source)
     stop = stop or threading.Event()
-    run = _Run(project, name, stop, _keeper, append_files, log_empty, on_record)
+    run = _Run(project, name, stop, _keeper, log_empty, on_record, batch_key)
     try:
         result = run.execute()
     except MailConnectorError as exc:
-        result = RunResult(run.run_id, name, "error", run.read, run.written, run.failed, exc.message)
+        result = RunResult(run.run_id, name, "error", run.read, run.written, run.failed, exc.message,
+                           skipped=run.skipped, uncertain=run.uncertain)
         if not run.op.on_failure or not run.run_id:
             raise
     chain = run.op.on_success if result.status == "success" else run.op.on_failure
@@ -369,14 +388,11 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
     log.info("watching %s", lease.split(":", 1)[1])
     waiter = _MailWaiter(connection, folder, keeper)
     backoff = 1.0
-    first = True
     try:
         while not stop.is_set():
             try:
                 mark = waiter.mark()
-                result = run_operation(project, name, stop=stop, append_files=None if first else True,
-                                       log_empty=False, _keeper=keeper)
-                first = False
+                result = run_operation(project, name, stop=stop, log_empty=False, _keeper=keeper)
                 if on_run is not None:
                     on_run(result)
                 backoff = 1.0

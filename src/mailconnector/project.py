@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,6 +38,8 @@ __all__ = [
 PROJECT_FILE = "mailconnector.yaml"
 PROJECT_ENV = "MAILCONNECTOR_PROJECT"
 _TOP_LEVEL = {"connections", "activities", "operations", "settings"}
+# Top-level keys starting with x- are ignored: a place for YAML anchors that entries reuse (as in Compose files).
+_EXTENSION_PREFIX = "x-"
 
 
 class FileActivity(BaseModel):
@@ -48,7 +51,9 @@ class FileActivity(BaseModel):
     path: str = Field(description="a file, a directory (format eml), or - for stdin/stdout")
     format: Literal["json", "jsonl", "csv", "eml"] | None = Field(
         None, description="default: from the file name (a directory means eml)")
-    append: bool = Field(False, description="as a target: append instead of replacing the file")
+    append: bool = Field(True, description="as a target: add each run's records to the file (the default), or "
+                         "replace the file at each run (false; not for read-email sources, whose emails an "
+                         "earlier run already acknowledged)")
 
 
 class SendActivity(BaseModel):
@@ -114,6 +119,15 @@ class OperationConfig(BaseModel):
     on_failure: list[str] = Field(default_factory=list, description="operations to run after a run with a "
                                   "failed record or an error", json_schema_extra=_one_or_many)
     interval: float = Field(60.0, gt=0, description="watch mode: seconds between polls without IDLE")
+    key: str | None = Field(
+        None, description="a send-email target's batch key: records sent under one key are never sent again "
+        "under it, and a new key sends them again; {date} is today's date (UTC), e.g. 'statements-{date}'")
+
+    def batch_key(self) -> str | None:
+        """The key with today's date filled in (a daily operation sends the same file once a day)."""
+        if self.key is None:
+            return None
+        return self.key.replace("{date}", time.strftime("%Y-%m-%d", time.gmtime()))
 
     @field_validator("on_success", "on_failure", mode="before")
     @classmethod
@@ -199,6 +213,8 @@ def project_schema() -> dict[str, Any]:
     for name in ("SendSettings", "ReadSettings"):
         defs.pop(name)
     schema["$defs"] = defs
+    schema["patternProperties"] = {f"^{_EXTENSION_PREFIX}": {
+        "description": "ignored: a place for YAML anchors (&name) that entries reuse (*name, <<: *name)"}}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
 
@@ -220,13 +236,16 @@ class Project:
     _store: StateStore | None = None
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Project:
-        path = find_project_file(path)
+    def load(cls, path: str | os.PathLike[str] | None = None) -> Project:
+        """Load a project file (default: $MAILCONNECTOR_PROJECT, else ./mailconnector.yaml); a ``str`` path is
+        as good as a ``Path``, since that is what a script most often has."""
+        path = find_project_file(None if path is None else Path(path))
         doc = load_yaml(path)
         for key in doc.data:
-            if key not in _TOP_LEVEL:
+            if key not in _TOP_LEVEL and not str(key).startswith(_EXTENSION_PREFIX):
                 raise ConfigError(
-                    f"line {doc.line_of([key])}: {key}: unknown section (expected: {', '.join(sorted(_TOP_LEVEL))})",
+                    f"line {doc.line_of([key])}: {key}: unknown section (expected: {', '.join(sorted(_TOP_LEVEL))}; "
+                    f"keys starting with {_EXTENSION_PREFIX} are ignored, e.g. for YAML anchors)",
                     source=str(path),
                 )
         for section in ("connections", "activities", "operations", "settings"):
@@ -359,6 +378,13 @@ class Project:
                 raise ConfigError(f"line {line}: operations.{name}.{role}: no activity named {act_name!r}",
                                   source=self.source)
             act = self.activity(act_name)
+            if (role == "target" and isinstance(act, FileActivity) and not act.append
+                    and isinstance(self.activity(op.source), ReadActivity)):
+                raise ConfigError(
+                    f"line {line}: operations.{name}.target: {act_name!r} has append: false, which would replace "
+                    "the file at each run and lose the records of earlier runs, whose emails were already "
+                    "marked read (or moved)", source=self.source,
+                    hint=f"remove append: false from activities.{act_name} (file targets append by default)")
             if act.type not in allowed:
                 kind = "a target-only" if role == "source" else "a source-only"
                 raise ConfigError(
@@ -387,6 +413,7 @@ class Project:
 
     def validate_all(self) -> None:
         """Validate every entry (for `mailconnector init` checks and CI of projects)."""
+        self.settings  # noqa: B018  (validated on access: a wrong setting is reported here too)
         for name in self.connection_names:
             self.connection(name)
         for name in self._section("activities"):

@@ -91,10 +91,14 @@ def test_example_operations_end_to_end(demo_sandbox: Sandbox, tmp_path: Path) ->
 
     # Reruns send nothing twice: the outbox's records have ids, and the acknowledgements' Message-IDs are
     # derived from their source records, so the send ledger knows them all.
+    # They count as skipped, not as written: nothing was sent.
     again = run_operation(project, "send-outbox")
-    assert (again.status, again.written) == ("success", 5)
+    assert (again.status, again.written, again.skipped) == ("success", 0, 5)
     ack_again = run_operation(project, "acknowledge")
-    assert (ack_again.status, ack_again.written) == ("success", 5)
+    assert (ack_again.status, ack_again.written, ack_again.skipped) == ("success", 0, 5)
+    logged_again = project.store().get_run(again.run_id)
+    assert logged_again is not None
+    assert (logged_again["records_written"], logged_again["records_skipped"]) == (0, 5)
     assert run_operation(project, "inbox-to-jsonl").read == 0
     time.sleep(1.0)  # give Postfix the time to deliver anything that was (wrongly) sent again
     assert read_state(bob, "INBOX") == {}
@@ -231,7 +235,7 @@ def test_an_email_is_acked_only_when_the_target_took_every_record_made_of_it(
     (tmp_path / "cured").touch()
     second = run_operation(project, "op")
     # The rerun makes both messages again; the first is found in the send ledger and not sent twice.
-    assert (second.read, second.written, second.failed) == (1, 2, 0)
+    assert (second.read, second.written, second.skipped, second.failed) == (1, 1, 1, 0)
     assert all(read_state(conn, folder).values())
     expected = sorted(f"{token} part {p} of {n}" for n in (names[0], names[1], names[3]) for p in (1, 2))
     wait_for(lambda: len(subjects_in(conn, "INBOX", token)) >= 6, timeout=20)
@@ -308,8 +312,9 @@ def test_a_json_array_target_acks_once_the_array_is_written(
     assert read_state(conn, folder) == {"j0": True, "j1 poison": False, "j2": True}
     (tmp_path / "cured").touch()
     assert run_operation(project, "op").written == 1
-    # Without append, each run writes its own array.
-    assert [r["subject"] for r in json.loads((tmp_path / "out.json").read_text())] == ["j1 poison"]
+    # File targets append: the array grows by this run's records, keeping what the first run wrote
+    # (and acknowledged: its emails are marked read).
+    assert [r["subject"] for r in json.loads((tmp_path / "out.json").read_text())] == ["j0", "j2", "j1 poison"]
 
 
 # ------------------------------------------------------------------------------------ SIGTERM mid-run

@@ -455,8 +455,38 @@ def test_send_target_message_ids_are_stable_for_the_same_input(tmp_path: Path) -
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, {"to": "w@example.test"}]))
     assert run_operation(project, "op").ok
     changed = message_ids()
-    # a changed input is a new input (as for `mailconnector send`), except a record with an explicit id
-    assert first[2] in changed and not {first[0], first[1]} & set(changed)
+    # Each record keeps its Message-ID when another line changes (a fix-and-rerun sends only what is new).
+    assert set(first) < set(changed) and len(set(changed)) == 4
+    # An edited record is a new record; its neighbours are untouched.
+    edited = [{**records[0], "text": "one, fixed"}, *records[1:]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in edited))
+    assert run_operation(project, "op").ok
+    after_edit = message_ids()
+    assert set(after_edit) & set(first) == {first[1], first[2]}
+
+
+def test_an_operation_key_gives_every_record_a_new_message_id(tmp_path: Path) -> None:
+    activities = {"in": {"type": "file", "path": "in.jsonl"},
+                  "mail": {"type": "send-email", "connection": "mb", "dry_run": "dry", "subject": "Default"}}
+    records = [{"to": "x@example.test", "text": "one"}, {"to": "x@example.test", "text": "one"},
+               {"id": "mine", "to": "z@example.test", "text": "three"}]
+    ops = {"daily": {"source": "in", "target": "mail", "key": "statements-{date}"},
+           "plain": {"source": "in", "target": "mail"}}
+    project = make_project(tmp_path, activities, ops, **{"in.jsonl": records})
+
+    def ids_of(operation: str, key: str | None = None) -> list[str]:
+        assert run_operation(project, operation, batch_key=key).ok
+        found = [re.search(rb"^Message-ID: (<[^>]+>)", p.read_bytes(), re.M | re.I)
+                 for p in sorted((tmp_path / "dry").glob("*.eml"))]
+        shutil.rmtree(tmp_path / "dry")
+        return [m.group(1).decode() for m in found if m]
+
+    plain = ids_of("plain")
+    assert len(set(plain)) == 3  # two equal records are two messages (first and second occurrence)
+    today = ids_of("daily")
+    assert ids_of("daily") == today  # the same key, the same day: the same Message-IDs
+    other = ids_of("daily", "statements-another-day")
+    assert len(set(plain) | set(today) | set(other)) == 9  # each key re-keys every record, the id one too
 
 
 # -------------------------------------------------------------------------------------- leases, watch

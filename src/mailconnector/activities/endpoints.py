@@ -1,9 +1,10 @@
 """Sources and targets as an operation sees them, built from the project file's activities.
 
 A source yields ``SourceItem``s (a record as a JSON-ready dict, plus an ``ack`` and a stable ``key``); a
-target takes ``(ticket, record, key)`` triples and yields ``(ticket, error or None)`` once each record is
-really taken (written to disk, accepted by the SMTP server) or has failed — in any order, so a parallel
-target (Send Email) can report as it goes. An operation acknowledges a source item only after that.
+target takes ``(ticket, record, key)`` triples and yields one ``Outcome`` per ticket once its record is
+really taken (written to disk, accepted by the SMTP server), found already taken (``skipped``: sent by an
+earlier run), left ``uncertain`` or failed — in any order, so a parallel target (Send Email) can report as
+it goes. An operation acknowledges a source item only once each of its records is written or skipped.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,7 +29,8 @@ from .._validation import config_error_from_validation
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo, SendDefaults
-from .files import RecordFormat, iter_records, read_input, write_jsonl
+from ._record_keys import RecordKeys
+from .files import RecordFormat, iter_records, open_for_append, read_input, write_jsonl
 
 if TYPE_CHECKING:
     from .read import ReadSettings
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Delivery",
+    "Outcome",
     "Source",
     "SourceItem",
     "Target",
@@ -47,6 +51,19 @@ __all__ = [
 # What a target is handed: (ticket, record, key). The key names the source item and the output's place
 # among the records made of it; a Send Email target derives the Message-ID (the send ledger's key) from it.
 Delivery = tuple[int, dict[str, Any], str | None]
+OutcomeStatus = Literal["written", "skipped", "uncertain", "failed"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ticket: int
+    status: OutcomeStatus
+    error: ErrorInfo | None = None
+
+    @property
+    def taken(self) -> bool:
+        """The record is where it should be (now or from an earlier run): its source item may be acked."""
+        return self.status in ("written", "skipped")
 
 
 @dataclass
@@ -67,7 +84,7 @@ class Source(Protocol):
 
 
 class Target(Protocol):
-    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]: ...
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[Outcome]: ...
 
     def close(self) -> None: ...
 
@@ -141,7 +158,7 @@ class ReadEmailSource:
 
     def describe(self) -> dict[str, Any]:
         return {"type": "read-email", "connection": self.connection.name,
-                **self.settings.model_dump(mode="json", exclude_none=True)}
+                **self.settings.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 class FileSource:
@@ -160,9 +177,9 @@ class FileSource:
             yield from self._eml_items(path)
             return
         data, label = read_input(self.path)
-        digest = hashlib.sha256(data).hexdigest()[:24]
+        keys = RecordKeys()  # by content, not position: fixing one line and rerunning sends only that line
         for i, rec in enumerate(iter_records(data, name=label, fmt=_record_format(fmt))):
-            key = f"file:{digest}:{i}"
+            key = f"file:{keys.key(rec)}"
             if isinstance(rec, MailConnectorError):
                 yield SourceItem(None, error=rec, label=f"record {i}", key=key)
             else:
@@ -191,7 +208,8 @@ class SendEmailTarget:
     operation and its source item, so that a rerun over the same input (the same file, or an email that was
     delivered but not yet acknowledged when a run died) is found in the send ledger and not sent again."""
 
-    def __init__(self, project: Project, name: str, config: SendActivity, *, operation: str = "") -> None:
+    def __init__(self, project: Project, name: str, config: SendActivity, *, operation: str = "",
+                 batch_key: str | None = None, stop: threading.Event | None = None) -> None:
         from .send import SendEmail
 
         send_settings = send_settings_of(project, name, config)
@@ -199,15 +217,20 @@ class SendEmailTarget:
         self.activity = SendEmail(self.connection, send_settings, store=project.store(), base_dir=project.directory)
         self.name = name
         self.operation = operation
+        self.batch_key = batch_key
+        self.stop = stop
         self._sender = self.connection.from_address or self.connection.auth.username or ""
 
     def _message_id(self, key: str) -> str:
         from .send import derive_message_id
 
         # The sending account, not the connection's name: renaming a connection must not send again.
-        return derive_message_id(f"op:{self.operation}\0{self.connection.auth.username}\0{key}", self._sender)
+        seed = f"op:{self.operation}\0{self.connection.auth.username}\0{key}"
+        if self.batch_key:
+            seed += f"\0{self.batch_key}"
+        return derive_message_id(seed, self._sender)
 
-    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[Outcome]:
         tickets: list[int] = []
 
         def feed() -> Iterator[Mapping[str, Any]]:
@@ -217,16 +240,21 @@ class SendEmailTarget:
                     record = {**record, "message_id": self._message_id(key)}
                 yield record
 
-        for response in self.activity.send(feed()):
-            ok = response.status in ("sent", "partial", "skipped_duplicate", "dry_run")
-            yield tickets[response.index], None if ok else response.error
+        # A batch key re-keys records with an ``id`` as well (the others got their Message-ID above).
+        for response in self.activity.send(feed(), batch_key=self.batch_key or None, stop=self.stop):
+            yield Outcome(tickets[response.index], _SEND_OUTCOMES[response.status], response.error)
 
     def close(self) -> None:
         self.activity.close()
 
     def describe(self) -> dict[str, Any]:
         return {"type": "send-email", "connection": self.connection.name,
-                **self.activity.settings.model_dump(mode="json", exclude_none=True)}
+                **self.activity.settings.model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+
+_SEND_OUTCOMES: dict[str, OutcomeStatus] = {"sent": "written", "partial": "written", "dry_run": "written",
+                                            "skipped_duplicate": "skipped", "uncertain": "uncertain",
+                                            "failed": "failed"}
 
 
 class FileTarget:
@@ -244,7 +272,7 @@ class FileTarget:
         self._columns: list[str] | None = None
         self._fmt = config.format or _format_of(self.path)
 
-    def deliver(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
+    def deliver(self, records: Iterable[Delivery]) -> Iterator[Outcome]:
         if self._fmt == "json":
             yield from self._deliver_json(records)
             return
@@ -252,11 +280,11 @@ class FileTarget:
             try:
                 self._write(record)
             except (OSError, ValueError, TypeError) as exc:
-                yield ticket, _write_error(self.path, exc)
+                yield Outcome(ticket, "failed", _write_error(self.path, exc))
                 continue
-            yield ticket, None
+            yield Outcome(ticket, "written")
 
-    def _deliver_json(self, records: Iterable[Delivery]) -> Iterator[tuple[int, ErrorInfo | None]]:
+    def _deliver_json(self, records: Iterable[Delivery]) -> Iterator[Outcome]:
         tickets: list[int] = []
         items: list[dict[str, Any]] = []
         for ticket, record, _key in records:
@@ -267,10 +295,10 @@ class FileTarget:
         except (OSError, ValueError, TypeError) as exc:
             error = _write_error(self.path, exc)
             for ticket in tickets:
-                yield ticket, error
+                yield Outcome(ticket, "failed", error)
             return
         for ticket in tickets:
-            yield ticket, None
+            yield Outcome(ticket, "written")
 
     def _write_json(self, items: list[dict[str, Any]]) -> None:
         if self.path == "-":
@@ -303,8 +331,10 @@ class FileTarget:
                 self._sink = sys.stdout
             else:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                mode = "a" if self.append else "w"
-                self._sink = cast(TextIO, open(self.path, mode, encoding="utf-8", newline=""))  # noqa: SIM115
+                if self.append:
+                    self._sink = open_for_append(Path(self.path))
+                else:
+                    self._sink = cast(TextIO, open(self.path, "w", encoding="utf-8", newline=""))  # noqa: SIM115
         return self._sink
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -420,12 +450,13 @@ def build_source(project: Project, name: str) -> ReadEmailSource | FileSource:
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a source", source=project.source)
 
 
-def build_target(project: Project, name: str, *, operation: str = "",
-                 append: bool | None = None) -> SendEmailTarget | FileTarget:
-    """``append`` overrides a file target's setting (a watch appends after its first run)."""
+def build_target(project: Project, name: str, *, operation: str = "", append: bool | None = None,
+                 batch_key: str | None = None, stop: threading.Event | None = None) -> SendEmailTarget | FileTarget:
+    """``append`` overrides a file target's setting (a watch appends after its first run); ``batch_key``
+    and ``stop`` are a Send Email target's (``SendEmail.send``)."""
     config = project.activity(name)
     if isinstance(config, SendActivity):
-        return SendEmailTarget(project, name, config, operation=operation)
+        return SendEmailTarget(project, name, config, operation=operation, batch_key=batch_key, stop=stop)
     if isinstance(config, FileActivity):
         return FileTarget(project, name, config, append=append)
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a target", source=project.source)

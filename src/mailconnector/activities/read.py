@@ -24,6 +24,7 @@ folder, and a message is let go as soon as its record is made.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import logging
 import os
 import re
@@ -54,7 +55,7 @@ from ..state import (
     normalize_folder,
 )
 
-__all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
+__all__ = ["KNOWN_SEARCH_KEYS", "Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json", "search_problem"]
 
 log = logging.getLogger("mailconnector.read")
 
@@ -84,6 +85,14 @@ class Criteria(BaseModel):
     def _no_crlf(cls, v: str | None) -> str | None:
         if v is not None and any(c in v for c in "\r\n\0"):
             raise ValueError("contains CR, LF or NUL")
+        return v
+
+    @field_validator("raw")
+    @classmethod
+    def _raw_search(cls, v: str | None) -> str | None:
+        problem = search_problem(v) if v is not None and v.strip() else None
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @field_validator("header")
@@ -191,6 +200,142 @@ def _tokenize_search(raw: str) -> list[bytes]:
     return items
 
 
+# -- checking a raw search before it is sent: one line that says what is wrong and where -------------------
+_NO_ARGUMENT = frozenset({
+    "ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT", "SEEN", "UNANSWERED",
+    "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN", "SAVEDATESUPPORTED",
+})
+# key -> what each of its arguments is (RFC 3501 and common extensions: WITHIN, SAVEDATE, OBJECTID, Gmail)
+_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    **{k: ("string",) for k in ("BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "X-GM-RAW", "X-GM-LABELS",
+                                "EMAILID", "THREADID")},
+    **{k: ("date",) for k in ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE", "SAVEDBEFORE",
+                              "SAVEDON", "SAVEDSINCE")},
+    **{k: ("number",) for k in ("LARGER", "SMALLER", "YOUNGER", "OLDER", "X-GM-MSGID", "X-GM-THRID", "MODSEQ")},
+    "KEYWORD": ("flag",), "UNKEYWORD": ("flag",), "HEADER": ("header name", "string"), "UID": ("sequence set",),
+}
+_OF_KEYS = {"NOT": 1, "FUZZY": 1, "OR": 2}  # keys whose arguments are search keys
+KNOWN_SEARCH_KEYS = tuple(sorted({*_NO_ARGUMENT, *_ARGUMENTS, *_OF_KEYS}))
+_MAX_NESTING = 64
+_TOKEN = re.compile(r'\s*(?:(?P<open>\()|(?P<close>\))|(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<atom>[^\s()"]+))')
+_SEQUENCE_SET = re.compile(r"(?:\d+|\*)(?::(?:\d+|\*))?(?:,(?:\d+|\*)(?::(?:\d+|\*))?)*|\$")
+_ARGUMENT_FORMS = {
+    "date": (re.compile(r"\d{1,2}-(?:" + "|".join(_MONTHS) + r")-\d{4}", re.IGNORECASE), "a date like 1-Jan-2026"),
+    "number": (re.compile(r"\d+"), "a number"),
+    "flag": (re.compile(r"[^\\\s()\"%*\]{]+"), "a keyword such as $Forwarded"),
+    "sequence set": (_SEQUENCE_SET, "UIDs such as 4,7:12 or 100:*"),
+}
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str  # open, close, quoted, atom
+    text: str
+    at: int  # 1-based character position
+
+
+def search_problem(raw: str) -> str | None:
+    """What is wrong with a raw IMAP search, in one line naming the place; None when it reads well.
+
+    Checked before anything is sent, so that a typo (``FROMM bob``) is a usage error in words and not the
+    server's ``BAD`` wrapped in the IMAP library's paragraph."""
+    control = next((i for i, c in enumerate(raw) if (ord(c) < 32 and c != "\t") or c == "\x7f"), None)
+    if control is not None:  # CR LF would end the IMAP command: another command could follow
+        return f"a control character (U+{ord(raw[control]):04X}) at character {control + 1}"
+    try:
+        tokens = _search_tokens(raw)
+        if not tokens:
+            return "the search is empty"
+        i = 0
+        while i < len(tokens):
+            if tokens[i].kind == "close":
+                return f"')' at character {tokens[i].at} closes no parenthesis"
+            i = _search_key(tokens, i, 0)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _search_tokens(raw: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    while raw[pos:].strip():
+        match = _TOKEN.match(raw, pos)
+        if match is None:  # only an unterminated quoted string is left unmatched
+            at = raw.index('"', pos) + 1
+            raise ValueError(f"the quoted string at character {at} is not closed with a double quote")
+        kind = match.lastgroup or "atom"
+        text = match.group(kind)
+        tokens.append(_Token(kind, text, match.start(kind) + 1))
+        pos = match.end()
+    return tokens
+
+
+def _search_key(tokens: list[_Token], i: int, depth: int) -> int:
+    """Check the search key at ``tokens[i]`` (with its arguments); return the index after it."""
+    if depth > _MAX_NESTING:
+        raise ValueError(f"the search is nested more than {_MAX_NESTING} levels deep")
+    tok = tokens[i]
+    if tok.kind == "open":
+        j = i + 1
+        if j < len(tokens) and tokens[j].kind == "close":
+            raise ValueError(f"empty parentheses at character {tok.at}")
+        while j < len(tokens) and tokens[j].kind != "close":
+            j = _search_key(tokens, j, depth + 1)
+        if j >= len(tokens):
+            raise ValueError(f"the parenthesis at character {tok.at} is not closed")
+        return j + 1
+    if tok.kind == "quoted":
+        raise ValueError(f"a quoted string where a search key belongs, at character {tok.at}: {_clip(tok.text)} "
+                         '(quote the values only, e.g. SUBJECT "hello world")')
+    key = tok.text.upper()
+    if key in _NO_ARGUMENT or _SEQUENCE_SET.fullmatch(key):
+        return i + 1
+    if key in _OF_KEYS:
+        j = i + 1
+        for n in range(_OF_KEYS[key]):
+            if j >= len(tokens) or tokens[j].kind == "close":
+                what = ("a search key" if _OF_KEYS[key] == 1
+                        else "two search keys" if n == 0 else "a second search key")
+                raise ValueError(f"{key} at character {tok.at} needs {what} after it")
+            j = _search_key(tokens, j, depth + 1)
+        return j
+    if key in _ARGUMENTS:
+        return _search_arguments(tokens, i, key)
+    close = difflib.get_close_matches(key, KNOWN_SEARCH_KEYS, n=1)
+    guess = f" (did you mean {close[0]}?)" if close else ""
+    raise ValueError(f"unknown search key {_clip(tok.text)} at character {tok.at}{guess}; known keys: "
+                     f"{', '.join(KNOWN_SEARCH_KEYS)}, or UIDs as a sequence set")
+
+
+def _search_arguments(tokens: list[_Token], i: int, key: str) -> int:
+    tok = tokens[i]
+    if key == "MODSEQ" and i + 2 < len(tokens) and tokens[i + 1].kind == "quoted":
+        wanted: tuple[str, ...] = ("string", "string", "number")  # MODSEQ "/flags/\\seen" all 620162338
+    else:
+        wanted = _ARGUMENTS[key]
+    j = i + 1
+    for what in wanted:
+        if j >= len(tokens) or tokens[j].kind in ("open", "close"):
+            raise ValueError(f"{key} at character {tok.at} needs {_a(what)} after it")
+        arg = tokens[j]
+        if what in _ARGUMENT_FORMS:
+            pattern, example = _ARGUMENT_FORMS[what]
+            value = arg.text[1:-1] if arg.kind == "quoted" else arg.text
+            if not pattern.fullmatch(value):
+                raise ValueError(f"{key} at character {tok.at} needs {example}, not {_clip(arg.text)}")
+        j += 1
+    return j
+
+
+def _a(what: str) -> str:
+    return f"an {what}" if what[0] in "aeiou" else f"a {what}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class ReadSettings(BaseModel):
     """The Read Email activity's settings (SPEC section 3)."""
 
@@ -206,6 +351,8 @@ class ReadSettings(BaseModel):
     max_attachment_bytes: int | None = Field(25 * 1024 * 1024, ge=0)
     after_read: str = "mark_read"
     include_raw: bool = False
+    create_missing: bool = Field(False, description="with after_read move:FOLDER: create FOLDER (and its missing "
+                                 "parents, subscribed) when it does not exist, instead of refusing to start")
 
     @field_validator("after_read")
     @classmethod
@@ -229,6 +376,9 @@ class ReadSettings(BaseModel):
     def check(self) -> None:
         if self.attachments == "directory" and self.directory is None:
             raise ConfigError("attachments: directory needs a directory", field="directory")
+        if self.create_missing and self.move_to is None:
+            raise ConfigError("create_missing applies only to after_read: move:FOLDER", field="create_missing",
+                              hint="set after_read to move:FOLDER, or remove create_missing")
 
     @property
     def move_to(self) -> str | None:
@@ -304,9 +454,18 @@ class ReadEmail:
     def _select(self) -> FolderState:
         assert self._session is not None
         state = self._session.select(self.settings.folder)
-        if self.settings.move_to and not self._session.folder_exists(self.settings.move_to):
-            raise ConfigError(f"folder {self.settings.move_to!r} for after_read does not exist",
-                              field="after_read", hint="create it, or list folders with `mailconnector folders`")
+        target = self.settings.move_to
+        if target and not self._session.folder_exists(target):  # once per connection, not per message
+            if not self.settings.create_missing:
+                raise ConfigError(f"folder {target!r} for after_read does not exist", field="after_read",
+                                  hint=f"create it with `mailconnector folders CONNECTION --create {target}`, or "
+                                       "set create_missing: true on the activity (--create-missing)")
+            try:
+                made = self._session.ensure_folder(target)
+            except ConfigError as exc:  # a name no server should be asked to create
+                raise ConfigError(exc.message.split(": ", 1)[-1], field="after_read", hint=exc.hint) from None
+            for name in made:
+                log.info("created folder %r for after_read", name)
         return state
 
     def close(self) -> None:

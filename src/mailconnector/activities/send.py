@@ -13,8 +13,9 @@
   the data and its final dot go out. The server's answer settles the claim (``sent``/``partial``; a
   refusal releases it so that a rerun sends it); a drop after the final dot, or a claim left by a sender
   that died, is ``uncertain`` and is never sent again automatically (``mailconnector ledger`` resolves it).
-  A record without ``message_id`` or ``id`` gets a deterministic Message-ID when the caller names its
-  input (``input_key``), otherwise a random one.
+  A record without ``message_id`` gets a deterministic Message-ID from its ``id``, or, when the caller
+  gives a ``batch_key``, from its content and occurrence in the input (``_record_keys``); otherwise a
+  random one. A new ``batch_key`` makes new Message-IDs: the way to send the same records again on purpose.
 - A bad record fails alone, with an error naming the record and the field; the others are still sent.
 """
 
@@ -25,10 +26,12 @@ import hashlib
 import logging
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +59,10 @@ from ..records.send import (
 )
 from ..smtp import MayHaveBeenDelivered, NotCommitted, SmtpSession, TransactionResult
 from ..state import LedgerEntry, SenderIdentity, StateStore, holder_alive
+from ._record_keys import RecordKeys
+from ._sent_copy import SentCopies
 
-__all__ = ["SendEmail", "SendSettings", "derive_message_id", "input_key_for"]
+__all__ = ["SendEmail", "SendSettings", "derive_message_id"]
 
 log = logging.getLogger("mailconnector.send")
 
@@ -82,6 +87,10 @@ class SendSettings(BaseModel):
         default_factory=list,
         description="directories besides the project directory that attachment and template files may be read "
                     "from (relative to the project directory); a record naming any other file fails")
+    save_to_sent: bool = Field(
+        False, description="after the server accepted a message, put a copy (flagged \\Seen) into the Sent folder "
+                           "over IMAP (the connection's sent_folder, else the one marked \\Sent), for servers that "
+                           "do not file submitted mail themselves; a failed copy is logged and never fails the send")
 
 
 class _RateLimiter:
@@ -90,15 +99,15 @@ class _RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, stop: threading.Event) -> None:
         if not self._interval:
             return
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
             self._next = slot + self._interval
-        if slot > now:
-            time.sleep(slot - now)
+        if slot > now and stop.wait(slot - now):
+            raise _Interrupted
 
 
 class _Turns:
@@ -119,6 +128,12 @@ class _Turns:
     def advance(self, index: int) -> None:
         with self._cond:
             self._next = max(self._next, index + 1)
+            self._cond.notify_all()
+
+    def open(self) -> None:
+        """Stopping: no one waits for a turn any more (the records before may never come)."""
+        with self._cond:
+            self._next = sys.maxsize
             self._cond.notify_all()
 
 
@@ -146,6 +161,10 @@ class _Turn:
     def pass_(self) -> None:
         with self.hold():
             pass
+
+
+class _Interrupted(Exception):
+    """The run was stopped before this record was sent: it gets no response (a rerun sends it)."""
 
 
 class _Stopped(Exception):
@@ -240,31 +259,48 @@ class SendEmail:
         # is known to be abandoned.
         self._identity = SenderIdentity(store) if store is not None else None
         self._rate = _RateLimiter(self.settings.rate_limit)
+        self._stop = threading.Event()
+        self._sent_copies = SentCopies(connection) if self.settings.save_to_sent else None
 
     # ------------------------------------------------------------------ API
-    def send(self, records: Iterable[Record], *,
-             input_key: str | None = None) -> Iterator[SendResponse]:
+    def send(self, records: Iterable[Record], *, batch_key: str | None = None, input_key: str | None = None,
+             stop: threading.Event | None = None) -> Iterator[SendResponse]:
         """Send every record; yield one response per record as it finishes. Memory stays flat: at most
-        ``2 × (concurrency + 1)`` records are in flight, ``concurrency + 1`` of them composed."""
+        ``2 × (concurrency + 1)`` records are in flight, ``concurrency + 1`` of them composed.
+
+        ``batch_key`` (``""`` is a key too) asks for Message-IDs derived from each record's content, so a
+        rerun of the same records sends none twice; a record's own ``message_id`` always wins.
+        ``input_key`` is its former name.
+
+        ``stop`` (set by a signal handler, say) ends the run within moments: no new record is started, a
+        record waiting for a retry or for the rate limit is given up (no response: it was not sent), and
+        the transactions under way finish, so every message a server accepted has its response."""
         # One thread more than connections: while every connection waits for the server, one message is
         # being composed, so a connection never waits for the CPU work of its next message.
         workers = self.settings.concurrency + 1
         in_flight: set[Future[SendResponse]] = set()
         turns = _Turns()
+        batch = batch_key if batch_key is not None else input_key
+        keys = RecordKeys() if batch is not None else None
+        self._stop = stop or threading.Event()
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
                 try:
                     for index, record in enumerate(records):
-                        in_flight.add(pool.submit(self._one, index, record, input_key, turns.ticket(index)))
+                        if self._stop.is_set():
+                            break
+                        key = _Key(batch or "", keys.key(record)) if keys is not None else None
+                        in_flight.add(pool.submit(self._one, index, record, key, turns.ticket(index)))
                         if len(in_flight) >= workers * 2:
-                            done, in_flight = _wait_some(in_flight)
-                            yield from (f.result() for f in done)
+                            done, in_flight = _wait_some(in_flight, self._stop)
+                            yield from _finished(done)
                     while in_flight:
-                        done, in_flight = _wait_some(in_flight)
-                        yield from (f.result() for f in done)
+                        done, in_flight = _wait_some(in_flight, self._stop)
+                        yield from _finished(done)
                 finally:
                     for f in in_flight:
                         f.cancel()
+                    turns.open()  # a record waiting for a cancelled one's turn must not wait for ever
         finally:  # also when the consumer stops early: no connection is left open
             self.close()
 
@@ -276,16 +312,18 @@ class SendEmail:
 
     def close(self) -> None:
         self._pool.close()
+        if self._sent_copies is not None:
+            self._sent_copies.close()
         if self._identity is not None:
             self._identity.stop()
 
     # --------------------------------------------------------------- worker
-    def _one(self, index: int, record: Record, input_key: str | None, turn: _Turn | None = None) -> SendResponse:
+    def _one(self, index: int, record: Record, key: _Key | None, turn: _Turn | None = None) -> SendResponse:
         started = time.perf_counter()
         try:
-            return self._one_record(index, record, input_key, started, turn)
-        except StateError:
-            raise  # the send ledger is unusable: going on would risk sending twice
+            return self._one_record(index, record, key, started, turn)
+        except (StateError, _Interrupted):
+            raise  # the send ledger is unusable: going on would risk sending twice; or the run was stopped
         except MailConnectorError as exc:  # e.g. a connection without smtp settings: every record says so
             return self._response(index, _record_id(record), "", "failed", started,
                                   error=_error_info(exc, index, _record_id(record)))
@@ -298,7 +336,7 @@ class SendEmail:
             if turn is not None:
                 turn.pass_()  # a record that never took a connection must not hold up the next ones
 
-    def _one_record(self, index: int, record: Record, input_key: str | None, started: float,
+    def _one_record(self, index: int, record: Record, key: _Key | None, started: float,
                     turn: _Turn | None) -> SendResponse:
         rid: str | None = None
         message_id = ""
@@ -309,7 +347,7 @@ class SendEmail:
             rid = request.id
             request = apply_defaults(request, self.settings.defaults)
             if request.message_id is None:
-                request = request.model_copy(update={"message_id": self._derived_id(request, index, input_key)})
+                request = request.model_copy(update={"message_id": self._derived_id(request, key)})
             composed = compose(request, default_from=self.connection.from_address, base_dir=self.base_dir,
                                paths=self.paths)
             message_id = composed.message_id
@@ -325,14 +363,15 @@ class SendEmail:
             return self._refused(index, rid, message_id, started, *refusal)
         return self._deliver(index, rid, composed, started, turn)
 
-    def _derived_id(self, request: SendRequest, index: int, input_key: str | None) -> str | None:
-        """A stable Message-ID for a rerun of the same input; None leaves generation to the composer. It
+    def _derived_id(self, request: SendRequest, key: _Key | None) -> str | None:
+        """A stable Message-ID for a rerun of the same record; None leaves generation to the composer. It
         depends on the sending account, not on the connection's name, so a rename does not send again."""
         account = self.connection.auth.username or self.connection.from_address or ""
+        batch = key.batch if key is not None else ""
         if request.id is not None:
-            seed = f"id:{account}:{request.id}"
-        elif input_key is not None:
-            seed = f"input:{account}:{input_key}:{index}"
+            seed = f"id:{account}:{request.id}" if not batch else f"id:{account}:{batch}\0{request.id}"
+        elif key is not None:
+            seed = f"rec:{account}:{batch}\0{key.record}"
         else:
             return None
         return derive_message_id(seed, request.from_ or self.connection.from_address or account)
@@ -422,7 +461,9 @@ class SendEmail:
         while True:
             if self._pool.auth_failure is not None:
                 return self._failed(index, rid, composed, started, self._pool.auth_failure, attempts)
-            self._rate.wait()
+            if self._stop.is_set():
+                raise _Interrupted
+            self._rate.wait(self._stop)
             try:
                 result, exc, reused = self._attempt(composed, data, turn)
             except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
@@ -457,16 +498,21 @@ class SendEmail:
                 pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
                 log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, failures,
                          pause)
-                time.sleep(pause)  # holding no connection
+                if self._stop.wait(pause):  # holding no connection
+                    raise _Interrupted
                 delay *= 2
                 continue
             assert result is not None
             status: Literal["sent", "partial"] = "partial" if result.refused else "sent"
             self._settle(composed.message_id, status, result.accepted)
-            return self._response(
+            response = self._response(
                 index, rid, composed.message_id, status, started, attempts=attempts, accepted=result.accepted,
                 refused=[RecipientResult(address=a, code=c, text=t) for a, (c, t) in result.refused.items()],
             )
+            if self._sent_copies is None:
+                return response
+            saved = self._sent_copies.save(data, composed.message_id)  # never raises: the message is sent
+            return response.model_copy(update={"saved_to_sent": saved})
 
     def _failed(self, index: int, rid: str | None, composed: ComposedMessage, started: float,
                 exc: MailConnectorError, attempts: int, *, status: str = "failed",
@@ -505,6 +551,14 @@ class SendEmail:
         })
 
 
+@dataclass(frozen=True)
+class _Key:
+    """What a derived Message-ID is made of: the caller's batch key and the record's identity."""
+
+    batch: str
+    record: str
+
+
 def _record_id(record: Record) -> str | None:
     if isinstance(record, SendRequest):
         return record.id
@@ -523,9 +577,20 @@ def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorIn
     )
 
 
-def _wait_some(futures: set[Future[SendResponse]]) -> tuple[set[Future[SendResponse]], set[Future[SendResponse]]]:
+def _wait_some(futures: set[Future[SendResponse]],
+               stop: threading.Event) -> tuple[set[Future[SendResponse]], set[Future[SendResponse]]]:
+    """The futures that finished (at least one), and the rest; once stopped, the rest minus those that had
+    not started (cancelled: their records were not sent)."""
     done, pending = wait(futures, return_when=FIRST_COMPLETED)
+    if stop.is_set():
+        pending = {f for f in pending if not f.cancel()}
     return set(done), set(pending)
+
+
+def _finished(done: Iterable[Future[SendResponse]]) -> Iterator[SendResponse]:
+    for future in done:
+        if not isinstance(future.exception(), _Interrupted):
+            yield future.result()
 
 
 _UNCERTAIN = ("an earlier attempt may have delivered this message (the connection was lost, or its sender was "
@@ -544,9 +609,3 @@ def derive_message_id(seed: str, sender: str) -> str:
     except UnicodeError:  # not a valid IDN: the id only needs to be unique and well formed
         ascii_domain = ""
     return f"<{digest}@{re.sub(r'[^A-Za-z0-9.-]', '', ascii_domain).strip('.') or 'localhost'}>"
-
-
-def input_key_for(data: bytes) -> str:
-    """The identity of an input (its content hash), for deterministic Message-IDs on a rerun."""
-    return hashlib.sha256(data).hexdigest()[:24]
-

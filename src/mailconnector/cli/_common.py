@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import logging
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from ..errors import MailConnectorError
-from ..logs import configure_logging
+from ..logs import configure_logging, json_line
+from ..secrets import redact
 
 if TYPE_CHECKING:
     from ..project import Project
 
 __all__ = [
     "EXIT_CODES_HELP",
+    "MODE",
     "DebugOpt",
     "JsonOpt",
     "LogFormatOpt",
+    "OutputMode",
     "ProjectOpt",
     "Session",
     "VerboseOpt",
     "emit_json",
+    "guess_mode",
     "print_error",
     "progress",
+    "report_failure",
     "start",
 ]
 
@@ -51,7 +60,53 @@ EXIT_CODES_HELP = (
     "10 unexpected error; 130 interrupted."
 )
 
-err_console = Console(stderr=True, highlight=False)
+
+@dataclass
+class OutputMode:
+    """How this run reports: ``json_logs`` (``--log-format json``: every message on stderr is a JSON line)
+    and ``json_result`` (``--json``: a failure also prints a JSON error document on stdout)."""
+
+    json_logs: bool = False
+    json_result: bool = False
+
+
+MODE = OutputMode()
+
+
+def guess_mode(argv: Sequence[str]) -> None:
+    """Set MODE from the raw command line, before it is parsed, so that errors found while parsing it (usage
+    errors) already follow --json and --log-format json; ``start`` then sets it from the parsed options."""
+    args = list(itertools.takewhile(lambda a: a != "--", argv))
+    MODE.json_result = "--json" in args
+    MODE.json_logs = "--log-format=json" in args or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(args))
+
+
+class _MessageConsole(Console):
+    """The console of messages on stderr. On a terminal: rich as usual. Elsewhere (cron, pipes, files): one
+    line per message, never wrapped at a width (rich would wrap at 80 columns, or at $COLUMNS). With
+    ``--log-format json``: each message is a JSON object on a line, with the fields of the log records."""
+
+    _json_lock = threading.Lock()
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if MODE.json_logs and all(isinstance(o, str | Text) for o in objects):
+            markup = kwargs.get("markup") is not False
+            plain = " ".join(o.plain if isinstance(o, Text) else Text.from_markup(o).plain if markup else o
+                             for o in objects)
+            self.write_json_line(json_line(plain))
+            return
+        if not self.is_terminal:
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*objects, **kwargs)
+
+    def write_json_line(self, line: str) -> None:
+        with self._json_lock:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+
+err_console = _MessageConsole(stderr=True, highlight=False)
 out_console = Console(highlight=False)
 
 
@@ -81,6 +136,7 @@ def start(project: Path | None = None, *, debug: bool = False, verbose_protocol:
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     configure_logging(debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
+    MODE.json_logs, MODE.json_result = log_format == "json", json_output
     return Session(project, json=json_output)
 
 
@@ -90,9 +146,29 @@ def emit_json(data: Any) -> None:
 
 
 def print_error(exc: MailConnectorError) -> None:
-    err_console.print(f"[bold red]error[/] ({exc.kind}): {_escape(exc.message)}")
-    if exc.hint:
-        err_console.print(f"[yellow]hint[/]: {_escape(exc.hint)}")
+    """The error a command ended with: see ``report_failure``."""
+    report_failure(exc.kind, exc.message, exc.hint, exc.exit_code)
+
+
+def report_failure(kind: str, message: str, hint: str | None, exit_code: int, *,
+                   text: Sequence[str] | None = None) -> None:
+    """How a run that failed says so. On stderr: the message and its hint (``text``: rich markup lines instead),
+    or with --log-format json one JSON line at level error. With --json, also one JSON document on stdout:
+    ``{"ok": false, "error": {"type", "message", "hint", "exit_code"}}``, so a script that reads stdout
+    gets an answer whatever happened. Secrets removed from both."""
+    message, hint = redact(message), redact(hint) if hint else None
+    error: dict[str, Any] = {"type": kind, "message": message, "hint": hint, "exit_code": exit_code}
+    if MODE.json_result:
+        sys.stdout.write(redact(json.dumps({"ok": False, "error": error}, ensure_ascii=False)) + "\n")
+        sys.stdout.flush()
+    if MODE.json_logs:
+        err_console.write_json_line(json_line(message, level=logging.ERROR, error=error))
+        return
+    lines = list(text or [f"[bold red]error[/] ({kind}): {_escape(message)}"])
+    if text is None and hint:
+        lines.append(f"[yellow]hint[/]: {_escape(hint)}")
+    for line in lines:
+        err_console.print(line)
 
 
 def _escape(text: str) -> str:

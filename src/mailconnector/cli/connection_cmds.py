@@ -1,13 +1,17 @@
-"""``mailconnector test`` and ``mailconnector folders``: look at a connection without moving any mail."""
+"""``mailconnector test`` and ``mailconnector folders``: look at a connection (and create folders) without
+moving any mail."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, out_console, start
+
+if TYPE_CHECKING:
+    from ..imap import ImapSession
 
 _STATUS = {"passed": "[green]passed[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]"}
 
@@ -64,25 +68,47 @@ def test_cmd(
 def folders_cmd(
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     counts: Annotated[bool, typer.Option(help="Also count messages and unread messages (STATUS).")] = True,
+    create: Annotated[list[str] | None, typer.Option(
+        "--create", metavar="NAME",
+        help="Create this folder instead of listing (repeatable). Nested folders use the server's hierarchy "
+             "delimiter (the 'delimiter' of --json; '/' on most servers): Processed/2026 creates Processed "
+             "first if it is missing. Each folder created is subscribed. A folder that exists already is "
+             "left as it is and the command still exits 0, so scripts can run it every time.",
+        show_default=False)] = None,
     project: ProjectOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
     verbose_protocol: VerboseOpt = False,
     log_format: LogFormatOpt = "text",
 ) -> None:
-    """List the IMAP folders with their special-use flags (\\Sent, \\Trash, ...) and counts.
+    """List the IMAP folders with their special-use flags (\\Sent, \\Trash, ...) and counts, INBOX first;
+    or create folders with --create.
 
-    Example: mailconnector folders sandbox
+    Examples:
+      mailconnector folders sandbox
+      mailconnector folders sandbox --create Processed --create Processed/2026
     """
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     conn = s.project.connection(connection)
-    from ..imap import ImapSession
+    from ..imap import ImapSession, check_folder_name
 
+    if create:
+        from ..errors import ConfigError
+
+        for name in create:
+            try:
+                check_folder_name(name)  # every name checked before any is created
+            except ConfigError as exc:
+                raise ConfigError(exc.message.split(": ", 1)[-1], field="--create", hint=exc.hint) from None
+        _create_folders(ImapSession(conn), create, json_output=json_output)
+        return
     with ImapSession(conn) as imap:
         folders = imap.list_folders(with_counts=counts)
     if json_output:
-        emit_json([f.__dict__ for f in folders])
+        # "unread" is the word of the table and of the rest of the program; "unseen" (the same number) is
+        # kept for scripts written before.
+        emit_json([{**f.__dict__, "unread": f.unseen} for f in folders])
         return
     table = Table(title=f"Folders of {connection}", title_justify="left")
     for col in ("folder", "special use", "messages", "unread", "flags"):
@@ -90,6 +116,26 @@ def folders_cmd(
     for f in folders:
         table.add_row(_esc(f.name), f.special_use or "", _n(f.messages), _n(f.unseen), _esc(" ".join(f.flags)))
     out_console.print(table)
+
+
+def _create_folders(session: ImapSession, names: list[str], *, json_output: bool) -> None:
+    """Create each folder unless it exists, and say which; stops at the first the server refuses."""
+    results: list[dict[str, object]] = []
+    with session as imap:
+        for name in names:
+            created = imap.ensure_folder(name)
+            parents = created[:-1]
+            results.append({"folder": name, "created": bool(created), "created_parents": parents})
+            if json_output:
+                continue
+            if not created:
+                out_console.print(f"{_esc(name)} already exists", soft_wrap=True)
+            elif parents:
+                out_console.print(f"created {_esc(name)} (and {', '.join(_esc(p) for p in parents)})", soft_wrap=True)
+            else:
+                out_console.print(f"created {_esc(name)}", soft_wrap=True)
+    if json_output:
+        emit_json(results)
 
 
 def _n(v: int | None) -> str:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..errors import ConfigError, StateError
+from ..errors import ConfigError, LeaseBusyError, StateError
 from ._common import (
     DebugOpt,
     JsonOpt,
@@ -28,6 +25,11 @@ from ._common import (
     progress,
     start,
 )
+from ._signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from ..operations import RunResult
+    from ..project import Project
 
 
 def register(app: typer.Typer) -> None:
@@ -37,39 +39,16 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init_cmd)
 
 
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM / Ctrl-C finish the record in hand, then stop cleanly (a second one aborts). The previous
-    handlers come back afterwards, so that a program calling the CLI in-process keeps its own."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        # Plain os.write: the handler may interrupt anything, even an import or a print of the console's.
-        with contextlib.suppress(OSError):
-            os.write(2, f"{signal.Signals(signum).name}: stopping after the record in hand (again to abort)\n"
-                     .encode())
-
-    if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
-        yield stop
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_cmd(
     operation: Annotated[str, typer.Argument(help="Operation name from the project file.")],
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: IMAP IDLE where offered, else poll.")] = False,
     interval: Annotated[float | None, typer.Option(help="Watch: seconds between polls (default: the "
                                                    "operation's interval, 60).", min=0.1)] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Watch: wait while another process holds the folder, "
-                                       "instead of exiting.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait while another process holds the folder, "
+                                       "instead of exiting with 8.")] = False,
+    key: Annotated[str | None, typer.Option("--key", help="A send-email target's batch key for this run "
+                                            "(instead of the operation's `key`): records already sent under "
+                                            "it are skipped, a new one sends them again.")] = None,
     project: ProjectOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -81,13 +60,15 @@ def run_cmd(
     Emails are marked read only when the target took every record made from them. Each run writes an
     operation log (see `mailconnector logs`). Exit 1 when some records failed; 130 when stopped by
     SIGTERM / Ctrl-C (the record in hand is finished first; the rest stays unread for the next run);
-    8 when another process holds the folder (with --watch: add --wait to wait for it instead).
+    8 when another process holds the folder (add --wait to wait for it instead). The summary counts
+    records written (sent), skipped (already sent by an earlier run), uncertain and failed apart.
 
     Examples:
       mailconnector run send-outbox
+      mailconnector run send-statements --key 2026-12-02
       mailconnector run inbox-to-jsonl --watch --interval 30
     """
-    from ..operations import RunResult, run_operation, watch_operation
+    from ..operations import watch_operation
 
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
@@ -106,20 +87,46 @@ def run_cmd(
             return
         for r in _flatten(result):
             colour = {"success": "green", "partial": "yellow"}.get(r.status, "red")
-            err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — read {r.read}, written {r.written}, "
-                              f"failed {r.failed} (run {r.run_id})" + (f": {r.error}" if r.error else ""))
+            counts = f"read {r.read}, written {r.written}"
+            counts += "".join(f", {word} {n}" for word, n in (("skipped", r.skipped), ("uncertain", r.uncertain)) if n)
+            err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — {counts}, failed {r.failed} "
+                              f"(run {r.run_id})" + (f": {r.error}" if r.error else ""), soft_wrap=True)
+            if r.skipped:
+                err_console.print(f"[yellow]hint[/]: {r.skipped} record(s) were already sent by an earlier run "
+                                  "(send ledger); to send them again on purpose, run with a new --key",
+                                  soft_wrap=True)
 
-    with _stop_on_signals() as stop:
+    with stop_on_signals("stopping after the record in hand") as stop:
         if watch:
             watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
             return
-        with progress(f"running {operation}") as bar:
-            result = run_operation(proj, operation, stop=stop, on_record=lambda _name: bar.advance())
+        result = _run_once(proj, operation, stop, wait=wait, key=key)
     show(result)
     if result.interrupted:
         raise typer.Exit(130)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _run_once(proj: Project, operation: str, stop: threading.Event, *, wait: bool, key: str | None) -> RunResult:
+    """One run; with ``wait``, after the run that holds the folder has finished (a dead one's lease is taken
+    over at once, a live one's when it ends or its lease runs out)."""
+    from ..operations import run_operation
+
+    announced = False
+    while True:
+        try:
+            with progress(f"running {operation}") as bar:
+                return run_operation(proj, operation, stop=stop, batch_key=key,
+                                     on_record=lambda _name: bar.advance())
+        except LeaseBusyError as exc:
+            if not wait:
+                raise
+            if not announced:
+                err_console.print(f"waiting: {exc.message}", soft_wrap=True)
+                announced = True
+            if stop.wait(1.0):
+                raise KeyboardInterrupt from None
 
 
 def _flatten(result: Any) -> list[Any]:
@@ -131,7 +138,8 @@ def _flatten(result: Any) -> list[Any]:
 
 def logs_cmd(
     run_id: Annotated[str | None, typer.Argument(help="Show this run in full (its failed records too).")] = None,
-    operation: Annotated[str | None, typer.Option(help="Only runs of this operation.")] = None,
+    operation: Annotated[str | None, typer.Option(help="Only runs of this operation (one of the project file, "
+                                                  "or a removed one that still has runs in the logs).")] = None,
     limit: Annotated[int, typer.Option(help="How many runs to list.", min=1)] = 20,
     project: ProjectOpt = None,
     json_output: JsonOpt = False,
@@ -151,23 +159,34 @@ def logs_cmd(
             emit_json(run)
             return
         for key in ("run_id", "operation", "status", "started_at", "ended_at", "records_read",
-                    "records_written", "records_failed", "error"):
+                    "records_written", "records_skipped", "records_uncertain", "records_failed", "error"):
             if run.get(key) is not None:
                 out_console.print(f"[bold]{key}[/]: {run[key]}")
         out_console.print_json(data=run["settings"])
         for e in run["errors"]:
-            out_console.print(f"[red]{e['record']}[/]: {e['error'].get('message')}")
+            outcome = e["error"].get("outcome", "failed")
+            out_console.print(f"[red]{e['record']}[/] ({outcome}): {e['error'].get('message')}")
         return
     runs = store.list_runs(limit=limit, operation=operation)
+    if operation is not None and not runs:  # a typo would otherwise look like "no runs yet"
+        known = list(s.project.doc.data.get("operations") or {})
+        if operation not in known:
+            raise ConfigError(f"no operation named {operation!r} (defined: {', '.join(known) or 'none'}), and no "
+                              "run of one in the operation logs", source=s.project.source,
+                              hint="list the runs of every operation with: mailconnector logs")
     if json_output:
         emit_json(runs)
         return
     table = Table(title="Operation runs", title_justify="left")
-    for col in ("run id", "operation", "status", "started", "read", "written", "failed"):
-        table.add_column(col, justify="right" if col in ("read", "written", "failed") else "left")
+    counts = ("read", "written", "skipped", "uncertain", "failed")
+    id_width = max((len(r["run_id"]) for r in runs), default=6)
+    for col in ("run id", "operation", "status", "started", *counts):
+        is_id = col == "run id"  # what `logs RUN_ID` takes: never cut or wrapped, however narrow the console
+        table.add_column(col, justify="right" if col in counts else "left", no_wrap=is_id,
+                         min_width=id_width if is_id else None)
     for r in runs:
-        table.add_row(r["run_id"], r["operation"], r["status"], r["started_at"], str(r["records_read"]),
-                      str(r["records_written"]), str(r["records_failed"]))
+        table.add_row(r["run_id"], r["operation"], r["status"], r["started_at"],
+                      *(str(r[f"records_{c}"]) for c in counts))
     out_console.print(table)
 
 

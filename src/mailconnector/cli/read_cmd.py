@@ -12,6 +12,7 @@ import typer
 
 from ..errors import StateError
 from ._common import DebugOpt, LogFormatOpt, ProjectOpt, VerboseOpt, err_console, progress, start
+from ._usage import after_read_option, attachments_option, criteria_option, usage_error
 
 
 def register(app: typer.Typer) -> None:
@@ -25,11 +26,22 @@ def read_cmd(
     folder: Annotated[str, typer.Option(help="IMAP folder.")] = "INBOX",
     limit: Annotated[int | None, typer.Option(help="At most this many emails.", min=1)] = None,
     attachments: Annotated[str, typer.Option(
-        help="inline (base64 in the record), none (metadata only), or a DIRECTORY to write them to.")] = "inline",
+        callback=attachments_option,
+        help="inline (base64 in the record), none (metadata only), or a DIRECTORY to write them to: an existing "
+        "one, or a new one written as a path (./files, ~/mail/files, out/files; a bare word that is not an "
+        "existing directory is refused, so that a typo does not become a directory).")] = "inline",
     after_read: Annotated[str, typer.Option(
-        "--after-read", help="mark_read, keep_unread, move:FOLDER or delete.")] = "mark_read",
+        "--after-read", callback=after_read_option,
+        help="What happens to an email once its record is written: mark_read, keep_unread, move:FOLDER "
+        "(e.g. move:Archive) or delete.")] = "mark_read",
+    create_missing: Annotated[bool, typer.Option(
+        "--create-missing", help="With --after-read move:FOLDER: create FOLDER (and its missing parents) when it "
+        "does not exist, instead of stopping before reading.")] = False,
     criteria: Annotated[str | None, typer.Option(
-        help='IMAP search added to "unread", e.g. \'FROM "alice@example.test" SINCE 1-Jan-2026\'.')] = None,
+        callback=criteria_option,
+        help='IMAP search added to "unread", e.g. \'FROM "alice@example.test" SINCE 1-Jan-2026\' or '
+        '\'OR SUBJECT invoice SUBJECT receipt\'; keys: FROM TO CC BCC SUBJECT BODY TEXT HEADER SINCE BEFORE ON '
+        'LARGER SMALLER SEEN FLAGGED NOT OR (...) and the other IMAP SEARCH keys; checked before connecting.')] = None,
     include_read: Annotated[bool, typer.Option("--include-read", help="Read emails too, not only unread.")] = False,
     include_raw: Annotated[bool, typer.Option("--include-raw", help="Add the raw .eml (base64, or a file with "
                                               "an attachment directory).")] = False,
@@ -49,10 +61,10 @@ def read_cmd(
     Examples:
       mailconnector read sandbox --limit 10
       mailconnector read sandbox -o inbox.jsonl --attachments ./files --after-read move:Archive
+      mailconnector read sandbox --after-read move:Processed/2026 --create-missing
     """
     from pydantic import ValidationError
 
-    from .._validation import config_error_from_validation
     from ..activities.read import ReadEmail, ReadSettings, record_json  # imported on use: keeps the CLI quick to start
 
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
@@ -66,9 +78,10 @@ def read_cmd(
             "folder": folder, "limit": limit, "attachments": mode, "directory": directory,
             "after_read": after_read, "criteria": criteria or {}, "include_read": include_read,
             "include_raw": include_raw, "max_attachment_bytes": max_attachment_bytes, "batch_size": batch_size,
+            "create_missing": create_missing,
         })
-    except ValidationError as exc:
-        raise config_error_from_validation(exc, source="command line") from None
+    except ValidationError as exc:  # a value typed on the command line: a usage error
+        raise usage_error(exc, {"directory": "--attachments", "criteria": "--criteria"}) from None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
     target = str(output) if output else "standard output"
@@ -135,14 +148,9 @@ class _TextAsBytes:
 
 
 def _open_output(path: Path) -> BinaryIO:
-    """Open the JSON Lines file for appending, after ending a line that a killed run left unfinished."""
-    try:
-        with open(path, "rb") as existing:
-            existing.seek(-1, os.SEEK_END)
-            last = existing.read(1)
-    except OSError:  # missing or empty: nothing to end
-        last = b"\n"
-    handle = open(path, "ab")  # noqa: SIM115  (closed by the caller)
-    if last != b"\n":
-        handle.write(b"\n")
-    return handle
+    """Open the JSON Lines file for appending, after dropping a line that a killed run left unfinished (its
+    email was not acknowledged: it is read again)."""
+    from ..activities.files import drop_unfinished_line
+
+    drop_unfinished_line(path)
+    return open(path, "ab")

@@ -18,7 +18,14 @@ from ._common import DebugOpt, JsonOpt, LogFormatOpt, emit_json, err_console, ou
 POINTER = Path(".mailconnector") / "sandbox-rundir"
 GENERATED_MARK = "# Written by `mailconnector sandbox`"
 
-sandbox_app = typer.Typer(help="A local mail server for trying things out and for the tests.")
+sandbox_app = typer.Typer(help=(
+    "A local mail server for trying things out and for the tests.\n\n"
+    "Without a command: start Dovecot (IMAP) and Postfix (SMTP) on loopback and write a project file for them "
+    "(see the options below).\n\n"
+    "Examples:\n"
+    "  mailconnector sandbox --background && mailconnector test sandbox\n"
+    "  mailconnector sandbox --background --write-project sandbox.yaml --json\n"
+    "  mailconnector sandbox stop"))
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +58,7 @@ def sandbox_start(
 
     Writes a project file whose connections (sandbox, sandbox-bob, sandbox-carol) point at it, so that
     `mailconnector test sandbox` works at once. Runs until Ctrl-C, or returns at once with --background.
+    (`mailconnector sandbox --help` shows the group's help, with the examples, not this text.)
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -109,7 +117,10 @@ def _describe(sbx: Sandbox, project_file: Path, json_output: bool) -> None:
 
 @sandbox_app.command("stop")
 def sandbox_stop() -> None:
-    """Stop a sandbox started with --background from this directory, and delete its run directory."""
+    """Stop a sandbox started with --background from this directory, and delete its run directory.
+
+    Example: mailconnector sandbox stop
+    """
     if not POINTER.exists():
         raise StateError("no sandbox was started from this directory", hint="start one: mailconnector sandbox")
     sbx = Sandbox.attach(Path(POINTER.read_text().strip()))
@@ -120,7 +131,10 @@ def sandbox_stop() -> None:
 
 @sandbox_app.command("status")
 def sandbox_status(json_output: JsonOpt = False) -> None:
-    """Is the sandbox of this directory running? Exit 0 if yes, 8 if not."""
+    """Is the sandbox of this directory running? Exit 0 if yes, 8 if not.
+
+    Example: mailconnector sandbox status --json
+    """
     if not POINTER.exists():
         raise StateError("no sandbox was started from this directory", hint="start one: mailconnector sandbox")
     sbx = Sandbox.attach(Path(POINTER.read_text().strip()))

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import secrets
 import sys
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
 from ..errors import ConfigError, MailConnectorError
+
+if TYPE_CHECKING:
+    from ..records.send import SendResponse
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, progress, start
+from ._signals import stop_on_signals
+from ._usage import delimiter_option, encoding_option, rate_limit_option, usage_error
 
 
 def register(app: typer.Typer) -> None:
@@ -37,11 +47,36 @@ def send_cmd(
     attach: Annotated[list[Path] | None, typer.Option("--attach", help="One message: a file to attach "
                                                       "(repeatable).")] = None,
     concurrency: Annotated[int, typer.Option(help="SMTP connections in parallel.", min=1, max=64)] = 4,
-    rate_limit: Annotated[float | None, typer.Option("--rate-limit", help="At most this many messages per "
-                                                     "second.")] = None,
+    rate_limit: Annotated[float | None, typer.Option("--rate-limit", callback=rate_limit_option,
+                                                     help="At most this many messages per second, across all "
+                                                     "connections (above 0; 0.5 = one every 2 seconds).")] = None,
     retries: Annotated[int, typer.Option(help="Retries after a temporary failure.", min=0, max=20)] = 3,
+    encoding: Annotated[str, typer.Option(
+        "--encoding", callback=encoding_option,
+        help="The input file's text encoding: cp1252 for a CSV saved by Excel on Windows, latin-1, utf-16, ... "
+        "An input that does not decode is refused with a guess at its encoding.")] = "utf-8",
+    delimiter: Annotated[str | None, typer.Option(
+        "--delimiter", callback=delimiter_option,
+        help="CSV: what separates the columns: one character, or comma, semicolon, tab or pipe (default: "
+        "detected from the header row among comma, semicolon and tab).", show_default=False)] = None,
+    attachment_dir: Annotated[list[Path] | None, typer.Option(
+        "--attachment-dir", exists=True, file_okay=False, dir_okay=True,
+        help="A directory that records' attachment paths and template files may be read from, besides the "
+        "project's directory (repeatable). A record naming a file anywhere else fails; the project file's "
+        "equivalent is attachment_dirs on the send-email activity.")] = None,
     dry_run: Annotated[Path | None, typer.Option("--dry-run", help="Write each message as an .eml file in "
                                                  "this directory; send nothing.")] = None,
+    save_to_sent: Annotated[bool, typer.Option("--save-to-sent", help="Put a copy of each accepted message "
+                                               "(flagged read) into the Sent folder over IMAP, for servers that "
+                                               "do not file sent mail themselves (Microsoft 365 and Gmail do). "
+                                               "A copy that fails is logged and never fails the send.")] = False,
+    key: Annotated[str | None, typer.Option("--key", help="A batch key: records without their own "
+                                            "message_id get Message-IDs from it and their content, so the same "
+                                            "records under a new key are sent again (a daily job passes the "
+                                            "date), and a rerun under the same key sends nothing twice.")] = None,
+    resend: Annotated[bool, typer.Option("--resend", help="Send records again that were sent before: a new "
+                                         "batch key, printed so that an interrupted resend can be finished "
+                                         "with --key.")] = False,
     project: ProjectOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -53,22 +88,27 @@ def send_cmd(
     Record fields: from, to, cc, bcc, reply_to, subject, text, html, attachments, headers, in_reply_to,
     references, priority, message_id, template, data (see `mailconnector schema send-request`).
 
-    A bad record fails alone (its error names the record and the field); the others are sent. A rerun of
-    the same input sends nothing twice (the send ledger). Exit 1 when some records failed or were only
-    partly delivered; when every record failed for the same kind of reason (e.g. the login was refused),
-    the exit code of that kind (see --help of mailconnector).
+    A bad record fails alone (its error names the record and the field); the others are sent. A rerun
+    sends nothing twice (the send ledger): each record's Message-ID comes from its `id`, or from its
+    content, so after fixing a failed line a rerun sends just that one. To send the same records again
+    on purpose: --resend, or a new --key. Ctrl-C (or SIGTERM) stops within moments: the messages under
+    way finish, the rest is not sent (rerun to continue); a second Ctrl-C ends at once.
+    Exit 1 when some records failed or were only partly delivered; when every record failed for the same
+    kind of reason (e.g. the login was refused), the exit code of that kind (see --help of mailconnector);
+    130 when interrupted.
 
     Examples:
       mailconnector send sandbox --to bob@example.test --subject Hi --text "Hello Bob"
       mailconnector send sandbox --input outbox.jsonl --output responses.jsonl --concurrency 8
       cat records.csv | mailconnector send sandbox --input - --format csv --dry-run out/
+      mailconnector send sandbox --input statements.csv --key "$(date +%F)"
+      mailconnector send sandbox --to bob@example.test --subject Hi --text "Hello" --save-to-sent
     """
     # Imported on use: keeps `mailconnector --help` and the other commands quick to start.
     from pydantic import ValidationError
 
-    from .._validation import config_error_from_validation
     from ..activities.files import iter_records, read_input, write_jsonl
-    from ..activities.send import SendEmail, SendSettings, input_key_for
+    from ..activities.send import SendEmail, SendSettings
     from ..records.send import SendDefaults
 
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
@@ -89,14 +129,15 @@ def send_cmd(
     try:
         defaults = SendDefaults.model_validate({"from": sender}) if sender and input is not None else None
         settings = SendSettings(concurrency=concurrency, rate_limit=rate_limit, retries=retries, dry_run=dry_run,
-                                defaults=defaults)
+                                defaults=defaults, save_to_sent=save_to_sent,
+                                attachment_dirs=[d.resolve() for d in attachment_dir or ()])
     except ValidationError as exc:
-        raise config_error_from_validation(exc, source="command line") from None
+        raise usage_error(exc, {"attachment_dirs": "--attachment-dir"}) from None  # typed here: usage, exit 2
     records: list[Any]
     if input is not None:
         data, name = read_input(input)
-        records = list(iter_records(data, name=name, fmt=fmt))  # type: ignore[arg-type]
-        key = input_key_for(data)
+        records = list(iter_records(data, name=name, fmt=fmt, encoding=encoding,  # type: ignore[arg-type]
+                                    delimiter=delimiter, fields=_record_fields()))
     else:
         record: dict[str, Any] = {k: v for k, v in one.items() if v and k != "attach"}
         if sender:
@@ -106,45 +147,112 @@ def send_cmd(
                 if not p.is_file():
                     raise ConfigError(f"attachment {p} does not exist", field="--attach")
             record["attachments"] = [{"path": str(p.resolve())} for p in attach]
-        records, key = [record], None
+        records = [record]
     # --attach files were named by the person running the command: allowed wherever they are.
     activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory,
                          allow_files=[p.resolve() for p in attach or ()])
-    counts: Counter[str] = Counter()
-    failure_kinds: Counter[str] = Counter()
+    if resend and key is not None:
+        raise typer.BadParameter("give --key or --resend, not both (--resend makes a new key)", param_hint="--resend")
+    if resend:
+        key = "resend-" + time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
+        err_console.print(f"resending under the new key {key} (to finish it after an interruption: --key {key})",
+                          soft_wrap=True)
+    batch = key if key is not None else ("" if input is not None else None)  # one message from flags: new each time
+    tally = _Tally(len(records), json_output)
     sink: TextIO | None = None
     if output is not None:
         sink = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
-    results: list[dict[str, Any]] = []
     try:
-        with progress("sending", total=len(records)) as bar:
-            for response in activity.send(records, input_key=key):
-                counts[response.status] += 1
-                if response.status == "failed" and response.error is not None:
-                    failure_kinds[response.error.type] += 1
+        with stop_on_signals("finishing the messages under way, sending no more",
+                             on_second=tally.abort) as stop, progress("sending", total=len(records)) as bar:
+            for response in activity.send(records, batch_key=batch, stop=stop):
                 item = response.model_dump(mode="json", by_alias=True, exclude_none=True)
                 if sink is not None:
-                    write_jsonl(sink, item)
-                if json_output:
-                    results.append(item)
-                elif response.status in ("failed", "uncertain") and response.error is not None:
-                    err_console.print(f"[red]{response.status}[/] record {response.index} "
-                                      f"{_esc(response.message_id)}: {_esc(response.error.message)}")
+                    write_jsonl(sink, item)  # flushed: on disk before it is counted
+                tally.add(response, item)
                 bar.advance()
     finally:
         if sink is not None and sink is not sys.stdout:
             sink.close()
-    if json_output:
-        emit_json({"counts": dict(counts), "responses": sorted(results, key=lambda r: r["index"])})
-    else:
-        summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
-        err_console.print(f"{sum(counts.values())} record(s): {summary}")
-        if counts["uncertain"]:
-            err_console.print(f"[yellow]hint[/]: {counts['uncertain']} may have been delivered and will not be sent "
-                              "again until resolved: mailconnector ledger list --status uncertain")
-    code = _exit_code(counts, failure_kinds)
+    code = tally.finish(interrupted=stop.is_set())
     if code:
         raise typer.Exit(code)
+
+
+class _Tally:
+    """The responses so far, and the summary they make (also when a second Ctrl-C ends the process)."""
+
+    def __init__(self, total: int, json_output: bool) -> None:
+        self.total = total
+        self.json_output = json_output
+        self.counts: Counter[str] = Counter()
+        self.failure_kinds: Counter[str] = Counter()
+        self.results: list[dict[str, Any]] = []
+        self.hints: set[str] = set()
+
+    def add(self, response: SendResponse, item: dict[str, Any]) -> None:
+        self.counts[response.status] += 1
+        if response.status == "failed" and response.error is not None:
+            self.failure_kinds[response.error.type] += 1
+        if self.json_output:
+            self.results.append(item)
+        elif response.status in ("failed", "uncertain", "partial"):
+            self._report(response)
+
+    def _report(self, response: SendResponse) -> None:
+        """A record that did not simply go out: why, which addresses were refused, and each hint once."""
+        error = response.error
+        colour = "yellow" if response.status == "partial" else "red"
+        why = f": {_esc(error.message)}" if error is not None else ""
+        err_console.print(f"[{colour}]{response.status}[/] record {response.index} {_esc(response.message_id)}{why}",
+                          soft_wrap=True)
+        if response.refused:
+            refused = "; ".join(f"{r.address} ({r.code} {r.text})" for r in response.refused)
+            err_console.print(f"  refused: {_esc(refused)}", soft_wrap=True)
+        if error is not None and error.hint and error.hint not in self.hints:
+            self.hints.add(error.hint)
+            err_console.print(f"[yellow]hint[/]: {_esc(error.hint)}", soft_wrap=True)
+
+    def summary(self, *, interrupted: bool) -> str:
+        done = sum(self.counts.values())
+        parts = ", ".join(f"{n} {st}" for st, n in sorted(self.counts.items())) or "nothing sent"
+        if interrupted:
+            return f"interrupted — {parts}; {self.total - done} not sent: rerun to continue"
+        return f"{done} record(s): {parts}"
+
+    def document(self, *, interrupted: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {"counts": dict(self.counts), "responses": sorted(self.results, key=lambda r: r["index"])}
+        if interrupted:
+            doc["interrupted"] = True
+            doc["not_sent"] = self.total - sum(self.counts.values())
+        return doc
+
+    def finish(self, *, interrupted: bool) -> int:
+        if self.json_output:
+            emit_json(self.document(interrupted=interrupted))
+        else:
+            err_console.print(self.summary(interrupted=interrupted), soft_wrap=True)
+            skipped = self.counts["skipped_duplicate"]
+            if skipped:
+                err_console.print(f"[yellow]hint[/]: {skipped} skipped: already sent (or being sent) according to "
+                                  "the send ledger; to send them again on purpose: --resend, or a new --key",
+                                  soft_wrap=True)
+            if self.counts["uncertain"]:
+                err_console.print(f"[yellow]hint[/]: {self.counts['uncertain']} may have been delivered and will "
+                                  "not be sent again until resolved: mailconnector ledger list --status uncertain",
+                                  soft_wrap=True)
+        if interrupted:
+            return 130
+        return _exit_code(self.counts, self.failure_kinds)
+
+    def abort(self) -> None:
+        """A second Ctrl-C: say where things stand, and end now (the ledger knows what was claimed)."""
+        with contextlib.suppress(OSError):
+            if self.json_output:
+                os.write(1, (json.dumps(self.document(interrupted=True), ensure_ascii=False, default=str) + "\n")
+                         .encode())
+            os.write(2, ("aborted: " + self.summary(interrupted=True).split(" — ", 1)[1] + "\n").encode())
+        os._exit(130)
 
 
 def _exit_code(counts: Counter[str], failure_kinds: Counter[str]) -> int:
@@ -169,6 +277,13 @@ def _error_kinds(cls: type[MailConnectorError]) -> dict[str, int]:
 
 # Error type names (as in response records) -> exit code; MailConnectorError itself means "unexpected".
 _EXIT_BY_KIND = {k: v for k, v in _error_kinds(MailConnectorError).items() if k != "MailConnectorError"}
+
+
+def _record_fields() -> set[str]:
+    """The names a CSV header may give its columns: the send request's fields, as records spell them."""
+    from ..records.send import SendRequest
+
+    return {info.alias or name for name, info in SendRequest.model_fields.items()}
 
 
 def _esc(text: str) -> str:

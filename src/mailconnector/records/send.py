@@ -570,6 +570,9 @@ class SendResponse(_Model):
     attempts: int = 0
     elapsed_ms: float = 0.0
     eml_path: str | None = Field(default=None, description="Where --dry-run wrote the message.")
+    saved_to_sent: bool | None = Field(
+        default=None, description="With save_to_sent, on a sent or partial message: whether its copy was put into "
+        "the Sent folder (false: the message was sent all the same; the log says why the copy failed).")
 
 
 def send_request_schema() -> dict[str, Any]:

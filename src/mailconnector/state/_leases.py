@@ -14,13 +14,21 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
-from ..errors import MailConnectorError, StateError
+from ..errors import LeaseBusyError, MailConnectorError, StateError
 from ._model import Fence
 
 if TYPE_CHECKING:
     from ._model import Leases
 
-__all__ = ["LeaseKeeper", "SenderIdentity", "holder_alive", "lease_busy_error", "lease_lost_error", "new_holder"]
+__all__ = [
+    "LeaseKeeper",
+    "SenderIdentity",
+    "gone_from_this_host",
+    "holder_alive",
+    "lease_busy_error",
+    "lease_lost_error",
+    "new_holder",
+]
 
 log = logging.getLogger("mailconnector.state")
 
@@ -60,7 +68,7 @@ class LeaseKeeper:
         fence = self.store.acquire_lease(self.name, ttl=self.ttl, holder=self.holder)
         if fence is None:
             info = self.store.lease_info(self.name)
-            if info is None or not _gone_from_this_host(info.holder):
+            if info is None or not gone_from_this_host(info.holder):
                 return False
             # Its holder was a process on this host that no longer exists (killed): no need to wait out
             # its lease. Expired by its exact holder and token, so a live newcomer is never pushed out.
@@ -117,10 +125,10 @@ def lease_lost_error(name: str) -> StateError:
                       "another one took over; what this one did not acknowledge is read again")
 
 
-def lease_busy_error(store: Leases, name: str) -> StateError:
+def lease_busy_error(store: Leases, name: str) -> LeaseBusyError:
     info = store.lease_info(name)
     until = f" (its lease runs for up to {max(0.0, info.expires_in):.0f} s more)" if info else ""
-    return StateError(f"{name.split(':', 1)[-1]} is being processed by another run{until}",
+    return LeaseBusyError(f"{name.split(':', 1)[-1]} is being processed by another run{until}",
                       hint="only one consumer per mailbox folder at a time; wait for it, or use --wait")
 
 
@@ -152,12 +160,12 @@ class SenderIdentity:
 def holder_alive(store: Leases, holder: str) -> bool:
     """Whether the sender ``holder`` may still be at work: its lease is live, and, when it ran on this
     host, its process still exists (a killed process on this host is known dead at once)."""
-    if _gone_from_this_host(holder):
+    if gone_from_this_host(holder):
         return False
     return store.lease_info(f"sender:{holder}") is not None
 
 
-def _gone_from_this_host(holder: str) -> bool:
+def gone_from_this_host(holder: str) -> bool:
     """A holder named ``host:pid:...`` that ran on this host in a process that no longer exists. (A
     reused pid only makes us wait for the lease to run out: the safe direction.)"""
     host, _, rest = holder.partition(":")

@@ -1,8 +1,10 @@
 """The store's tables, as numbered migrations: a store records which it has, and a release refuses a store
 written by a newer one instead of misreading it.
 
-Version 1 is the layout of the first release (SQLite only, keyed by connection name); version 2 is the
-current one. SQL here is written once for both dialects: ``{serial}`` and ``{real}`` are filled per dialect.
+Version 1 is the layout of the first release (SQLite only, keyed by connection name); version 2 the
+shared store's; version 3 keeps a run's skipped and uncertain records apart from the written ones and names
+the process that runs it (so that a run its process left behind shows as interrupted).
+SQL here is written once for both dialects: ``{serial}`` and ``{real}`` are filled per dialect.
 """
 
 from __future__ import annotations
@@ -76,7 +78,13 @@ CREATE TABLE IF NOT EXISTS run_errors (
 CREATE INDEX IF NOT EXISTS run_errors_run ON run_errors (run_id, id)
 """
 
-MIGRATIONS: dict[int, str] = {2: _V2}
+_V3 = """
+ALTER TABLE runs ADD COLUMN records_skipped BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN records_uncertain BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN holder TEXT
+"""
+
+MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3}
 LATEST = max(MIGRATIONS)
 
 # A first-release SQLite file (tables but no schema_migrations): its tables are renamed out of the way, the

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StateError
-from ._leases import lease_lost_error
+from ._leases import gone_from_this_host, lease_lost_error, new_holder
 from ._model import (
     Checkpoint,
     Claim,
@@ -324,17 +324,19 @@ class SqlStore:
     # ------------------------------------------------------------- run log
     def start_run(self, operation: str, settings: dict[str, Any]) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        self._w("INSERT INTO runs (run_id, operation, started_at, status, settings) VALUES (?, ?, {now}, 'running', ?)",
-                (run_id, operation, json.dumps(settings, default=str)))
+        self._w("INSERT INTO runs (run_id, operation, started_at, status, settings, holder) "
+                "VALUES (?, ?, {now}, 'running', ?, ?)",
+                (run_id, operation, json.dumps(settings, default=str), new_holder()))
         return run_id
 
     def record_run_error(self, run_id: str, record: str | None, error: dict[str, Any]) -> None:
         self._w("INSERT INTO run_errors (run_id, record, error) VALUES (?, ?, ?)", (run_id, record, json.dumps(error)))
 
     def finish_run(self, run_id: str, *, status: str, read: int, written: int, failed: int,
-                   error: str | None = None) -> None:
+                   skipped: int = 0, uncertain: int = 0, error: str | None = None) -> None:
         self._w("UPDATE runs SET ended_at = {now}, status = ?, records_read = ?, records_written = ?, "
-                "records_failed = ?, error = ? WHERE run_id = ?", (status, read, written, failed, error, run_id))
+                "records_failed = ?, records_skipped = ?, records_uncertain = ?, error = ? WHERE run_id = ?",
+                (status, read, written, failed, skipped, uncertain, error, run_id))
 
     def list_runs(self, *, limit: int = 50, operation: str | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
@@ -380,8 +382,8 @@ class SqlStore:
 
 
 _LEDGER_COLUMNS = "message_id, connection, status, holder, claimed_at, settled_at, recipients, accepted, note"
-_RUN_COLUMNS = ("run_id, operation, started_at, ended_at, status, records_read, records_written, records_failed, "
-                "settings, error")
+_RUN_COLUMNS = ("run_id, operation, started_at, ended_at, status, records_read, records_written, records_skipped, "
+                "records_uncertain, records_failed, settings, error, holder")
 
 
 def _ledger_entry(row: tuple[Any, ...]) -> LedgerEntry:
@@ -397,10 +399,15 @@ def _lease(row: tuple[Any, ...]) -> LeaseInfo:
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     run = dict(zip(_RUN_COLUMNS.split(", "), row, strict=True))
+    holder = run.pop("holder")
+    if run["status"] == "running" and holder and gone_from_this_host(holder):
+        # Its process ended (killed) before it could say how the run went: the run will never finish.
+        run["status"] = "interrupted"
+        run["error"] = run["error"] or "the process running it ended before the run finished (killed?)"
     run["settings"] = json.loads(run.get("settings") or "{}")
     for key in ("started_at", "ended_at"):
         if run.get(key) is not None:
             run[key] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(run[key])))
-    for key in ("records_read", "records_written", "records_failed"):
+    for key in ("records_read", "records_written", "records_skipped", "records_uncertain", "records_failed"):
         run[key] = int(run[key])
     return run
