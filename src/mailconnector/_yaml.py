@@ -50,7 +50,7 @@ def load_yaml(path: Path) -> LocatedYaml:
     except FileNotFoundError:
         raise ConfigError("project file not found", source=source,
                           hint="create one with `mailconnector init`, or name it with --project") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path (from --project too)
         raise ConfigError(f"cannot read the project file: {exc}", source=source) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -54,6 +54,24 @@ class FileActivity(BaseModel):
     append: bool = Field(True, description="as a target: add each run's records to the file (the default), or "
                          "replace the file at each run (false; not for read-email sources, whose emails an "
                          "earlier run already acknowledged)")
+    encoding: str = Field("utf-8", description="as a source: the file's text encoding (cp1252 for a CSV saved by "
+                          "Excel on Windows, latin-1, utf-16, ...)")
+    delimiter: str | None = Field(None, description="as a CSV source: what separates the columns: one character, "
+                                  "or comma, semicolon, tab or pipe (default: detected from the header row)")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        from .activities.files import check_encoding
+
+        return check_encoding(v)
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v: str | None) -> str | None:
+        from .activities.files import parse_delimiter
+
+        return None if v is None else parse_delimiter(v)
 
 
 class SendActivity(BaseModel):

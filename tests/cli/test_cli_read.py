@@ -147,8 +147,8 @@ def test_bad_after_read_is_a_usage_error(box: Mailbox) -> None:
     result = subprocess.run([sys.executable, "-m", "mailconnector", "read", "box", "--project", str(box.project),
                              "--after-read", "shred"], env={**os.environ, **box.env}, capture_output=True,
                             text=True, timeout=60)
-    assert result.returncode == 3, result.stderr  # a configuration error
-    assert "after_read" in result.stderr and result.stdout == ""
+    assert result.returncode == 2, result.stderr  # a value typed on the command line: usage
+    assert "--after-read" in result.stderr and "move:FOLDER" in result.stderr and result.stdout == ""
 
 
 def test_a_line_that_cannot_be_written_is_not_acked(box: Mailbox) -> None:

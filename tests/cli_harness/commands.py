@@ -46,6 +46,8 @@ INVOCATIONS: dict[tuple[str, ...], list[str]] = {
     ("ledger", "list"): ["--status", "uncertain"],
     ("ledger", "resolve"): ["<not-in-the-ledger@example.test>", "--sent"],
     ("ledger", "reconcile"): ["sandbox"],
+    ("state", "show"): ["sandbox"],
+    ("state", "reset"): ["sandbox", "--folder", "{folder}", "--yes"],
 }
 NOT_RUN = {
     (): "the program itself: its commands are run one by one",
@@ -53,6 +55,7 @@ NOT_RUN = {
     ("sandbox", "stop"): "needs a sandbox started from the directory: covered in test_cli_basics",
     ("auth",): "a group: its command is run",
     ("ledger",): "a group: its commands are run",
+    ("state",): "a group: its commands are run",
 }
 CONNECTING = {("test",), ("folders",), ("send",), ("read",), ("run",)}
 

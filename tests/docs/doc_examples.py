@@ -88,9 +88,10 @@ def blocks_of(path: Path) -> list[Block]:
         # The marker must sit on the line right above the fence, so that it cannot drift to another block.
         if prev is not None and prev.type == "html_block" and prev.map is not None and prev.map[1] == tok.map[0]:
             found = _MARKER.match(prev.content.strip())
-            if found is None and prev.content.strip().startswith("<!--") and (
-                    "not-run" in prev.content or "example" in prev.content):
-                raise DocError(f"{doc}:{line}: a marker this test does not know: {prev.content.strip()!r}")
+            if found is None and prev.content.strip().startswith("<!--"):
+                # A comment right above a block is meant for this test: a misspelt one must not go unnoticed.
+                raise DocError(f"{doc}:{line}: a marker this test does not know: {prev.content.strip()!r} "
+                               "(expected <!-- not-run: REASON --> or <!-- example: ... -->)")
             if found is not None:
                 kind, arg = found.groups()
                 if kind == "not-run":

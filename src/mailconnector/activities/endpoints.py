@@ -30,7 +30,7 @@ from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo, SendDefaults
 from ._record_keys import RecordKeys
-from .files import RecordFormat, iter_records, open_for_append, read_input, write_jsonl
+from .files import InputContext, RecordFormat, iter_records, open_for_append, read_input, write_jsonl
 
 if TYPE_CHECKING:
     from .read import ReadSettings
@@ -169,6 +169,10 @@ class FileSource:
         self.config = config
         self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
         self.name = name
+        line = project.doc.line_of(["activities", name, "path"])
+        # Errors about the file name the activity and where its path is written, not a command-line flag.
+        self.context = InputContext(field=None, activity=name,
+                                    where=f"path: in {project.source}" + (f" line {line}" if line else ""))
 
     def items(self) -> Iterator[SourceItem]:
         fmt = self.config.format
@@ -176,9 +180,11 @@ class FileSource:
         if fmt == "eml" or (self.path != "-" and path.is_dir()):
             yield from self._eml_items(path)
             return
-        data, label = read_input(self.path)
+        data, label = read_input(self.path, context=self.context, shown=self.config.path)
         keys = RecordKeys()  # by content, not position: fixing one line and rerunning sends only that line
-        for i, rec in enumerate(iter_records(data, name=label, fmt=_record_format(fmt))):
+        records = iter_records(data, name=label, fmt=_record_format(fmt), encoding=self.config.encoding,
+                               delimiter=self.config.delimiter, context=self.context)
+        for i, rec in enumerate(records):
             key = f"file:{keys.key(rec)}"
             if isinstance(rec, MailConnectorError):
                 yield SourceItem(None, error=rec, label=f"record {i}", key=key)

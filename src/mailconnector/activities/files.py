@@ -69,7 +69,9 @@ def check_encoding(name: str) -> str:
     """``name`` if Python can decode text with it; ValueError (naming a few good ones) otherwise."""
     try:
         codecs.lookup(name)
-        b"".decode(name)  # a bytes-to-bytes codec (base64, zlib) is found but decodes no text
+        b"a".decode(name)  # a bytes-to-bytes codec (base64, zlib) is found but decodes no text
+    except UnicodeDecodeError:  # a text encoding in which one byte is not enough (utf-16)
+        pass
     except LookupError:
         raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, cp1252, latin-1, utf-16)") from None
     return name
@@ -142,7 +144,7 @@ def iter_records(data: bytes, *, name: str | None = None, fmt: RecordFormat | No
     header may name (others are an error naming them); None accepts any column.
     """
     ctx = context or InputContext()
-    label = name or "input"
+    label = f"activity {ctx.activity!r}: {name or 'input'}" if ctx.activity else (name or "input")
     text = _decode(data, label, encoding, ctx)
     if not text.strip():
         log.warning("no records in %s: it is empty", label)

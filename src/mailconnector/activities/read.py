@@ -351,6 +351,10 @@ class ReadSettings(BaseModel):
     max_attachment_bytes: int | None = Field(25 * 1024 * 1024, ge=0)
     after_read: str = "mark_read"
     include_raw: bool = False
+    peek: bool = Field(False, description="look without touching: the folder is opened read-only, nothing is "
+                       "marked, moved or recorded in the state store (no lease either), whatever was read before")
+    include_delivered: bool = Field(False, description="read again what an earlier run already delivered (and "
+                                    "still matches the search: e.g. kept unread), instead of skipping it")
     create_missing: bool = Field(False, description="with after_read move:FOLDER: create FOLDER (and its missing "
                                  "parents, subscribed) when it does not exist, instead of refusing to start")
 
@@ -374,6 +378,11 @@ class ReadSettings(BaseModel):
         return {"raw": v} if isinstance(v, str) else v
 
     def check(self) -> None:
+        if self.peek and self.after_read != "keep_unread":
+            if self.after_read != "mark_read":  # the default: a peek replaces it
+                raise ConfigError(f"peek reads without any after-read action; after_read {self.after_read} "
+                                  "contradicts it", field="after_read", hint="remove after_read, or peek")
+            self.after_read = "keep_unread"
         if self.attachments == "directory" and self.directory is None:
             raise ConfigError("attachments: directory needs a directory", field="directory")
         if self.create_missing and self.move_to is None:
@@ -415,7 +424,7 @@ class ReadEmail:
         self.settings = ReadSettings.model_validate({**base, **overrides})
         self.settings.check()
         self.connection = connection
-        self.store = store
+        self.store = None if self.settings.peek else store  # a peek records nothing
         self.folder = normalize_folder(self.settings.folder)
         # The folder's lease: held by the caller (an operation, a watch) or taken here when opened.
         self.lease = lease
@@ -432,6 +441,10 @@ class ReadEmail:
         self.total: int | None = None
         self.yielded = 0
         self.acked = 0
+        # Emails the search found that an earlier run already delivered (skipped unless include_delivered),
+        # and when the latest of them was delivered: what a user who sees "0 read" needs to know.
+        self.skipped_delivered = 0
+        self.last_delivered_at: float | None = None
 
     # ------------------------------------------------------------- lifecycle
     def open(self) -> ReadEmail:
@@ -453,7 +466,7 @@ class ReadEmail:
 
     def _select(self) -> FolderState:
         assert self._session is not None
-        state = self._session.select(self.settings.folder)
+        state = self._session.select(self.settings.folder, readonly=self.settings.peek)
         target = self.settings.move_to
         if target and not self._session.folder_exists(target):  # once per connection, not per message
             if not self.settings.create_missing:
@@ -590,6 +603,8 @@ class ReadEmail:
                             "delivered messages by Message-ID", s.folder, cp.uidvalidity, state.uidvalidity)
             uids = self._match_earlier_deliveries(uids)
         delivered = self.store.delivered(self.account, self.folder, state.uidvalidity)
+        if s.include_delivered:  # read them again: each is delivered anew, with this run's action
+            return uids
         pending: dict[str, list[int]] = {}
         for uid in uids:
             entry = delivered.get(uid)
@@ -601,10 +616,12 @@ class ReadEmail:
             log.info("completing the after-read action (%s) of %d message(s) delivered in an earlier run",
                      action, len(redo))
             self._apply(redo, action)
-        skipped = sum(1 for u in uids if u in delivered)
-        if skipped:
-            log.info("%d message(s) matching the search were already delivered by an earlier run: not read again",
-                     skipped)
+        earlier = [delivered[u] for u in uids if u in delivered]
+        if earlier:
+            self.skipped_delivered = len(earlier)
+            self.last_delivered_at = max((d.delivered_at or 0.0 for d in earlier), default=None) or None
+            log.info("%d message(s) matching the search were already delivered by an earlier run: not read again "
+                     "(include_delivered reads them again)", len(earlier))
         return [u for u in uids if u not in delivered]
 
     def _match_earlier_deliveries(self, uids: list[int]) -> list[int]:

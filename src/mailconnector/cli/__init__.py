@@ -133,6 +133,7 @@ from . import (  # noqa: E402  (registers commands)
     read_cmd,
     sandbox_cmd,
     send_cmd,
+    state_cmd,
 )
 
 connection_cmds.register(app)
@@ -142,6 +143,7 @@ project_cmds.register(app)
 sandbox_cmd.register(app)
 auth_cmd.register(app)
 ledger_cmd.register(app)
+state_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

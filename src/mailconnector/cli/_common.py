@@ -37,6 +37,7 @@ __all__ = [
     "emit_json",
     "guess_mode",
     "print_error",
+    "print_table",
     "progress",
     "report_failure",
     "start",
@@ -145,6 +146,15 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def print_table(table: Any) -> None:
+    """A table on stdout: fitted to a terminal; elsewhere (a pipe, a file) at its natural width, so that no
+    cell is cut to fit $COLUMNS or 80 columns that nobody is looking at."""
+    if out_console.is_terminal:
+        out_console.print(table)
+    else:
+        Console(file=sys.stdout, width=100_000, highlight=False).print(table)
+
+
 def print_error(exc: MailConnectorError) -> None:
     """The error a command ended with: see ``report_failure``."""
     report_failure(exc.kind, exc.message, exc.hint, exc.exit_code)
@@ -198,8 +208,9 @@ class _RichProgress:
 
 @contextlib.contextmanager
 def progress(description: str, total: int | None = None) -> Iterator[_NoProgress | _RichProgress]:
-    """A progress bar on stderr, only when stderr is a terminal (never in pipes, logs or CI)."""
-    if not err_console.is_terminal:
+    """A progress bar on stderr, only when stderr is a terminal (never in pipes, logs or CI), and not among
+    JSON log lines."""
+    if not err_console.is_terminal or MODE.json_logs:
         yield _NoProgress()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -22,6 +22,7 @@ __all__ = [
     "criteria_option",
     "delimiter_option",
     "encoding_option",
+    "format_option",
     "rate_limit_option",
     "usage_error",
 ]
@@ -63,6 +64,14 @@ def delimiter_option(value: str | None) -> str | None:
         return parse_delimiter(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def format_option(value: str | None) -> str | None:
+    if value is None or value in ("json", "jsonl", "csv"):
+        return value
+    close = difflib.get_close_matches(value.lower().lstrip("."), ["json", "jsonl", "csv"], n=1)
+    guess = f"; did you mean {close[0]}?" if close and close[0] != value else ""
+    raise typer.BadParameter(f"{value!r} is not one of json, jsonl, csv{guess}")
 
 
 def rate_limit_option(value: float | None) -> float | None:

@@ -22,6 +22,7 @@ from ._common import (
     emit_json,
     err_console,
     out_console,
+    print_table,
     progress,
     start,
 )
@@ -187,7 +188,7 @@ def logs_cmd(
     for r in runs:
         table.add_row(r["run_id"], r["operation"], r["status"], r["started_at"],
                       *(str(r[f"records_{c}"]) for c in counts))
-    out_console.print(table)
+    print_table(table)
 
 
 SCHEMAS = ("send-request", "send-response", "read-record", "project")

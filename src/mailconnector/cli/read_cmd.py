@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, BinaryIO, TextIO, cast
 
@@ -43,6 +44,12 @@ def read_cmd(
         '\'OR SUBJECT invoice SUBJECT receipt\'; keys: FROM TO CC BCC SUBJECT BODY TEXT HEADER SINCE BEFORE ON '
         'LARGER SMALLER SEEN FLAGGED NOT OR (...) and the other IMAP SEARCH keys; checked before connecting.')] = None,
     include_read: Annotated[bool, typer.Option("--include-read", help="Read emails too, not only unread.")] = False,
+    include_delivered: Annotated[bool, typer.Option(
+        "--include-delivered", help="Read again the emails an earlier run already delivered that still match "
+        "(e.g. kept unread with --after-read keep_unread); they are skipped otherwise.")] = False,
+    peek: Annotated[bool, typer.Option(
+        "--peek", help="Only look: open the folder read-only, mark, move or record nothing (the next real read "
+        "is not affected), and include what earlier runs delivered.")] = False,
     include_raw: Annotated[bool, typer.Option("--include-raw", help="Add the raw .eml (base64, or a file with "
                                               "an attachment directory).")] = False,
     max_attachment_bytes: Annotated[int | None, typer.Option(
@@ -57,11 +64,15 @@ def read_cmd(
 
     An email is marked read (or moved, or deleted, per --after-read) only after its line has been
     written and flushed: stop the command at any point and the next run delivers exactly the rest.
+    An email an earlier run delivered is not delivered again (the state store remembers it, also with
+    keep_unread): --include-delivered reads it again, --peek looks at the folder without any effect, and
+    `mailconnector state show CONNECTION` shows what is remembered.
 
     Examples:
       mailconnector read sandbox --limit 10
       mailconnector read sandbox -o inbox.jsonl --attachments ./files --after-read move:Archive
       mailconnector read sandbox --after-read move:Processed/2026 --create-missing
+      mailconnector read sandbox --peek --limit 5
     """
     from pydantic import ValidationError
 
@@ -73,12 +84,15 @@ def read_cmd(
     mode = attachments
     if attachments not in ("inline", "none"):
         directory, mode = Path(attachments), "directory"
+    if peek and (after_read != "mark_read" or create_missing):
+        raise typer.BadParameter("--peek takes no after-read action: leave out --after-read and --create-missing",
+                                 param_hint="--peek")
     try:
         settings = ReadSettings.model_validate({
             "folder": folder, "limit": limit, "attachments": mode, "directory": directory,
-            "after_read": after_read, "criteria": criteria or {}, "include_read": include_read,
+            "criteria": criteria or {}, "include_read": include_read, "include_delivered": include_delivered,
             "include_raw": include_raw, "max_attachment_bytes": max_attachment_bytes, "batch_size": batch_size,
-            "create_missing": create_missing,
+            "create_missing": create_missing, "peek": peek, **({} if peek else {"after_read": after_read}),
         })
     except ValidationError as exc:  # a value typed on the command line: a usage error
         raise usage_error(exc, {"directory": "--attachments", "criteria": "--criteria"}) from None
@@ -116,7 +130,15 @@ def read_cmd(
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (nothing more can go to the closed pipe)
         err_console.print(f"{count} email(s) read from {folder}; the output was closed, the rest stays unread")
         return
-    err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else ""))
+    err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else "")
+                      + (" (peek: nothing marked, moved or recorded)" if peek else ""), soft_wrap=True)
+    if reader.skipped_delivered:
+        when = ""
+        if reader.last_delivered_at:
+            when = " (the latest on " + time.strftime("%Y-%m-%d %H:%M", time.localtime(reader.last_delivered_at)) + ")"
+        err_console.print(f"[yellow]note[/]: {reader.skipped_delivered} email(s) matching the search were already "
+                          f"delivered by an earlier run{when} and were skipped; --include-delivered reads them "
+                          "again, --peek shows them without any effect", soft_wrap=True)
 
 
 def _output_error(target: str, exc: OSError) -> StateError:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..records.send import SendResponse
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, progress, start
 from ._signals import stop_on_signals
-from ._usage import delimiter_option, encoding_option, rate_limit_option, usage_error
+from ._usage import delimiter_option, encoding_option, format_option, rate_limit_option, usage_error
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +31,9 @@ def send_cmd(
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Records: a .json, .jsonl or .csv file, "
                                               "or - for stdin.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="json, jsonl or csv (default: from the file name "
-                                            "or content).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", callback=format_option,
+                                            help="json, jsonl or csv (default: from the file name: .json, "
+                                            ".jsonl/.ndjson, .csv; else from the content).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the response records here "
                                                 "(JSON Lines; - for stdout).")] = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="One message: a recipient (repeatable).")] = None,
@@ -93,6 +94,9 @@ def send_cmd(
     content, so after fixing a failed line a rerun sends just that one. To send the same records again
     on purpose: --resend, or a new --key. Ctrl-C (or SIGTERM) stops within moments: the messages under
     way finish, the rest is not sent (rerun to continue); a second Ctrl-C ends at once.
+    An input that cannot be read as JSON, JSON Lines or CSV (not text in --encoding, a CSV header with
+    columns that are no record field, a header and no rows) sends nothing and exits 3; an empty input
+    sends nothing with a warning and exits 0.
     Exit 1 when some records failed or were only partly delivered; when every record failed for the same
     kind of reason (e.g. the login was refused), the exit code of that kind (see --help of mailconnector);
     130 when interrupted.
@@ -102,6 +106,8 @@ def send_cmd(
       mailconnector send sandbox --input outbox.jsonl --output responses.jsonl --concurrency 8
       cat records.csv | mailconnector send sandbox --input - --format csv --dry-run out/
       mailconnector send sandbox --input statements.csv --key "$(date +%F)"
+      mailconnector send sandbox --input excel-export.csv --encoding cp1252 --delimiter semicolon
+      mailconnector send sandbox --input invoices.jsonl --attachment-dir /srv/invoices/pdf
       mailconnector send sandbox --to bob@example.test --subject Hi --text "Hello" --save-to-sent
     """
     # Imported on use: keeps `mailconnector --help` and the other commands quick to start.
@@ -121,8 +127,6 @@ def send_cmd(
         given = ", ".join(f"--{k}" for k, v in one.items() if v)
         raise typer.BadParameter(f"--input cannot be combined with the one-message flags ({given})",
                                  param_hint="--input")
-    if fmt is not None and fmt not in ("json", "jsonl", "csv"):
-        raise typer.BadParameter("must be json, jsonl or csv", param_hint="--format")
     if json_output and output is not None and str(output) == "-":
         raise typer.BadParameter("--output - and --json would both write to stdout", param_hint="--output")
     conn = s.project.connection(connection)
@@ -174,7 +178,7 @@ def send_cmd(
     finally:
         if sink is not None and sink is not sys.stdout:
             sink.close()
-    code = tally.finish(interrupted=stop.is_set())
+    code = tally.finish(interrupted=stop.is_set() and tally.done < len(records))
     if code:
         raise typer.Exit(code)
 
@@ -213,8 +217,12 @@ class _Tally:
             self.hints.add(error.hint)
             err_console.print(f"[yellow]hint[/]: {_esc(error.hint)}", soft_wrap=True)
 
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
     def summary(self, *, interrupted: bool) -> str:
-        done = sum(self.counts.values())
+        done = self.done
         parts = ", ".join(f"{n} {st}" for st, n in sorted(self.counts.items())) or "nothing sent"
         if interrupted:
             return f"interrupted — {parts}; {self.total - done} not sent: rerun to continue"
@@ -224,7 +232,7 @@ class _Tally:
         doc: dict[str, Any] = {"counts": dict(self.counts), "responses": sorted(self.results, key=lambda r: r["index"])}
         if interrupted:
             doc["interrupted"] = True
-            doc["not_sent"] = self.total - sum(self.counts.values())
+            doc["not_sent"] = self.total - self.done
         return doc
 
     def finish(self, *, interrupted: bool) -> int:

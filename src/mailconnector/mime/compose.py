@@ -103,10 +103,13 @@ class PathPolicy:
         real = _real(path)
         if real in self.files or any(real.is_relative_to(d) for d in self.dirs):
             return
+        allowed = ", ".join(str(d) for d in self.dirs) or "none"
         raise MessageError(
-            f"{short(str(path))} is outside the directories attachments and templates may be read from",
+            f"{short(str(path))} is outside the directories attachments and templates may be read from "
+            f"({allowed})",
             field=field,
-            hint="put the file in the project directory, or list its directory in the activity's attachment_dirs",
+            hint="move the file into one of them, or allow its directory: --attachment-dir DIR on the command "
+                 "line, attachment_dirs: [DIR] on the send-email activity",
         )
 
 

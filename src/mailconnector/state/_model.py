@@ -59,6 +59,7 @@ class Delivered:
     message_id: str | None
     action: str
     done: bool
+    delivered_at: float | None = None  # seconds since the epoch
 
 
 @dataclass(frozen=True)

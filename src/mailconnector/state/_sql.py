@@ -230,9 +230,9 @@ class SqlStore:
                (account, folder, uidvalidity, max((uid for uid, _ in matches), default=0)))
 
     def delivered(self, account: str, folder: str, uidvalidity: int) -> dict[int, Delivered]:
-        rows = self._q("SELECT uid, message_id, action, done FROM read_delivered "
+        rows = self._q("SELECT uid, message_id, action, done, delivered_at FROM read_delivered "
                        "WHERE account = ? AND folder = ? AND uidvalidity = ?", (account, folder, uidvalidity))
-        return {int(r[0]): Delivered(int(r[0]), r[1], str(r[2]), bool(r[3])) for r in rows}
+        return {int(r[0]): Delivered(int(r[0]), r[1], str(r[2]), bool(r[3]), float(r[4])) for r in rows}
 
     def delivered_message_ids(self, account: str, folder: str) -> set[str]:
         rows = self._q("SELECT message_id FROM read_delivered WHERE account = ? AND folder = ? "
