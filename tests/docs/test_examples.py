@@ -340,7 +340,8 @@ operations:
 """
 # Project files with one mistake each: the docs quote what the program says about them.
 BROKEN_PROJECTS = {
-    "a chained operation that does not exist": _BROKEN_BASE + "    on_success: nope\n  other: {source: in, target: file}\n",
+    "a chained operation that does not exist": _BROKEN_BASE + "    on_success: nope\n"
+                                                               "  other: {source: in, target: file}\n",
     "an unknown activity type": _BROKEN_BASE.replace("in: {type: read-email,", "in: {type: ftp,"),
     "a target as a source": _BROKEN_BASE.replace("    source: in\n", "    source: send\n"),
     "a Jinja syntax error": _BROKEN_BASE + '    transformation:\n      mapping:\n        a: "record.x"\n'

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._validation import config_error_from_validation
 from ..connection import Connection
 from ..errors import ConfigError, TransportError
 from ..imap import FetchedMessage, FolderState, ImapSession
@@ -421,7 +422,10 @@ class ReadEmail:
                  store: StateStore | None = None, session: ImapSession | None = None,
                  lease: LeaseKeeper | None = None, lease_seconds: float = 60.0, **overrides: Any) -> None:
         base = settings.model_dump(by_alias=True) if settings else {}
-        self.settings = ReadSettings.model_validate({**base, **overrides})
+        try:
+            self.settings = ReadSettings.model_validate({**base, **overrides})
+        except ValidationError as exc:  # a caller's bad setting (a search that does not parse): the package's error
+            raise config_error_from_validation(exc) from None
         self.settings.check()
         self.connection = connection
         self.store = None if self.settings.peek else store  # a peek records nothing

@@ -296,6 +296,8 @@ class SendEmail:
                             yield from _finished(done)
                     while in_flight:
                         done, in_flight = _wait_some(in_flight, self._stop)
+                        if self._stop.is_set():
+                            turns.open()  # the order no longer matters: only finishing what is under way
                         yield from _finished(done)
                 finally:
                     for f in in_flight:

@@ -208,8 +208,8 @@ class _Tally:
         error = response.error
         colour = "yellow" if response.status == "partial" else "red"
         why = f": {_esc(error.message)}" if error is not None else ""
-        err_console.print(f"[{colour}]{response.status}[/] record {response.index} {_esc(response.message_id)}{why}",
-                          soft_wrap=True)
+        mid = f" {_esc(response.message_id)}" if response.message_id else ""  # empty: never composed
+        err_console.print(f"[{colour}]{response.status}[/] record {response.index}{mid}{why}", soft_wrap=True)
         if response.refused:
             refused = "; ".join(f"{r.address} ({r.code} {r.text})" for r in response.refused)
             err_console.print(f"  refused: {_esc(refused)}", soft_wrap=True)
