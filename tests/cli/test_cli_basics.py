@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import typer.main
 import yaml
+from cli_harness.commands import commands
 from cli_harness.runner import cli
 from typer.testing import CliRunner
 
@@ -45,15 +44,7 @@ def flat(text: str) -> str:
 
 
 def command_paths() -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = []
-
-    def walk(cmd: Any, path: tuple[str, ...]) -> None:
-        out.append(path)
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            walk(sub, (*path, name))
-
-    walk(typer.main.get_command(app), ())
-    return out
+    return sorted(commands())
 
 
 def free_port() -> int:

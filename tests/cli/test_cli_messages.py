@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_harness.commands import commands
 from cli_harness.runner import Result
 from cli_harness.runner import cli as run_cli
 from typer.testing import CliRunner
@@ -317,17 +318,7 @@ PYTHON_TYPES = re.compile(r"<(str|int|float|bool|path|file|directory|list|dict|u
 
 
 def help_paths() -> list[tuple[str, ...]]:
-    import typer.main
-
-    out: list[tuple[str, ...]] = []
-
-    def walk(cmd: Any, path: tuple[str, ...]) -> None:
-        out.append(path)
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            walk(sub, (*path, name))
-
-    walk(typer.main.get_command(app), ())
-    return out
+    return sorted(commands())
 
 
 @pytest.mark.parametrize("path", help_paths(), ids=lambda p: " ".join(p) or "mailconnector")

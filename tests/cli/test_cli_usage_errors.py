@@ -16,7 +16,7 @@ import pytest
 import yaml
 from cli_harness.runner import Result, cli
 
-from mailconnector.activities.read import KNOWN_SEARCH_KEYS, search_problem
+from mailconnector.activities._search import KNOWN_SEARCH_KEYS, search_problem
 from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox

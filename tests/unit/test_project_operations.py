@@ -652,3 +652,19 @@ def test_schema_rejects_a_broken_project(edit: Any, where: str) -> None:
     edit(doc)
     problems = _check(schema, doc, schema)
     assert any(p.startswith(where) for p in problems), problems
+
+
+def test_file_targets_append_and_an_empty_run_leaves_an_empty_file_for_the_next_operation(tmp_path: Path) -> None:
+    activities, ops = file_op(target="sub/out.jsonl", on_success="again")
+    activities["out-csv"] = {"type": "file", "path": "out.csv"}
+    ops["again"] = {"source": "out", "target": "out-csv"}
+    project = make_project(tmp_path, activities, ops, **{"in.jsonl": ""})
+    result = run_operation(project, "op")
+    assert result.ok and [c.status for c in result.chained] == ["success"]  # it read the empty file
+    assert (tmp_path / "sub" / "out.jsonl").read_text() == "" and (tmp_path / "out.csv").read_text() == ""
+
+    (tmp_path / "in.jsonl").write_text('{"n": 1}\n{"n": 2}\n')
+    (tmp_path / "sub" / "out.jsonl").write_text('{"n": 0}\n{"n": ')  # a killed run's unfinished line
+    assert run_operation(project, "op").ok
+    assert run_operation(project, "op").ok
+    assert jsonl(tmp_path / "sub" / "out.jsonl") == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 1}, {"n": 2}]

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from mailconnector.activities.read import Criteria, _tokenize_search
+from mailconnector.activities._search import Criteria, _tokenize_search
 from mailconnector.errors import ConfigError
 from mailconnector.imap import _internal_date, parse_fetch, uid_sets
 

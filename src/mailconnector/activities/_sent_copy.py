@@ -16,7 +16,7 @@ import threading
 from ..connection import Connection
 from ..errors import AuthenticationError, ConfigError, MailConnectorError, ServerResponseError, TransportError
 from ..imap import ImapSession
-from .reconcile import _sent_folder
+from .reconcile import find_sent_folder
 
 __all__ = ["SentCopies"]
 
@@ -73,7 +73,7 @@ class SentCopies:
     def _append(self, data: bytes) -> None:
         reused = self._session is not None
         session = self._connected()
-        folder = self._folder = self._folder or _sent_folder(session)
+        folder = self._folder = self._folder or find_sent_folder(session)
         try:
             session.append(folder, data, flags=["\\Seen"])
         except TransportError:

@@ -289,6 +289,11 @@ class FileTarget:
                 yield Outcome(ticket, "failed", _write_error(self.path, exc))
                 continue
             yield Outcome(ticket, "written")
+        if self._fmt in ("jsonl", "csv") and self.path != "-" and not Path(self.path).exists():
+            # A run that took nothing still leaves the (empty) file: an operation chained after it reads
+            # "no records" instead of failing on a file that does not exist.
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).touch()
 
     def _deliver_json(self, records: Iterable[Delivery]) -> Iterator[Outcome]:
         tickets: list[int] = []

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..imap import ImapSession
 from ..state import LedgerEntry, StateStore
 
-__all__ = ["Reconciled", "reconcile"]
+__all__ = ["Reconciled", "find_sent_folder", "reconcile"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def reconcile(connection: Connection, store: StateStore, *, limit: int = 10000) 
         return []
     results: list[Reconciled] = []
     with ImapSession(connection) as session:
-        folder = connection.sent_folder or _sent_folder(session)
+        folder = connection.sent_folder or find_sent_folder(session)
         session.select(folder, readonly=True)
         for entry in uncertain:
             found = bool(session.search(["HEADER", "Message-ID", entry.message_id]))
@@ -45,7 +45,7 @@ def reconcile(connection: Connection, store: StateStore, *, limit: int = 10000) 
     return results
 
 
-def _sent_folder(session: ImapSession) -> str:
+def find_sent_folder(session: ImapSession) -> str:
     for info in session.list_folders():
         if info.special_use == "\\Sent":
             return info.name

@@ -96,7 +96,7 @@ def after_read_option(value: str) -> str:
 
 
 def criteria_option(value: str | None) -> str | None:
-    from ..activities.read import search_problem
+    from ..activities._search import search_problem
 
     if value is None or not value.strip():
         return value

@@ -91,11 +91,10 @@ def run_cmd(
             counts = f"read {r.read}, written {r.written}"
             counts += "".join(f", {word} {n}" for word, n in (("skipped", r.skipped), ("uncertain", r.uncertain)) if n)
             err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — {counts}, failed {r.failed} "
-                              f"(run {r.run_id})" + (f": {r.error}" if r.error else ""), soft_wrap=True)
+                              f"(run {r.run_id})" + (f": {r.error}" if r.error else ""))
             if r.skipped:
                 err_console.print(f"[yellow]hint[/]: {r.skipped} record(s) were already sent by an earlier run "
-                                  "(send ledger); to send them again on purpose, run with a new --key",
-                                  soft_wrap=True)
+                                  "(send ledger); to send them again on purpose, run with a new --key")
 
     with stop_on_signals("stopping after the record in hand") as stop:
         if watch:
@@ -124,7 +123,7 @@ def _run_once(proj: Project, operation: str, stop: threading.Event, *, wait: boo
             if not wait:
                 raise
             if not announced:
-                err_console.print(f"waiting: {exc.message}", soft_wrap=True)
+                err_console.print(f"waiting: {exc.message}")
                 announced = True
             if stop.wait(1.0):
                 raise KeyboardInterrupt from None

@@ -131,14 +131,14 @@ def read_cmd(
         err_console.print(f"{count} email(s) read from {folder}; the output was closed, the rest stays unread")
         return
     err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else "")
-                      + (" (peek: nothing marked, moved or recorded)" if peek else ""), soft_wrap=True)
+                      + (" (peek: nothing marked, moved or recorded)" if peek else ""))
     if reader.skipped_delivered:
         when = ""
         if reader.last_delivered_at:
             when = " (the latest on " + time.strftime("%Y-%m-%d %H:%M", time.localtime(reader.last_delivered_at)) + ")"
         err_console.print(f"[yellow]note[/]: {reader.skipped_delivered} email(s) matching the search were already "
                           f"delivered by an earlier run{when} and were skipped; --include-delivered reads them "
-                          "again, --peek shows them without any effect", soft_wrap=True)
+                          "again, --peek shows them without any effect")
 
 
 def _output_error(target: str, exc: OSError) -> StateError:

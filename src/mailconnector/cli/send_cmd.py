@@ -159,8 +159,7 @@ def send_cmd(
         raise typer.BadParameter("give --key or --resend, not both (--resend makes a new key)", param_hint="--resend")
     if resend:
         key = "resend-" + time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
-        err_console.print(f"resending under the new key {key} (to finish it after an interruption: --key {key})",
-                          soft_wrap=True)
+        err_console.print(f"resending under the new key {key} (to finish it after an interruption: --key {key})")
     batch = key if key is not None else ("" if input is not None else None)  # one message from flags: new each time
     tally = _Tally(len(records), json_output)
     sink: TextIO | None = None
@@ -209,13 +208,13 @@ class _Tally:
         colour = "yellow" if response.status == "partial" else "red"
         why = f": {_esc(error.message)}" if error is not None else ""
         mid = f" {_esc(response.message_id)}" if response.message_id else ""  # empty: never composed
-        err_console.print(f"[{colour}]{response.status}[/] record {response.index}{mid}{why}", soft_wrap=True)
+        err_console.print(f"[{colour}]{response.status}[/] record {response.index}{mid}{why}")
         if response.refused:
             refused = "; ".join(f"{r.address} ({r.code} {r.text})" for r in response.refused)
-            err_console.print(f"  refused: {_esc(refused)}", soft_wrap=True)
+            err_console.print(f"  refused: {_esc(refused)}")
         if error is not None and error.hint and error.hint not in self.hints:
             self.hints.add(error.hint)
-            err_console.print(f"[yellow]hint[/]: {_esc(error.hint)}", soft_wrap=True)
+            err_console.print(f"[yellow]hint[/]: {_esc(error.hint)}")
 
     @property
     def done(self) -> int:
@@ -239,16 +238,14 @@ class _Tally:
         if self.json_output:
             emit_json(self.document(interrupted=interrupted))
         else:
-            err_console.print(self.summary(interrupted=interrupted), soft_wrap=True)
+            err_console.print(self.summary(interrupted=interrupted))
             skipped = self.counts["skipped_duplicate"]
             if skipped:
                 err_console.print(f"[yellow]hint[/]: {skipped} skipped: already sent (or being sent) according to "
-                                  "the send ledger; to send them again on purpose: --resend, or a new --key",
-                                  soft_wrap=True)
+                                  "the send ledger; to send them again on purpose: --resend, or a new --key")
             if self.counts["uncertain"]:
                 err_console.print(f"[yellow]hint[/]: {self.counts['uncertain']} may have been delivered and will "
-                                  "not be sent again until resolved: mailconnector ledger list --status uncertain",
-                                  soft_wrap=True)
+                                  "not be sent again until resolved: mailconnector ledger list --status uncertain")
         if interrupted:
             return 130
         return _exit_code(self.counts, self.failure_kinds)

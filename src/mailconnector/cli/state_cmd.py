@@ -64,8 +64,7 @@ def show_cmd(
         return
     if not states:
         where = f"folder {folder}" if folder is not None else "any folder"
-        err_console.print(f"nothing remembered for {where} of {account}: no run has read it with this store",
-                          soft_wrap=True)
+        err_console.print(f"nothing remembered for {where} of {account}: no run has read it with this store")
         return
     from rich.table import Table
 
@@ -107,7 +106,7 @@ def reset_cmd(
         if json_output:
             emit_json({"account": account, "folder": name, "forgotten": 0})
         else:
-            err_console.print(f"nothing remembered for {name} of {account}: nothing to forget", soft_wrap=True)
+            err_console.print(f"nothing remembered for {name} of {account}: nothing to forget")
         return
     if not yes:
         if not _interactive():
@@ -127,7 +126,7 @@ def reset_cmd(
     if json_output:
         emit_json({"account": account, "folder": name, "forgotten": removed})
     else:
-        err_console.print(f"forgot {removed} delivered email(s) of {name} ({account})", soft_wrap=True)
+        err_console.print(f"forgot {removed} delivered email(s) of {name} ({account})")
 
 
 def _interactive() -> bool:
