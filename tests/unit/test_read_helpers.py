@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from pydantic import ValidationError
 
 from mailconnector.activities._search import Criteria, _tokenize_search
 from mailconnector.errors import ConfigError
@@ -78,3 +79,11 @@ def test_record_json_is_model_dump_json_in_utf8() -> None:
     line = record_json(record)
     assert line == record.model_dump_json().encode("utf-8")
     assert b'"from":{"name":"\xc3\x84nnchen"' in line and b"\n" not in line
+
+
+@pytest.mark.parametrize("value", ["move:Archive\n", "mark_read\n", "move:\n", "delete ", "move:"])
+def test_after_read_with_a_trailing_newline_or_no_folder_is_refused(value: str) -> None:
+    from mailconnector.activities.read import ReadSettings
+
+    with pytest.raises(ValidationError):
+        ReadSettings(after_read=value)

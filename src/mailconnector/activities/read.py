@@ -59,7 +59,7 @@ __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
 
 log = logging.getLogger("mailconnector.read")
 
-_AFTER_READ = re.compile(r"^(mark_read|keep_unread|delete|move:.+)$")
+_AFTER_READ = re.compile(r"mark_read|keep_unread|delete|move:.+")  # fullmatch: no trailing newline
 BATCH_BYTES = 16 * 1024 * 1024  # most bytes one fetch brings in (a single bigger message comes alone)
 
 
@@ -88,7 +88,7 @@ class ReadSettings(BaseModel):
     @field_validator("after_read")
     @classmethod
     def _after(cls, v: str) -> str:
-        if not _AFTER_READ.match(v):
+        if not _AFTER_READ.fullmatch(v):
             raise ValueError("must be mark_read, keep_unread, delete or move:FOLDER")
         return v
 
