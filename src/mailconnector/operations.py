@@ -305,6 +305,8 @@ class _Run:
                 del pending[index]
                 if not entry.failed:
                     entry.ack()
+        if pending:  # records the target was handed but gave up unsent (it was stopped): not a success
+            self.cut_short = True
 
 
 def _describe_crash(exc: BaseException) -> tuple[str, str]:

@@ -209,3 +209,34 @@ def test_run_wait_waits_for_the_run_holding_the_folder(
     assert "waiting: " in waited.stderr
     assert [json.loads(line)["subject"] for line in (project / "inbox.jsonl").read_text().splitlines()] == [
         "waited for"]
+
+
+def test_ctrl_c_during_a_send_operation_then_a_rerun_sends_each_record_once(
+        sandbox: Sandbox, project: Path, quiet_sigint: None) -> None:
+    tok = uuid.uuid4().hex[:10]
+    doc = yaml.safe_load((project / "mailconnector.yaml").read_text())
+    doc["activities"] = {"outbox": {"type": "file", "path": "outbox.jsonl"},
+                         "mail": {"type": "send-email", "connection": "mail", "rate_limit": 4, "concurrency": 2}}
+    doc["operations"] = {"send-outbox": {"source": "outbox", "target": "mail"}}
+    (project / "mailconnector.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    records = [{"to": "erin@example.test", "subject": f"{tok} op{i}", "text": "x"} for i in range(12)]
+    (project / "outbox.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    fired: list[float] = []
+    timer = threading.Timer(1.0, _interrupt, (fired,))  # a dozen at 4 a second take 3 s
+    timer.start()
+    first = cli(sandbox, project, "run", "send-outbox", "--json")
+    ended = time.monotonic()
+    timer.join()
+    assert fired and ended - fired[0] < 2.0
+    assert first.returncode == 130, first.stderr
+    interrupted = json.loads(first.stdout)
+    assert interrupted["status"] == "interrupted" and interrupted["written"] < 12
+
+    second = cli(sandbox, project, "run", "send-outbox", "--json")
+    assert second.returncode == 0, second.stderr
+    rest = json.loads(second.stdout)
+    assert (rest["written"], rest["skipped"]) == (12 - interrupted["written"], interrupted["written"])
+    arrived = subjects_in(sandbox, "erin", tok, 12)
+    time.sleep(0.5)  # a message sent twice would be right behind
+    assert sorted(subjects_in(sandbox, "erin", tok, 12)) == sorted(arrived) == sorted(r["subject"] for r in records)
