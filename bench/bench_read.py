@@ -6,12 +6,16 @@ one in ten with a 200 KB attachment) and reads it with each contender, each in i
 RSS is its own) and taking turns round by round. Nobody marks anything, so every contender reads the
 same unread mail:
 
-- mailconnector: the Read Email activity with a fresh store, ``after_read: keep_unread``, attachments
-  written to a directory, each record written as a JSON line and acked (what ``mailconnector read`` does);
-- imap-tools: ``MailBox.fetch(AND(seen=False), mark_seen=False)`` with its default ``bulk`` (one FETCH
-  per message), touching subject, from, text, html and every attachment's payload; also with
-  ``bulk=50`` (our batch size), for comparison;
-- imaplib: ``UID FETCH`` of ``BODY.PEEK[]`` in batches of 50, no parsing at all: the floor.
+- ``mailconnector read`` (the command, start to exit) with a fresh store, ``--after-read keep_unread``,
+  attachments written to a directory, each record a JSON line in ``--output``;
+- imap-tools: ``MailBox.fetch(AND(seen=False), mark_seen=False)`` with ``bulk=True`` (one FETCH for the
+  folder, what a user who knows imap-tools passes) and with its default (one FETCH per message), touching
+  subject, from, text, html and every attachment's payload, attachments written to a directory;
+- imaplib: ``UID FETCH`` of ``BODY.PEEK[]`` in batches of 500, no parsing at all: the floor.
+
+Each is timed as a whole process, interpreter start and imports included: what a user of the command, or
+of a script, waits for. The library path (the Read Email activity timed inside its process, the same work
+as the command) is a second line.
 
 Then memory: mailconnector's peak RSS reading 5,000 and 20,000 messages (the big folder is made of
 server-side copies), and reading one message with a 50 MB attachment to a directory.
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 BATCH = 50
+FLOOR_BATCH = 500
 _WORDS = (
     "invoice order shipment meeting agenda quarterly report update review contract payment balance account "
     "delivery schedule project budget forecast summary draft proposal approval request customer support ticket "
@@ -144,11 +149,16 @@ def child_imap_tools(cfg: dict[str, Any], work: Path, bulk: bool | int = False) 
     ctx = ssl.create_default_context(cafile=c["tls"]["ca_file"])
     began = time.perf_counter()
     count = touched = 0
+    files = work / "files"
     with MailBox(c["imap"]["host"], c["imap"]["port"], ssl_context=ctx).login(
             c["auth"]["username"], c["auth"]["password"], cfg["folder"]) as box:
         for msg in box.fetch(AND(seen=False), mark_seen=False, bulk=bulk):
             touched += len(msg.subject) + len(msg.from_) + len(msg.text) + len(msg.html)
-            touched += sum(len(a.payload) for a in msg.attachments)
+            for n, att in enumerate(msg.attachments):  # written, as the command writes them
+                folder = files / f"{msg.uid}"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"{n}.bin").write_bytes(att.payload)
+                touched += len(att.payload)
             count += 1
     return {"count": count, "seconds": time.perf_counter() - began, "touched": touched}
 
@@ -165,8 +175,8 @@ def child_imaplib(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     _, data = imap.uid("SEARCH", "UNSEEN")
     uids = data[0].split()
     count = size = 0
-    for start in range(0, len(uids), BATCH):
-        _, rows = imap.uid("FETCH", b",".join(uids[start:start + BATCH]).decode(), "(BODY.PEEK[])")
+    for start in range(0, len(uids), FLOOR_BATCH):
+        _, rows = imap.uid("FETCH", b",".join(uids[start:start + FLOOR_BATCH]).decode(), "(BODY.PEEK[])")
         for row in rows:
             if isinstance(row, tuple):
                 count += 1
@@ -178,19 +188,46 @@ def child_imaplib(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
 CHILDREN = {
     "ours": child_ours,
     "imap-tools": child_imap_tools,
-    "imap-tools-bulk": lambda cfg, work: child_imap_tools(cfg, work, bulk=BATCH),
+    "imap-tools-bulk": lambda cfg, work: child_imap_tools(cfg, work, bulk=True),
     "imaplib": child_imaplib,
 }
+MAILCONNECTOR = Path(sys.executable).with_name("mailconnector")
 
 
 def run_child(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One contender in a fresh process; its result with its own peak RSS."""
+    """One contender in a fresh process; its result with its own peak RSS and ``wall``, the whole process's
+    time from its start to its exit."""
+    if kind == "command":
+        return run_command(cfg)
+    began = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", kind], input=json.dumps(cfg), text=True,
                           capture_output=True, check=False)
+    wall = time.perf_counter() - began
     if proc.returncode:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall"] = wall
     return result
+
+
+def run_command(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``mailconnector read`` as a user runs it, in a fresh directory with a project and a new store."""
+    work = Path(tempfile.mkdtemp(prefix="mc-bench-cli-"))
+    try:
+        project = {"connections": {"bench": cfg["connection"]}}
+        (work / "mailconnector.yaml").write_text(json.dumps(project))  # JSON is YAML
+        began = time.perf_counter()
+        proc = subprocess.run([str(MAILCONNECTOR), "read", "bench", "--folder", cfg["folder"], "--after-read",
+                               "keep_unread", "--attachments", "./files", "--max-attachment-bytes", str(2**40),
+                               "--output", "out.jsonl"], cwd=work, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - began
+        if proc.returncode:
+            raise SystemExit(f"mailconnector read failed:\n{proc.stderr[-3000:]}")
+        with open(work / "out.jsonl", "rb") as out:
+            count = sum(1 for _ in out)
+        return {"count": count, "seconds": wall, "wall": wall, "peak_rss_mb": float("nan")}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def child_main(kind: str) -> None:
@@ -259,30 +296,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def speed(cfg: dict[str, Any], rounds: int, count: int) -> None:
-    kinds = ["ours", "imap-tools", "imap-tools-bulk", "imaplib"]
+    kinds = ["command", "imap-tools-bulk", "imap-tools", "imaplib", "ours"]
     best: dict[str, dict[str, Any]] = {}
     for round_number in range(rounds):
         for kind in kinds:
             result = run_child(kind, cfg)
             assert result["count"] == count, (kind, result)
-            if kind not in best or result["seconds"] < best[kind]["seconds"]:
+            if kind not in best or result["wall"] < best[kind]["wall"]:
                 best[kind] = result
-            print(f"  round {round_number + 1} {kind:<16} {count / result['seconds']:8.0f} msg/s", flush=True)
-    rate = {k: count / v["seconds"] for k, v in best.items()}
+            print(f"  round {round_number + 1} {kind:<16} {result['wall']:6.2f} s whole process", flush=True)
+    wall = {k: v["wall"] for k, v in best.items()}
     labels = {
-        "ours": "mailconnector ReadEmail (JSONL, files, store)",
+        "command": "mailconnector read (the command, start to exit)",
+        "imap-tools-bulk": "imap-tools fetch(bulk=True)",
         "imap-tools": "imap-tools fetch (default, bulk=False)",
-        "imap-tools-bulk": f"imap-tools fetch (bulk={BATCH})",
-        "imaplib": f"imaplib raw UID FETCH x{BATCH} (floor)",
+        "imaplib": f"imaplib raw UID FETCH x{FLOOR_BATCH} (floor)",
     }
-    print(f"\nspeed: {count:,} unread messages, best of {rounds} rounds")
-    print(f"  {'contender':<48} {'msg/s':>8} {'peak RSS':>9} {'ours is':>9}")
-    for kind in kinds:
-        ratio = rate["ours"] / rate[kind]
-        print(f"  {labels[kind]:<48} {rate[kind]:8.0f} {best[kind]['peak_rss_mb']:7.0f} MB "
-              f"{ratio:8.2f}x")
-    print(f"  target: >= 1.5x imap-tools (default): {_ok(rate['ours'] >= 1.5 * rate['imap-tools'])}; "
-          f">= 0.5x the imaplib floor: {_ok(rate['ours'] >= 0.5 * rate['imaplib'])}")
+    print(f"\nspeed: {count:,} unread messages, whole processes, best of {rounds} rounds")
+    print(f"  {'contender':<50} {'seconds':>8} {'msg/s':>8} {'command is':>11}")
+    for kind in labels:
+        print(f"  {labels[kind]:<50} {wall[kind]:8.2f} {count / wall[kind]:8.0f} {wall[kind] / wall['command']:10.2f}x")
+    ours = best["ours"]
+    print(f"  library: the Read Email activity inside its process: {ours['seconds']:.2f} s, "
+          f"{count / ours['seconds']:.0f} msg/s (its whole process {ours['wall']:.2f} s, peak RSS "
+          f"{ours['peak_rss_mb']:.0f} MB)")
+    print(f"  target: the command >= 1.5x imap-tools bulk: "
+          f"{_ok(wall['imap-tools-bulk'] >= 1.5 * wall['command'])}; >= 0.5x the imaplib floor: "
+          f"{_ok(wall['imaplib'] >= 0.5 * wall['command'])}")
 
 
 def memory(cfg: dict[str, Any], args: argparse.Namespace) -> None:

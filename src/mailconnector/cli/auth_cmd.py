@@ -15,12 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..auth.oauth2 import (
-    GOOGLE_AUTHORIZATION_URL,
-    google_authorization_request,
-    google_exchange_code,
-    microsoft_device_login,
-)
 from ..errors import ConfigError, StateError
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, emit_json, err_console, out_console, start
 
@@ -46,8 +40,9 @@ def login_cmd(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Where to write the refresh token (default: "
         ".mailconnector/secrets/CONNECTION.refresh_token beside the project file).", show_default=False)] = None,
-    authorization_url: Annotated[str, typer.Option(
-        help="Google: the authorization endpoint to open in the browser.")] = GOOGLE_AUTHORIZATION_URL,
+    authorization_url: Annotated[str | None, typer.Option(
+        help="Google: the authorization endpoint to open in the browser (default: Google's own, "
+        "https://accounts.google.com/o/oauth2/v2/auth).", show_default=False)] = None,
     redirect_uri: Annotated[str, typer.Option(
         help="Google: where the browser is sent after consent (a loopback address of a Desktop app client).")
     ] = "http://localhost",
@@ -64,6 +59,14 @@ def login_cmd(
 
     Example: mailconnector auth login office
     """
+    # Imported on use, as every command's heavy modules: the other commands start without them.
+    from ..auth.oauth2 import (
+        GOOGLE_AUTHORIZATION_URL,
+        google_authorization_request,
+        google_exchange_code,
+        microsoft_device_login,
+    )
+
     s = start(project, debug=debug, log_format=log_format, json_output=json_output)
     proj = s.project
     conn = _connection_for_login(proj, connection)
@@ -73,7 +76,7 @@ def login_cmd(
         grant = microsoft_device_login(conn, show=lambda text: err_console.print(text, markup=False,
                                                                                  highlight=False))
     elif oauth.provider == "google":
-        request = google_authorization_request(conn, authorization_url=authorization_url,
+        request = google_authorization_request(conn, authorization_url=authorization_url or GOOGLE_AUTHORIZATION_URL,
                                                redirect_uri=redirect_uri)
         err_console.print("Open this address in a browser, sign in as "
                           f"{conn.auth.username} and allow access:", markup=False, highlight=False)

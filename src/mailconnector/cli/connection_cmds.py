@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, out_console, start
 
@@ -47,6 +46,8 @@ def test_cmd(
     if json_output:
         emit_json(report.to_dict())
         raise typer.Exit(report.exit_code)
+    from rich.table import Table
+
     table = Table(title=f"Connection Test: {connection}", title_justify="left")
     for col in ("server", "step", "result", "ms", "detail"):
         table.add_column(col, justify="right" if col == "ms" else "left", overflow="fold")
@@ -110,6 +111,8 @@ def folders_cmd(
         # kept for scripts written before.
         emit_json([{**f.__dict__, "unread": f.unseen} for f in folders])
         return
+    from rich.table import Table
+
     table = Table(title=f"Folders of {connection}", title_justify="left")
     for col in ("folder", "special use", "messages", "unread", "flags"):
         table.add_column(col, justify="right" if col in ("messages", "unread") else "left")

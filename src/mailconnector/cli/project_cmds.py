@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ..errors import ConfigError, LeaseBusyError, StateError
 from ._common import (
@@ -177,6 +176,8 @@ def logs_cmd(
     if json_output:
         emit_json(runs)
         return
+    from rich.table import Table
+
     table = Table(title="Operation runs", title_justify="left")
     counts = ("read", "written", "skipped", "uncertain", "failed")
     id_width = max((len(r["run_id"]) for r in runs), default=6)

@@ -6,14 +6,15 @@ import contextlib
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..errors import StateError
-from ..sandbox import Sandbox
 from ._common import DebugOpt, JsonOpt, LogFormatOpt, emit_json, err_console, out_console, start
+
+if TYPE_CHECKING:
+    from ..sandbox import Sandbox
 
 POINTER = Path(".mailconnector") / "sandbox-rundir"
 GENERATED_MARK = "# Written by `mailconnector sandbox`"
@@ -62,6 +63,8 @@ def sandbox_start(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..sandbox import Sandbox  # imported on use: the other commands start without it
+
     start(None, debug=debug, log_format=log_format)
     if POINTER.exists():
         old = Path(POINTER.read_text().strip())
@@ -101,6 +104,8 @@ def _describe(sbx: Sandbox, project_file: Path, json_output: bool) -> None:
         emit_json({"rundir": info.rundir, "host": info.host, "ports": info.ports, "ca_file": info.ca_file,
                    "project_file": str(project_file), "users": [u["address"] for u in info.users]})
         return
+    from rich.table import Table
+
     table = Table(title="mailconnector sandbox", title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
@@ -123,6 +128,8 @@ def sandbox_stop() -> None:
     """
     if not POINTER.exists():
         raise StateError("no sandbox was started from this directory", hint="start one: mailconnector sandbox")
+    from ..sandbox import Sandbox
+
     sbx = Sandbox.attach(Path(POINTER.read_text().strip()))
     sbx.remove()
     POINTER.unlink()
@@ -137,6 +144,8 @@ def sandbox_status(json_output: JsonOpt = False) -> None:
     """
     if not POINTER.exists():
         raise StateError("no sandbox was started from this directory", hint="start one: mailconnector sandbox")
+    from ..sandbox import Sandbox
+
     sbx = Sandbox.attach(Path(POINTER.read_text().strip()))
     running = sbx.running()
     if json_output:
