@@ -99,6 +99,8 @@ USAGE: dict[str, tuple[list[str], str, str]] = {
     "--delimiter quote": (["send", "box", "--input", "x.csv", "--delimiter", '"'], "--delimiter",
                           "cannot separate CSV columns"),
     "--from not an address": (["send", "box", "--input", "x.csv", "--from", "not an address"], "", "--from: "),
+    "--attach missing": (["send", "box", "--to", "bob@example.test", "--attach", "nope.pdf"], "--attach",
+                         "nope.pdf is not a file"),
 }
 
 

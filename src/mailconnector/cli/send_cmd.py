@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ..errors import ConfigError, MailConnectorError
+from ..errors import MailConnectorError
 
 if TYPE_CHECKING:
     from ..records.send import SendResponse
@@ -148,8 +148,8 @@ def send_cmd(
             record["from"] = sender
         if attach:
             for p in attach:
-                if not p.is_file():
-                    raise ConfigError(f"attachment {p} does not exist", field="--attach")
+                if not p.is_file():  # a path typed on the command line: a usage error
+                    raise typer.BadParameter(f"{p} is not a file", param_hint="'--attach'")
             record["attachments"] = [{"path": str(p.resolve())} for p in attach]
         records = [record]
     # --attach files were named by the person running the command: allowed wherever they are.
