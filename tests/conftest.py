@@ -3,10 +3,13 @@ the same module as ``mailconnector sandbox``, and helpers to build connections a
 
 from __future__ import annotations
 
+import email
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +122,23 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     finally:
         if postgres_server.running:
             postgres_server.drop_database(name)
+
+
+def received(sandbox: Sandbox, user: str, tok: str, count: int = 1) -> list[EmailMessage]:
+    """The messages in ``user``'s INBOX whose subject holds ``tok``, once at least ``count`` arrived (read
+    with EXAMINE: looking changes nothing)."""
+    conn = Connection.from_dict(sandbox.connection_dict(user), name=f"received-{user}")
+
+    def look() -> list[bytes] | None:
+        with ImapSession(conn) as imap:
+            imap.select("INBOX", readonly=True)
+            uids = imap.search(["SUBJECT", tok])
+            return [m.raw for m in imap.fetch(uids)] if len(uids) >= count else None
+
+    out = []
+    for raw in wait_for(look):
+        msg = email.message_from_bytes(raw, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.append(msg)
+    return out
+

@@ -6,19 +6,16 @@ allowed, and failed or partial records print who was refused and each hint once.
 from __future__ import annotations
 
 import codecs
-import email
 import json
 import re
 import uuid
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from cli_harness.runner import Result, cli
-from conftest import wait_for
+from conftest import received
 
 from mailconnector.activities.files import iter_records
 from mailconnector.connection import Connection
@@ -59,23 +56,6 @@ def run(sandbox: Sandbox, cwd: Path, *args: str) -> Result:
 
 def send(sandbox: Sandbox, cwd: Path, *args: str) -> Result:
     return run(sandbox, cwd, "send", "mail", *args)
-
-
-def received(sandbox: Sandbox, user: str, tok: str, count: int = 1) -> list[EmailMessage]:
-    conn = Connection.from_dict(sandbox.connection_dict(user), name=f"input-errors-{user}")
-
-    def look() -> list[bytes] | None:
-        with ImapSession(conn) as imap:
-            imap.select("INBOX", readonly=True)
-            uids = imap.search(["SUBJECT", tok])
-            return [m.raw for m in imap.fetch(uids)] if len(uids) >= count else None
-
-    out = []
-    for raw in wait_for(look):
-        msg = email.message_from_bytes(raw, policy=policy.default)
-        assert isinstance(msg, EmailMessage)
-        out.append(msg)
-    return out
 
 
 def count_in(sandbox: Sandbox, user: str, tok: str) -> int:

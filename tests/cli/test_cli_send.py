@@ -11,13 +11,13 @@ import subprocess
 import sys
 import uuid
 from email import policy
-from email.message import EmailMessage, Message
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import received
 
 from mailconnector.connection import Connection
 from mailconnector.imap import ImapSession
@@ -49,24 +49,6 @@ def run(sandbox: Sandbox, cwd: Path, *args: str, stdin: str | None = None) -> su
     env.update({"COLUMNS": "200", "NO_COLOR": "1", PW_VAR: sandbox.info.password("alice")})
     return subprocess.run([str(MAILCONNECTOR), "send", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=60, env=env, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
-
-
-def mailbox(sandbox: Sandbox, user: str, tok: str, *, count: int = 1) -> list[EmailMessage]:
-    conn = Connection.from_dict(sandbox.connection_dict(user), name=f"cli-read-{user}")
-
-    def look() -> list[bytes] | None:
-        with ImapSession(conn) as imap:
-            imap.select("INBOX", readonly=True)
-            uids = imap.search(["SUBJECT", tok])
-            return [m.raw for m in imap.fetch(uids)] if len(uids) >= count else None
-
-    raws: list[bytes] = wait_for(look)
-    out = []
-    for raw in raws:
-        msg = email.message_from_bytes(raw, policy=policy.default)
-        assert isinstance(msg, EmailMessage)
-        out.append(msg)
-    return out
 
 
 def now_in(sandbox: Sandbox, user: str, tok: str) -> int:
@@ -105,8 +87,8 @@ def test_jsonl_input_writes_responses_and_exits_1_when_some_failed(sandbox: Sand
     assert "failed record 2" in res.stderr and "failed record 3" in res.stderr
     assert "4 record(s): 2 failed, 2 sent" in res.stderr
     assert res.stdout == ""
-    mailbox(sandbox, "bob", f"cli {tok} 0")
-    mailbox(sandbox, "carol", f"cli {tok} 1")
+    received(sandbox, "bob", f"cli {tok} 0")
+    received(sandbox, "carol", f"cli {tok} 1")
 
     # The same input again: nothing is sent twice (the project's send ledger).
     again = run(sandbox, project, "mail", "--input", "outbox.jsonl", "--output", "again.jsonl")
@@ -130,8 +112,8 @@ def test_json_array_with_json_output_and_a_default_sender(sandbox: Sandbox, proj
     assert [r["index"] for r in doc["responses"]] == [0, 1]
     assert all(r["message_id"].startswith("<") and r["accepted"] == ["dave@example.test"]
                for r in doc["responses"])
-    [a] = mailbox(sandbox, "dave", f"json {tok} a")
-    [b] = mailbox(sandbox, "dave", f"json {tok} b")
+    [a] = received(sandbox, "dave", f"json {tok} a")
+    [b] = received(sandbox, "dave", f"json {tok} b")
     assert a["From"] == "Shop Desk <alice@example.test>"  # --from fills records without one
     assert b["From"] == "alice@example.test"
     assert a["Message-ID"] == doc["responses"][0]["message_id"]
@@ -153,8 +135,8 @@ def test_csv_on_stdin_with_a_row_of_too_many_cells(sandbox: Sandbox, project: Pa
     assert bad["status"] == "failed" and bad["error"]["type"] == "MessageError"
     assert bad["error"]["message"] == "record 1 (line 3): more cells than header columns"
     assert doc["responses"][2]["accepted"] == ["erin@example.test", "frank@example.test"]
-    mailbox(sandbox, "erin", f"csv {tok} 0")
-    mailbox(sandbox, "frank", f"csv {tok} 2")
+    received(sandbox, "erin", f"csv {tok} 0")
+    received(sandbox, "frank", f"csv {tok} 2")
 
 
 def test_one_message_from_flags_with_an_attachment(sandbox: Sandbox, project: Path) -> None:
@@ -168,7 +150,7 @@ def test_one_message_from_flags_with_an_attachment(sandbox: Sandbox, project: Pa
     doc = json.loads(res.stdout)
     assert doc["counts"] == {"sent": 1}
     for user in ("bob", "carol"):
-        [msg] = mailbox(sandbox, user, f"flags {tok}")
+        [msg] = received(sandbox, user, f"flags {tok}")
         assert msg["Subject"] == f"flags {tok} ✓"
         assert tree(msg) == ("multipart/mixed", [("multipart/alternative", ["text/plain", "text/html"]),
                                                  "application/pdf"])
