@@ -285,19 +285,17 @@ class _Run:
         for outcome in target.deliver(feed()):
             index, label = tickets.pop(outcome.ticket)
             entry = pending[index]
+            entry.failed = entry.failed or not outcome.taken
+            detail = {**(outcome.error.model_dump(exclude_none=True) if outcome.error else {}), "stage": "target"}
             if outcome.status == "written":
                 self.written += 1
             elif outcome.status == "skipped":
                 self.skipped += 1
             elif outcome.status == "uncertain":  # not a failure (on_error does not stop), not taken either
-                entry.failed = True
                 self.uncertain += 1
-                detail = outcome.error.model_dump(exclude_none=True) if outcome.error else {}
-                self.store.record_run_error(self.run_id, label, {**detail, "stage": "target", "outcome": "uncertain"})
+                self.store.record_run_error(self.run_id, label, {**detail, "outcome": "uncertain"})
             else:
-                entry.failed = True
-                detail = outcome.error.model_dump(exclude_none=True) if outcome.error else {"message": "failed"}
-                self.fail(label, {**detail, "stage": "target"})
+                self.fail(label, {"message": "failed", **detail})
             if self.on_record is not None:
                 self.on_record(self.name)
             entry.remaining -= 1

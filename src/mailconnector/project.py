@@ -389,6 +389,7 @@ class Project:
         except ValidationError as exc:
             raise config_error_from_validation(exc, source=self.source, prefix=f"operations.{name}",
                                                locate=self.doc.line_of) from None
+        acts: dict[str, FileActivity | SendActivity | ReadActivity] = {}
         for role, allowed in (("source", SOURCE_TYPES), ("target", TARGET_TYPES)):
             act_name = getattr(op, role)
             line = self.doc.line_of(["operations", name, role])
@@ -396,8 +397,9 @@ class Project:
                 raise ConfigError(f"line {line}: operations.{name}.{role}: no activity named {act_name!r}",
                                   source=self.source)
             act = self.activity(act_name)
+            acts[role] = act
             if (role == "target" and isinstance(act, FileActivity) and not act.append
-                    and isinstance(self.activity(op.source), ReadActivity)):
+                    and isinstance(acts["source"], ReadActivity)):
                 raise ConfigError(
                     f"line {line}: operations.{name}.target: {act_name!r} has append: false, which would replace "
                     "the file at each run and lose the records of earlier runs, whose emails were already "

@@ -268,11 +268,11 @@ class FileTarget:
     flushed to the file; a JSON array is written whole (atomically) at the end of the run, so its records
     are reported taken only then."""
 
-    def __init__(self, project: Project, name: str, config: FileActivity, *, append: bool | None = None) -> None:
+    def __init__(self, project: Project, name: str, config: FileActivity) -> None:
         self.config = config
         self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
         self.name = name
-        self.append = config.append if append is None else append
+        self.append = config.append
         self._sink: TextIO | None = None
         self._csv: csv.DictWriter[str] | None = None
         self._columns: list[str] | None = None
@@ -461,13 +461,12 @@ def build_source(project: Project, name: str) -> ReadEmailSource | FileSource:
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a source", source=project.source)
 
 
-def build_target(project: Project, name: str, *, operation: str = "", append: bool | None = None,
-                 batch_key: str | None = None, stop: threading.Event | None = None) -> SendEmailTarget | FileTarget:
-    """``append`` overrides a file target's setting (a watch appends after its first run); ``batch_key``
-    and ``stop`` are a Send Email target's (``SendEmail.send``)."""
+def build_target(project: Project, name: str, *, operation: str = "", batch_key: str | None = None,
+                 stop: threading.Event | None = None) -> SendEmailTarget | FileTarget:
+    """``batch_key`` and ``stop`` are a Send Email target's (``SendEmail.send``)."""
     config = project.activity(name)
     if isinstance(config, SendActivity):
         return SendEmailTarget(project, name, config, operation=operation, batch_key=batch_key, stop=stop)
     if isinstance(config, FileActivity):
-        return FileTarget(project, name, config, append=append)
+        return FileTarget(project, name, config)
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a target", source=project.source)

@@ -349,7 +349,7 @@ class ReadEmail:
         earlier = [delivered[u] for u in uids if u in delivered]
         if earlier:
             self.skipped_delivered = len(earlier)
-            self.last_delivered_at = max((d.delivered_at or 0.0 for d in earlier), default=None) or None
+            self.last_delivered_at = max(d.delivered_at or 0.0 for d in earlier) or None
             log.info("%d message(s) matching the search were already delivered by an earlier run: not read again "
                      "(include_delivered reads them again)", len(earlier))
         return [u for u in uids if u not in delivered]

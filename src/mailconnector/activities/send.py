@@ -289,7 +289,7 @@ class SendEmail:
                     for index, record in enumerate(records):
                         if self._stop.is_set():
                             break
-                        key = _Key(batch or "", keys.key(record)) if keys is not None else None
+                        key = None if keys is None else _Key(batch or "", "" if _named(record) else keys.key(record))
                         in_flight.add(pool.submit(self._one, index, record, key, turns.ticket(index)))
                         if len(in_flight) >= workers * 2:
                             done, in_flight = _wait_some(in_flight, self._stop)
@@ -559,6 +559,16 @@ class _Key:
 
     batch: str
     record: str
+
+
+def _named(record: Record) -> bool:
+    """Whether a record names itself (``message_id`` or ``id``), so that its content need not be hashed. Equal
+    records name themselves equally, so leaving these out changes no other record's occurrence count."""
+    if isinstance(record, MailConnectorError):
+        return True
+    if isinstance(record, SendRequest):
+        return record.message_id is not None or record.id is not None
+    return any(record.get(k) not in (None, "") for k in ("message_id", "id"))
 
 
 def _record_id(record: Record) -> str | None:

@@ -220,12 +220,16 @@ class _Tally:
     def done(self) -> int:
         return sum(self.counts.values())
 
+    def _counts(self) -> str:
+        return ", ".join(f"{n} {st}" for st, n in sorted(self.counts.items())) or "nothing sent"
+
+    def _not_sent(self) -> str:
+        return f"{self.total - self.done} not sent: rerun to continue"
+
     def summary(self, *, interrupted: bool) -> str:
-        done = self.done
-        parts = ", ".join(f"{n} {st}" for st, n in sorted(self.counts.items())) or "nothing sent"
         if interrupted:
-            return f"interrupted — {parts}; {self.total - done} not sent: rerun to continue"
-        return f"{done} record(s): {parts}"
+            return f"interrupted — {self._counts()}; {self._not_sent()}"
+        return f"{self.done} record(s): {self._counts()}"
 
     def document(self, *, interrupted: bool) -> dict[str, Any]:
         doc: dict[str, Any] = {"counts": dict(self.counts), "responses": sorted(self.results, key=lambda r: r["index"])}
@@ -256,7 +260,7 @@ class _Tally:
             if self.json_output:
                 os.write(1, (json.dumps(self.document(interrupted=True), ensure_ascii=False, default=str) + "\n")
                          .encode())
-            os.write(2, ("aborted: " + self.summary(interrupted=True).split(" — ", 1)[1] + "\n").encode())
+            os.write(2, f"aborted: {self._counts()}; {self._not_sent()}\n".encode())
         os._exit(130)
 
 
