@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import logging
+import re
+import select
 import socket
 import ssl
+import time
 from pathlib import Path
 
 from .connection import Connection, TlsSettings
 from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, TransportError
 
-__all__ = ["make_ssl_context", "transport_error"]
+__all__ = ["NoGreeting", "SpeaksTls", "await_greeting", "greeting_protocol", "make_ssl_context", "transport_error",
+           "wrong_protocol"]
 
 log = logging.getLogger("mailconnector.tls")
 _contexts: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
@@ -46,16 +50,117 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return ctx
 
 
+# Seconds of silence after which a plain connection's port is checked for TLS: real servers greet at once,
+# and one that delays its greeting on purpose (Postfix's postscreen) still gets it waited for in full.
+PROBE_AFTER = 1.5
+
+
+class NoGreeting(TimeoutError):
+    """The server accepted the connection and said nothing within ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no greeting within {seconds:g} s")
+        self.seconds = seconds
+
+
+class SpeaksTls(OSError):
+    """A plain connection met a port that waits for a TLS handshake (implicit TLS)."""
+
+
+def await_greeting(sock: socket.socket, host: str, port: int, timeout: float) -> bytes:
+    """Wait for a plain connection's greeting and return its first bytes, left unread for the library.
+
+    A port of implicit TLS says nothing until the client starts TLS, so ``starttls`` or ``none`` pointed at
+    it would wait the whole timeout and then only guess. After ``PROBE_AFTER`` seconds of silence a second
+    connection tries a TLS handshake; a server that answers it raises ``SpeaksTls`` at once.
+    """
+    deadline = time.monotonic() + timeout
+    probe_after = min(PROBE_AFTER, timeout / 2)
+    probed = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoGreeting(timeout)
+        readable, _, _ = select.select([sock], [], [], left if probed else min(left, probe_after))
+        if readable:
+            return sock.recv(256, socket.MSG_PEEK)
+        if not probed:
+            probed = True
+            if _speaks_tls(host, port, min(3.0, max(left, 0.1))):
+                raise SpeaksTls(f"port {port} waits for a TLS handshake")
+
+
+def _speaks_tls(host: str, port: int, timeout: float) -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # only whether the port answers in TLS, not whom it belongs to
+    try:
+        with socket.create_connection((host, port), timeout) as raw, ctx.wrap_socket(raw):
+            return True
+    except ssl.SSLError as exc:
+        return "ALERT" in (exc.reason or "")  # a TLS server refusing this handshake still speaks TLS
+    except OSError:
+        return False
+
+
+_GREETINGS = (
+    ("SMTP", re.compile(rb"^(220|421|554)[ -]")),
+    ("IMAP", re.compile(rb"^\* (OK|PREAUTH|BYE)\b|IMAP4|\[CAPABILITY ", re.IGNORECASE)),
+    ("POP3", re.compile(rb"^\+OK\b")),
+    ("TLS", re.compile(rb"^[\x15\x16]\x03[\x00-\x04]")),
+    ("HTTP", re.compile(rb"^HTTP/\d")),
+    ("SSH", re.compile(rb"^SSH-\d")),
+)
+
+_PORTS = {"smtp": "465 (ssl), 587 (starttls) or 25", "imap": "993 (ssl) or 143 (starttls)"}
+
+
+def greeting_protocol(first: bytes | str) -> str | None:
+    """The protocol whose greeting ``first`` looks like, or None."""
+    data = first.encode("utf-8", "replace") if isinstance(first, str) else first
+    return next((name for name, pattern in _GREETINGS if pattern.search(data.lstrip()[:200])), None)
+
+
+def wrong_protocol(conn: Connection, proto: str, other: str, greeting: bytes | str) -> ConfigError:
+    """The error for a port that answered in another protocol: a wrong port, never worth a retry."""
+    server = conn.smtp if proto == "smtp" else conn.imap
+    assert server is not None
+    text = greeting.decode("utf-8", "replace") if isinstance(greeting, bytes) else greeting
+    shown = "" if other == "TLS" else f" ({' '.join(text.split())[:80]!r})"
+    if other == "TLS":
+        hint = "this port expects TLS at once: set security: ssl"
+    elif other in ("SMTP", "IMAP"):
+        hint = f"{other} answers on this port; {proto.upper()} usually listens on {_PORTS[proto]}"
+    else:
+        hint = f"{proto.upper()} usually listens on {_PORTS[proto]}"
+    return ConfigError(
+        f"{proto.upper()} server {server.host}:{server.port} answered as {'a' if other in ('POP3', 'TLS') else 'an'} "
+        f"{other} server{shown}: this is not an {proto.upper()} port",
+        field=f"connections.{conn.name}.{proto}.port", hint=hint,
+    )
+
+
 def _s(p: Path | None) -> str | None:
     return str(p) if p is not None else None
 
 
-def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: str = "") -> TransportError:
-    """Words and a hint for a socket/TLS failure talking to ``proto`` ('smtp' or 'imap') of ``conn``."""
+def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: str = "",
+                    waited: float | None = None) -> TransportError:
+    """Words and a hint for a socket/TLS failure talking to ``proto`` ('smtp' or 'imap') of ``conn``.
+
+    ``waited``: the timeout that fired, when it is not the command timeout (the IMAP greeting is read
+    within the connect timeout).
+    """
     server = conn.smtp if proto == "smtp" else conn.imap
     assert server is not None
     where = f"{proto.upper()} server {server.host}:{server.port}"
     during = f" during {phase}" if phase else ""
+    if isinstance(exc, SpeaksTls):
+        return TLSSecurityError(
+            f"{where} waits for a TLS handshake (implicit TLS), and security is {server.security}",
+            hint=f"set security: ssl for port {server.port}, or use the server's "
+            f"{'STARTTLS port (587)' if proto == 'smtp' else 'STARTTLS port (143)'}",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or str(exc)
         if "self-signed" in reason or "self signed" in reason or "unable to get local issuer" in reason:
@@ -96,9 +201,10 @@ def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: 
             return ProtocolTimeoutError(f"{where}: no connection within {conn.timeouts.connect:g} s",
                                         hint="a firewall may drop the traffic, or the host is wrong")
         hint = "the server is slow or the connection stalled"
-        if phase == "greeting" and server.security != "ssl":
-            hint = f"no greeting: port {server.port} may expect implicit TLS; try security: ssl"
-        return ProtocolTimeoutError(f"{where}: no answer within {conn.timeouts.command:g} s{during}", hint=hint)
+        if phase == "greeting":
+            hint = "the server accepted the connection but said nothing: it may be overloaded, or not a mail server"
+        seconds = exc.seconds if isinstance(exc, NoGreeting) else waited or conn.timeouts.command
+        return ProtocolTimeoutError(f"{where}: no answer within {seconds:g} s{during}", hint=hint)
     if isinstance(exc, ConnectionResetError | BrokenPipeError | EOFError):
         hint = "the server closed the connection"
         if phase == "greeting" and server.security != "ssl":

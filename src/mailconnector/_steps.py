@@ -59,3 +59,12 @@ def step(recorder: StepRecorder | None, name: str) -> Iterator[StepResult]:
         return
     with recorder.step(name) as result:
         yield result
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """A step's detail cut at a word boundary (a greeting can be long; half a word reads as a typo)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    return cut + "…"

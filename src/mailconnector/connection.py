@@ -203,22 +203,27 @@ class OAuth2Settings(_Model):
 
 
 class AuthSettings(_Model):
-    type: Literal["basic", "oauth2"] = "basic"
-    username: str
+    type: Literal["basic", "oauth2", "none"] = Field(
+        "basic", description="none: send through an SMTP relay that takes mail without a login (no IMAP)")
+    username: str = Field("", validate_default=True, description="the login name (not needed with type none)")
     password: Secret | None = None
     oauth2: OAuth2Settings | None = None
 
     @field_validator("username")
     @classmethod
-    def _username(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("username is empty")
+    def _username(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("type") != "none" and not v.strip():
+            raise ValueError("username is empty" if v else "username is required")
         if any(c in v for c in "\r\n\0"):
             raise ValueError("username contains CR, LF or NUL")
         return v
 
     @model_validator(mode="after")
     def _complete(self) -> AuthSettings:
+        if self.type == "none":
+            if self.password is not None or self.oauth2 is not None:
+                raise ValueError("auth.type none logs in nowhere: remove password and oauth2, or set type basic")
+            return self
         if self.type == "basic" and self.password is None:
             raise ValueError("basic auth needs a password (write it as ${env:NAME} or ${file:PATH})")
         if self.type == "oauth2":
@@ -301,6 +306,9 @@ class Connection(_Model):
                 if needed:
                     problems.append(f"{proto}: required because activities is {self.activities!r}")
                 continue
+            if proto == "imap" and needed and self.auth.type == "none":
+                problems.append("auth.type none: IMAP always needs a login; give credentials, or set "
+                                "activities: send for a send-only relay connection")
             problem = _port_problem(proto, server.port, server.security)
             if problem:
                 problems.append(f"{proto}.port: {problem}")

@@ -21,7 +21,8 @@ __all__ = ["TestReport", "run_test"]
 
 _LATER: dict[str, list[str]] = {
     "smtp": ["DNS", "TCP connect", "TLS handshake and certificate", "greeting", "EHLO extensions",
-             "STARTTLS offered and TLS certificate", "authentication", "sender accepted"],
+             "STARTTLS offered and TLS certificate", "authentication", "sender accepted",
+             "mail taken without a login"],
     "imap": ["DNS", "TCP connect", "TLS handshake and certificate", "greeting", "capabilities",
              "STARTTLS offered and TLS certificate", "authentication", "folder can be selected"],
 }
@@ -75,6 +76,8 @@ def run_test(conn: Connection, *, folder: str = "INBOX") -> TestReport:
                     continue
                 if name.startswith("TLS handshake") and server is not None and server.security != "ssl":
                     continue
+                if name == "mail taken without a login" and conn.auth.type != "none":
+                    continue
                 if name not in done:
                     rec.steps.append(StepResult(proto, name))
         report.steps += rec.steps
@@ -115,6 +118,12 @@ def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -
                     raise SenderRefusedError(f"MAIL FROM:<{sender}> refused: {code} {text}", code=code, text=text,
                                              hint="the account may not send as this address: check from_address")
                 st.detail = f"<{sender}> {code}; RSET, nothing sent"
+            if conn.auth.type == "none" and conn.from_address:
+                with rec.step("mail taken without a login") as st:
+                    code, text = smtp.check_relay(sender, conn.from_address)
+                    if code not in (250, 251):
+                        raise smtp.login_required(f"RCPT TO:<{conn.from_address}> {code} {text}")
+                    st.detail = f"RCPT TO:<{conn.from_address}> {code}; RSET, nothing sent"
         finally:
             smtp.close()
     else:

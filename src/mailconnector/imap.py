@@ -10,6 +10,7 @@ import contextlib
 import imaplib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,10 +20,12 @@ from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imap_exc
+from imapclient.imap4 import IMAP4WithTimeout
 
-from ._net import make_ssl_context, transport_error
-from ._steps import StepRecorder, step
+from ._net import await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
+from .auth._password import CHALLENGE_RESPONSE, PasswordExchange, PasswordRefused, choose_mechanism
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
 from .connection import Connection
@@ -154,20 +157,29 @@ class ImapSession:
         try:
             with step(recorder, "greeting") as st, self._translate("connect"):
                 try:
-                    client = IMAPClient(self.server.host, self.server.port, ssl=self.server.security == "ssl",
-                                        ssl_context=ctx, timeout=timeout)
+                    client = _Client(self.server.host, self.server.port, ssl=self.server.security == "ssl",
+                                     ssl_context=ctx, timeout=timeout)
                 except TimeoutError as exc:
                     # The constructor opens the TCP connection and reads the greeting: tell the two apart.
                     phase = "connect" if _during_tcp_connect(exc) else "greeting"
-                    raise transport_error(exc, self.connection, "imap", phase=phase) from exc
-                except imap_exc.IMAPClientAbortError as exc:
-                    raise transport_error(EOFError(str(exc)), self.connection, "imap", phase="greeting") from exc
-                st.detail = _clean(client.welcome)[:120]
+                    raise transport_error(exc, self.connection, "imap", phase=phase,
+                                          waited=self.connection.timeouts.connect) from exc
+                except imap_exc.IMAPClientError as exc:
+                    # imaplib: "unexpected response: b'220 ...'" (an abort), or the greeting itself as the error
+                    said = _unexpected(str(exc))
+                    other = greeting_protocol(said)
+                    if other is not None and other != "IMAP":
+                        raise wrong_protocol(self.connection, "imap", other, said) from exc
+                    if isinstance(exc, imap_exc.IMAPClientAbortError):
+                        raise transport_error(EOFError(str(exc)), self.connection, "imap",
+                                              phase="greeting") from exc
+                    raise
+                st.detail = shorten(_clean(client.welcome))
             self._client = client
             self._setup_wire_log(client)
-            with step(recorder, "capabilities") as st, self._translate("CAPABILITY"):
+            with step(recorder, "capabilities") as caps_step, self._translate("CAPABILITY"):
                 caps = client.capabilities()
-                st.detail = " ".join(sorted(c.decode() for c in caps))
+                caps_step.detail = " ".join(sorted(c.decode() for c in caps))
             if self.server.security == "starttls":
                 with step(recorder, "STARTTLS offered and TLS certificate") as st:
                     if b"STARTTLS" not in caps:
@@ -182,11 +194,13 @@ class ImapSession:
                         client._cached_capabilities = None
                     sock = client.socket()
                     st.detail = f"{sock.version()}" if hasattr(sock, "version") else ""
+                # What the Test shows is what the session works with: the list the server gives over TLS.
+                caps_step.detail = "after STARTTLS: " + " ".join(self.capabilities())
             if login:
                 with step(recorder, "authentication") as st:
-                    offered = [c for c in self.capabilities() if c.startswith("AUTH=")]
+                    offered = " ".join(self.auth_mechanisms()) or "no SASL mechanism (the LOGIN command only)"
                     self.login()
-                    st.detail = f"offered: {' '.join(o[5:] for o in offered)}; used: {self.auth_mechanism}"
+                    st.detail = f"offered: {offered}; used: {self.auth_mechanism}"
         except BaseException:
             self.close()
             raise
@@ -235,23 +249,74 @@ class ImapSession:
         return [c[5:] for c in self.capabilities() if c.startswith("AUTH=")]
 
     def login(self) -> None:
-        client = self.client
         auth = self.connection.auth
         user = self.connection.imap_login()
-        if auth.type == "basic":
-            if b"LOGINDISABLED" in client.capabilities():
-                raise AuthenticationError(
-                    f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
-                    "unencrypted connection (LOGINDISABLED)",
-                    hint="use security: starttls or ssl",
-                )
-            assert auth.password is not None
+        if auth.type == "oauth2":
+            self._oauth_login(user)
+            return
+        if auth.type != "basic":
+            raise ConfigError("IMAP needs a login: auth.type none is for SMTP relays only",
+                              field=f"connections.{self.connection.name}.auth.type")
+        assert auth.password is not None
+        password = auth.password.get_secret_value()
+        client = self.client
+        caps = client.capabilities()
+        offered = self.auth_mechanisms()
+        encrypted = self.server.security != "none"
+        mechanism = choose_mechanism(offered, encrypted=encrypted)
+        if not encrypted and mechanism in CHALLENGE_RESPONSE:
+            self._password_login(mechanism, user, password)  # the password does not cross the wire in clear
+        elif b"LOGINDISABLED" in caps:
+            raise AuthenticationError(
+                f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
+                "unencrypted connection (LOGINDISABLED)",
+                hint="use security: starttls or ssl",
+            )
+        elif user.isascii() and password.isascii():
             self.auth_mechanism = "LOGIN"
             with self._translate("LOGIN"):
-                client.login(user, auth.password.get_secret_value())
-            client._cached_capabilities = None
-            return
-        self._oauth_login(user)
+                client.login(user, password)
+        elif "PLAIN" in offered:
+            self._password_login("PLAIN", user, password)  # RFC 4616 is UTF-8 throughout
+        else:
+            self._utf8_login(user, password)
+        client._cached_capabilities = None
+
+    def _password_login(self, mechanism: str, user: str, password: str) -> None:
+        try:
+            exchange = PasswordExchange(mechanism, user, password)
+        except ValueError as exc:
+            raise AuthenticationError(f"IMAP login as {user!r} impossible: {exc}",
+                                      hint="check the username and password") from exc
+        self.auth_mechanism = mechanism
+        try:
+            with self._translate("AUTHENTICATE"):
+                self.client.sasl_login(mechanism, exchange)
+        except PasswordRefused as exc:
+            raise AuthenticationError(
+                f"IMAP login as {user!r} failed: {exc}",
+                hint="the server does not know this password, or is not the server it claims to be",
+            ) from exc
+
+    def _utf8_login(self, user: str, password: str) -> None:
+        """LOGIN with the password as a literal of UTF-8 bytes: a quoted string may hold ASCII only
+        (RFC 3501), and the server offers no AUTHENTICATE PLAIN to carry it."""
+        if not user.isascii():
+            raise AuthenticationError(
+                f"IMAP server {self.server.host}:{self.server.port} offers no way to log in with a non-ASCII "
+                "user name (no AUTH=PLAIN)", hint="use the account's ASCII login name (imap.username)",
+            )
+        self.auth_mechanism = "LOGIN"
+        imap = self.client._imap
+        with self._translate("LOGIN"):
+            imap.literal = password.encode("utf-8")  # imaplib sends it as {n} after the other arguments
+            try:
+                typ, data = imap._simple_command("LOGIN", imap._quote(user))
+            finally:
+                imap.literal = None
+            if typ != "OK":
+                raise imap_exc.LoginError(_clean(data[-1] if data else typ))
+            imap.state = "AUTH"
 
     def _oauth_login(self, user: str, *, retried: bool = False) -> None:
         client = self.client
@@ -304,14 +369,8 @@ class ImapSession:
         return out
 
     def select(self, folder: str, *, readonly: bool = False) -> FolderState:
-        with self._translate(f"SELECT {folder}"):
-            try:
-                info = self.client.select_folder(folder, readonly=readonly)
-            except imap_exc.IMAPClientError as exc:
-                if "NONEXISTENT" in str(exc) or "doesn't exist" in str(exc).lower():
-                    raise ConfigError(f"folder {folder!r} does not exist",
-                                      hint="list the folders with: mailconnector folders CONNECTION") from exc
-                raise
+        with self._translate(f"SELECT {folder}"), _folder_must_exist(folder):
+            info = self.client.select_folder(folder, readonly=readonly)
         state = FolderState(
             name=folder,
             uidvalidity=int(info.get(b"UIDVALIDITY", 0)),
@@ -471,7 +530,7 @@ class ImapSession:
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """``UID MOVE`` where offered, else copy + ``\\Deleted`` + ``UID EXPUNGE`` (only those UIDs)."""
-        with self._translate(f"UID MOVE {folder}"):
+        with self._translate(f"UID MOVE {folder}"), _folder_must_exist(folder):
             for uid_set in uid_sets(uids):
                 if self.client.has_capability("MOVE"):
                     self.client.move(uid_set, folder)
@@ -494,7 +553,7 @@ class ImapSession:
 
     def append(self, folder: str, message: bytes, *, flags: Sequence[str] = (),
                when: datetime | None = None) -> int | None:
-        with self._translate(f"APPEND {folder}"):
+        with self._translate(f"APPEND {folder}"), _folder_must_exist(folder):
             resp = self.client.append(folder, message, [f.encode() for f in flags], msg_time=when)
         text = resp.decode() if isinstance(resp, bytes) else str(resp)
         # [APPENDUID uidvalidity uid]
@@ -560,6 +619,25 @@ class ImapSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# What servers say of a folder that is not there: the RFC 5530 codes first, then the words of servers that
+# send none (Cyrus and Courier: "Mailbox does not exist"; Dovecot: "Mailbox doesn't exist").
+_MISSING_FOLDER = re.compile(
+    r"\[(NONEXISTENT|TRYCREATE)\]|mailbox does(?: not|n't) exist|no such (?:mailbox|folder)|unknown mailbox"
+    r"|folder (?:does(?: not|n't) exist|not found)", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _folder_must_exist(folder: str) -> Iterator[None]:
+    """A refusal that says the folder is missing becomes a configuration error with a hint (exit 3)."""
+    try:
+        yield
+    except imap_exc.IMAPClientError as exc:
+        if isinstance(exc, imap_exc.IMAPClientAbortError) or not _MISSING_FOLDER.search(str(exc)):
+            raise
+        raise ConfigError(f"folder {folder!r} does not exist ({_clean(exc)})",
+                          hint="list the folders with: mailconnector folders CONNECTION") from exc
 
 
 def check_folder_name(folder: str) -> None:
@@ -714,6 +792,32 @@ def _readable(client: IMAPClient) -> bool:
         return bool(select.select([client.socket()], [], [], 0)[0])
     except (OSError, ValueError):
         return True
+
+
+class _PlainIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
+    """imaplib over a plain socket that waits for the greeting itself, to tell an implicit-TLS port at once."""
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock: socket.socket = super()._create_socket(timeout)
+        try:
+            await_greeting(sock, self.host, self.port, self._timeout or 60.0)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _Client(IMAPClient):  # type: ignore[misc]
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        if self.ssl or self.stream:
+            created: imaplib.IMAP4 = super()._create_IMAP4()
+            return created
+        return _PlainIMAP4(self.host, self.port, getattr(self._timeout, "connect", None))
+
+
+def _unexpected(text: str) -> str:
+    m = re.match(r"unexpected response: b?(['\"])(.*)\1$", text, re.DOTALL)
+    return _unrepr(m.group(2)) if m else text
 
 
 def _during_tcp_connect(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ apart: before the data was accepted it is safe to retry; after the final dot it 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import logging
 import re
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._net import make_ssl_context, transport_error
-from ._steps import StepRecorder, step
+from ._net import NoGreeting, await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
+from .auth._password import PasswordExchange, PasswordRefused, choose_mechanism
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
 from .connection import Connection
@@ -76,6 +78,7 @@ class _SMTP(smtplib.SMTP):
         self._command_timeout = command_timeout
         self._implicit_tls = implicit_tls
         self._in_auth = False
+        self.first_bytes = b""  # the start of the greeting, as it came (smtplib keeps only what follows the code)
         super().__init__(timeout=command_timeout)
         if wire.isEnabledFor(logging.DEBUG):
             self.set_debuglevel(1)
@@ -89,6 +92,8 @@ class _SMTP(smtplib.SMTP):
             if self._implicit_tls is not None:
                 sock.settimeout(self._command_timeout)
                 sock = self._implicit_tls.wrap_socket(sock, server_hostname=host)
+            else:
+                self.first_bytes = await_greeting(sock, host, port, self._command_timeout)
             sock.settimeout(self._command_timeout)
         except BaseException:
             sock.close()
@@ -214,7 +219,7 @@ class SmtpSession:
                     code, msg = smtp.connect(self.server.host, self.server.port)
                 except TimeoutError as exc:
                     # connect() covers both the TCP connect and the greeting; tell them apart.
-                    phase = "greeting" if smtp.sock is not None else "connect"
+                    phase = "greeting" if smtp.sock is not None or isinstance(exc, NoGreeting) else "connect"
                     raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
                 except smtplib.SMTPServerDisconnected as exc:
                     # smtplib turns a timeout or EOF while reading the greeting into this; keep the cause so the
@@ -223,15 +228,19 @@ class SmtpSession:
                     cause = ctx_exc if isinstance(ctx_exc, OSError) else EOFError(str(exc))
                     raise transport_error(cause, self.connection, "smtp", phase="greeting") from exc
                 if code == _GARBLED:
+                    other = greeting_protocol(smtp.first_bytes or msg)
+                    if other is not None:
+                        self.close(quit=False)
+                        raise wrong_protocol(self.connection, "smtp", other, smtp.first_bytes or msg)
                     raise self._garbled("the greeting")
                 if code != 220:
                     raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,
                                               text=_text(msg))
-                st.detail = f"{code} {_text(msg)}"[:120]
-            with step(recorder, "EHLO extensions") as st, self._translate("EHLO"):
+                st.detail = shorten(f"{code} {_text(msg)}")
+            with step(recorder, "EHLO extensions") as ehlo_step, self._translate("EHLO"):
                 if smtp.ehlo()[0] == _GARBLED:
                     raise self._garbled("EHLO")
-                st.detail = " ".join(sorted(k.upper() for k in smtp.esmtp_features))
+                ehlo_step.detail = _extensions(smtp)
             if self.server.security == "starttls":
                 with step(recorder, "STARTTLS offered and TLS certificate") as st:
                     if not smtp.has_extn("starttls"):
@@ -246,11 +255,15 @@ class SmtpSession:
                         if smtp.ehlo()[0] == _GARBLED:
                             raise self._garbled("EHLO")
                     st.detail = _tls_detail(smtp.sock)
+                ehlo_step.detail = "after STARTTLS: " + _extensions(smtp)
             if login:
                 with step(recorder, "authentication") as st:
                     self.login()
-                    offered = smtp.esmtp_features.get("auth", "").upper().split()
-                    st.detail = f"offered: {' '.join(offered)}; used: {self.auth_mechanism}"
+                    offered = " ".join(smtp.esmtp_features.get("auth", "").upper().split()) or "none"
+                    if self.connection.auth.type == "none":
+                        st.detail = f"no login (auth.type none); the server offers: {offered}"
+                    else:
+                        st.detail = f"offered: {offered}; used: {self.auth_mechanism}"
         except BaseException:
             self.close()
             raise
@@ -258,6 +271,9 @@ class SmtpSession:
 
     def login(self) -> None:
         smtp = self._require()
+        auth = self.connection.auth
+        if auth.type == "none":
+            return
         if not smtp.has_extn("auth"):
             if self.server.security == "none":
                 hint = "the server offers no AUTH in plain text; use security: starttls or ssl"
@@ -267,25 +283,54 @@ class SmtpSession:
                 f"SMTP server {self.server.host}:{self.server.port} offers no authentication", hint=hint
             )
         offered = smtp.esmtp_features.get("auth", "").upper().split()
-        auth = self.connection.auth
         user = self.connection.smtp_login()
         if auth.type == "basic":
             assert auth.password is not None
-            password = auth.password.get_secret_value()
-            self.auth_mechanism = next((m for m in ("PLAIN", "LOGIN") if m in offered), None)
-            if self.auth_mechanism is None:
+            mechanism = choose_mechanism(offered, encrypted=self.server.security != "none")
+            if mechanism is None:
+                hint = "ask for a login mechanism the connector speaks, or use OAuth2 where the server offers it"
+                if self.server.security == "none" and smtp.has_extn("starttls"):
+                    hint = "servers often offer PLAIN and LOGIN only after STARTTLS: use security: starttls"
                 raise AuthenticationError(
-                    f"SMTP server offers only {', '.join(offered) or 'no'} mechanisms; basic auth needs PLAIN or LOGIN"
+                    f"SMTP server offers only {', '.join(offered) or 'no'} login mechanisms; a password login "
+                    "needs PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-1 or SCRAM-SHA-256", hint=hint,
                 )
-            with self._translate("AUTH"):
-                smtp.user, smtp.password = user, password
-                try:
-                    smtp.auth(self.auth_mechanism, getattr(smtp, f"auth_{self.auth_mechanism.lower()}"),
-                              initial_response_ok=True)
-                finally:
-                    smtp.password = ""
+            self.auth_mechanism = mechanism
+            self._password_login(mechanism, user, auth.password.get_secret_value())
             return
         self._oauth_login(user, offered)
+
+    def _password_login(self, mechanism: str, user: str, password: str) -> None:
+        """A SASL exchange whose every response is built from UTF-8 bytes (smtplib's ``auth`` encodes ASCII)."""
+        smtp = self._require()
+        try:
+            exchange = PasswordExchange(mechanism, user, password)
+        except ValueError as exc:
+            raise AuthenticationError(f"SMTP login as {user!r} impossible: {exc}",
+                                      hint="check the username and password") from exc
+        with self._translate("AUTH"):
+            smtp._in_auth = True
+            try:
+                first = f" {_b64(exchange(b''))}" if exchange.has_initial_response else ""
+                code, resp = smtp.docmd("AUTH", mechanism + first)
+                while code == 334:
+                    try:
+                        challenge = base64.b64decode(resp, validate=True)
+                    except binascii.Error:
+                        raise self._garbled("AUTH") from None
+                    try:
+                        answer = exchange(challenge)
+                    except PasswordRefused as exc:
+                        smtp.docmd("*")  # RFC 4954: cancel the exchange
+                        raise AuthenticationError(
+                            f"SMTP login as {user!r} failed: {exc}",
+                            hint="the server does not know this password, or is not the server it claims to be",
+                        ) from exc
+                    code, resp = smtp.docmd(_b64(answer))
+            finally:
+                smtp._in_auth = False
+            if code != 235:
+                raise smtplib.SMTPAuthenticationError(code, resp)
 
     def _oauth_login(self, user: str, offered: list[str], *, retried: bool = False) -> None:
         smtp = self._require()
@@ -304,7 +349,7 @@ class SmtpSession:
         self.auth_mechanism = mech
         with self._translate("AUTH"):
             smtp._in_auth = True
-            code, resp = smtp.docmd("AUTH", f"{mech} {base64.b64encode(payload).decode()}")
+            code, resp = smtp.docmd("AUTH", f"{mech} {_b64(payload)}")
             if code == 334:
                 # A failure challenge (base64 JSON); answer empty to get the final reply.
                 detail = decode_oauth_error(_text(resp))
@@ -419,6 +464,9 @@ class SmtpSession:
             # Which command the server took is unknown; DATA may even be open. Dropping the connection is
             # the one way out that cannot submit anything, and nothing of the message was sent: retryable.
             raise self._garbled("MAIL/RCPT/DATA")
+        if mail_reply[0] == 530:  # RFC 4954: authentication required
+            self._abort(data_reply)
+            raise self.login_required(f"MAIL FROM: {mail_reply[0]} {_text(mail_reply[1])}")
         if mail_reply[0] != 250:
             self._abort(data_reply)
             raise SenderRefusedError(
@@ -432,6 +480,10 @@ class SmtpSession:
                 result.refused[rcpt] = (code, _text(text))
         if not result.accepted:
             self._abort(data_reply)
+            replies = list(result.refused.values())
+            if any(_needs_login(c, t) for c, t in replies) and (
+                    self.connection.auth.type == "none" or any(c == 530 for c, _ in replies)):
+                raise self.login_required(f"RCPT TO: {replies[0][0]} {replies[0][1]}")
             raise RecipientsRefusedError(
                 "every recipient was refused: "
                 + "; ".join(f"<{a}> {c} {t}" for a, (c, t) in result.refused.items()),
@@ -467,6 +519,28 @@ class SmtpSession:
             raise ServerResponseError(f"message refused after DATA: {code} {_text(text)}", code=code,
                                       text=_text(text))
         return result
+
+    def login_required(self, reply: str) -> AuthenticationError:
+        """The error for a refusal that asks for a login (auth.type none, or a login that did not take)."""
+        offered = " ".join(self.extensions.get("auth", "").upper().split())
+        if self.connection.auth.type == "none":
+            hint = ("auth.type none sends without logging in, and this server takes mail only after a login: "
+                    + (f"use auth.type basic (it offers {offered})" if offered else "use its submission port"))
+        else:
+            hint = "the login did not take effect on this connection; check the account's sending rights"
+        return AuthenticationError(
+            f"SMTP server {self.server.host}:{self.server.port} requires a login to take this mail ({reply})",
+            hint=hint)
+
+    def check_relay(self, sender: str, recipient: str) -> tuple[int, str]:
+        """``MAIL FROM``, ``RCPT TO`` then ``RSET``: would the server take mail for ``recipient``? Nothing is sent."""
+        smtp = self._require()
+        with self._translate("RCPT TO"):
+            code, text = smtp.mail(sender)
+            if code == 250:
+                code, text = smtp.rcpt(recipient)
+            smtp.rset()
+        return code, _text(text)
 
     def _commit(self, commit: Callable[[], bool] | None) -> None:
         if commit is None:
@@ -560,6 +634,19 @@ def _tls_detail(sock: object) -> str:
         cipher = sock.cipher()
         return f"{sock.version()} {cipher[0] if cipher else ''}".strip()
     return ""
+
+
+def _needs_login(code: int, text: str) -> bool:
+    """A refusal that means "log in first": 530 (RFC 4954), or a relay refusal (5.7.1 / "relay access denied")."""
+    return code == 530 or (code >= 500 and ("5.7.1" in text or "relay" in text.lower()))
+
+
+def _extensions(smtp: smtplib.SMTP) -> str:
+    return " ".join(sorted(k.upper() for k in smtp.esmtp_features))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _text(value: bytes | str) -> str:

@@ -51,13 +51,11 @@ class SentCopies:
             try:
                 self._append(data)
                 return True
-            except (AuthenticationError, ConfigError) as exc:
+            except (AuthenticationError, ConfigError) as exc:  # a missing folder too: all copies would fail
                 self._stop(exc)
                 log.warning("message %s was sent, but no copy could be saved to Sent: %s; no more copies are "
                             "tried in this run", message_id, exc.message)
             except ServerResponseError as exc:
-                if any(word in exc.message.upper() for word in ("TRYCREATE", "NONEXISTENT")):
-                    self._stop(exc)  # the folder is missing: every copy would be refused alike
                 log.warning("message %s was sent, but the server refused its copy in %s: %s", message_id,
                             self._folder, exc.message)
             except MailConnectorError as exc:

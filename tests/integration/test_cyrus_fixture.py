@@ -1,0 +1,92 @@
+"""The Cyrus fixture gives a real server: a user with an awkward password logs in over implicit TLS,
+APPENDs and finds the message, and IDLE reports a delivery from another connection at once (idled runs).
+
+A missing install step fails here (it does not skip): run tests/services/fetch_cyrus.sh."""
+
+from __future__ import annotations
+
+import imaplib
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from services.cyrus import CyrusNotInstalled, CyrusServer
+
+AWKWARD = 'pä"ss\\wörd {5}'
+
+
+@pytest.fixture(scope="module")
+def cyrus() -> Iterator[CyrusServer]:
+    missing = ""
+    try:
+        server = CyrusServer.start({"alice": AWKWARD, "bob": "пароль"})
+    except CyrusNotInstalled as exc:
+        missing = str(exc)  # fail (not skip) outside the except block, so the message stands alone
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _login(server: CyrusServer, user: str) -> imaplib.IMAP4_SSL:
+    """LOGIN with the password as a literal (imaplib would refuse non-ASCII in a quoted string)."""
+    imap = imaplib.IMAP4_SSL(server.host, server.ports["imaps"], timeout=10,
+                             ssl_context=ssl.create_default_context(cafile=server.ca_file))
+    imap.literal = server.users[user].encode()  # type: ignore[assignment]  # typeshed says str; imaplib wants bytes
+    status, _ = imap._simple_command("LOGIN", user)
+    assert status == "OK"
+    imap.state = "AUTH"
+    return imap
+
+
+def test_login_append_select(cyrus: CyrusServer) -> None:
+    assert cyrus.version.startswith("3.6")
+    subject = f"hello {uuid.uuid4().hex}"
+    imap = _login(cyrus, "alice")
+    try:
+        status, data = imap.append("INBOX", None, None, f"Subject: {subject}\r\n\r\nbody\r\n".encode())
+        assert status == "OK" and b"APPENDUID" in data[0]
+        assert imap.select("INBOX")[0] == "OK"
+        status, found = imap.search(None, "SUBJECT", f'"{subject}"')
+        assert status == "OK" and len(found[0].split()) == 1
+    finally:
+        imap.logout()
+
+
+def test_authenticate_plain_with_utf8_password(cyrus: CyrusServer) -> None:
+    imap = imaplib.IMAP4(cyrus.host, cyrus.ports["imap"], timeout=10)
+    try:
+        imap.starttls(ssl.create_default_context(cafile=cyrus.ca_file))
+        status, _ = imap.authenticate("PLAIN", lambda _: b"\0bob\0" + cyrus.users["bob"].encode())
+        assert status == "OK"
+    finally:
+        imap.logout()
+
+
+def test_idle_sees_a_new_message(cyrus: CyrusServer) -> None:
+    idler = _login(cyrus, "bob")
+    try:
+        _, data = idler.select("INBOX")
+        before = int(data[0] or b"0")
+        tag = idler._new_tag()
+        idler.send(tag + b" IDLE\r\n")
+        assert idler.readline().startswith(b"+")
+        started = time.monotonic()
+        cyrus.deliver("bob", b"Subject: wake up\r\n\r\nnew mail\r\n")
+        idler.sock.settimeout(2)
+        try:
+            line = idler.readline()
+        except TimeoutError:
+            pytest.fail("IDLE saw nothing within 2 s")
+        assert line.strip() == f"* {before + 1} EXISTS".encode()
+        assert time.monotonic() - started < 2
+        idler.send(b"DONE\r\n")
+        while not (line := idler.readline()).startswith(tag):
+            pass
+        assert line.startswith(tag + b" OK")
+    finally:
+        idler.logout()
