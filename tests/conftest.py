@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services.cyrus import CyrusNotInstalled, CyrusServer
 from services.postgres import PostgresNotInstalled, PostgresServer
 
 from mailconnector.connection import Connection
@@ -23,7 +24,8 @@ from mailconnector.sandbox import Sandbox
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank", "gina"))  # gina: tests/state only
+    # gina: tests/state only; hana: the password tests of the interop matrix (they change her password)
+    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana"))
     try:
         yield sbx
     finally:
@@ -79,6 +81,25 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def cyrus() -> Iterator[CyrusServer]:
+    """A second IMAP server implementation (Cyrus 3.6), with its own users; see tests/services/cyrus.py.
+
+    Not installed is a failure, never a skip: ``./dev setup`` installs it, so missing means set up wrong.
+    """
+    missing = ""
+    try:
+        server = CyrusServer.start({"alice": "alice-" + uuid.uuid4().hex[:8], "bob": "bob-" + uuid.uuid4().hex[:8]})
+    except CyrusNotInstalled as exc:
+        missing = str(exc)  # failed outside the except block, so the message stands alone
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -180,13 +181,7 @@ class Sandbox:
         p = self.info.ports
         (r / "mail").mkdir(exist_ok=True)
         os.chmod(r / "mail", 0o777)
-        uid, gid = _nobody()
-        lines = [
-            f"{u['address']}:{{PLAIN}}{u['password']}:{uid}:{gid}::{r}/mail/{u['address'].split('@')[0]}::"
-            for u in self.info.users
-        ]
-        (r / "users").write_text("\n".join(lines) + "\n")
-        os.chmod(r / "users", 0o644)
+        self._write_users()
         (r / "dovecot-oauth2.conf.ext").write_text(
             "introspection_mode = local\n"
             f"local_validation_key_dict = fs:posix:prefix={r}/oauth-keys/\n"
@@ -205,6 +200,37 @@ class Sandbox:
         )
         conf = dovecot_conf(r, p, listen=listen, notls=notls, local_block=local_block)
         (r / "dovecot.conf").write_text(conf)
+
+    def _write_users(self) -> None:
+        """Dovecot's passwd-file, which Postfix's logins check too; Dovecot rereads it when it changes."""
+        r = Path(self.info.rundir)
+        uid, gid = _nobody()
+        lines = [
+            f"{u['address']}:{{PLAIN}}{u['password']}:{uid}:{gid}::{r}/mail/{u['address'].split('@')[0]}::"
+            for u in self.info.users
+        ]
+        path, tmp = r / "users", r / "users.tmp"
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o644)
+        # Dovecot notices a change by the file's mtime in whole seconds: a rewrite within the same second
+        # as the last one would go unseen, so the new file is stamped at least a second later.
+        with contextlib.suppress(FileNotFoundError):
+            stamp = max(time.time(), path.stat().st_mtime + 1)
+            os.utime(tmp, (stamp, stamp))
+        tmp.replace(path)
+
+    def set_password(self, user: str, password: str) -> None:
+        """Give a sandbox user another password, for IMAP and SMTP alike (to try one with ä, 密 or quotes)."""
+        if not password or any(c in password for c in ":\r\n\0"):
+            raise ConfigError("a sandbox password must be non-empty, without ':', CR, LF or NUL")
+        address = self.user(user).address
+        for entry in self.info.users:
+            if entry["address"] == address:
+                entry["password"] = password
+        self._write_users()
+        self.save()
+        # Dovecot looks at the file at most once a second: from the next whole second on, logins see it.
+        time.sleep(math.ceil(time.time()) - time.time() + 0.05)
 
     def _write_postfix(self) -> None:
         r = Path(self.info.rundir)

@@ -172,6 +172,14 @@ class CyrusServer:
             _ok(imap, "CREATE", imap._simple_command("CREATE", _quoted(f"user/{login}")))
         self.users[login] = password
 
+    def set_password(self, login: str, password: str) -> None:
+        """Give ``login`` another password (or add the user with it): Cyrus reads the sasldb on each login."""
+        if login not in self.users:
+            self.add_user(login, password)
+            return
+        self._set_password(login, password)
+        self.users[login] = password
+
     def deliver(self, login: str, message: bytes, folder: str = "INBOX") -> None:
         """APPEND ``message`` to ``folder`` (as the user names it) of ``login``, as if delivered."""
         with self._admin(as_user=login) as imap:
@@ -240,6 +248,7 @@ unixhierarchysep: yes
 altnamespace: yes
 virtdomains: off
 allowplaintext: yes
+failedloginpause: 0
 sasl_pwcheck_method: auxprop
 sasl_auxprop_plugin: sasldb
 sasl_sasldb_path: {d}/sasldb2
