@@ -112,6 +112,8 @@ def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -
             sender = conn.from_address or conn.smtp_login()
             with rec.step("sender accepted") as st:
                 code, text = smtp.check_sender(sender)
+                if code == 530:  # RFC 4954: authentication required
+                    raise smtp.login_required(f"MAIL FROM:<{sender}> {code} {text}")
                 if code != 250:
                     from .errors import SenderRefusedError
 

@@ -313,3 +313,26 @@ def test_from_dict_does_not_change_its_input() -> None:
     before = copy.deepcopy(data)
     Connection.from_dict(data, name="c")
     assert data == before
+
+
+# -- auth.type none: an SMTP relay that takes mail without a login -----------------------------------------
+def test_auth_none_for_a_send_only_relay_needs_no_username() -> None:
+    data = base() | {"activities": "send", "auth": {"type": "none"}, "from_address": "robot@example.test"}
+    conn = Connection.from_dict(data, name="relay")
+    assert conn.auth.type == "none" and conn.auth.password is None
+    assert conn.smtp_login() == ""
+
+
+@pytest.mark.parametrize("activities", ["both", "read"])
+def test_auth_none_cannot_read(activities: str) -> None:
+    data = base() | {"activities": activities, "auth": {"type": "none"}}
+    err = refused(data)
+    assert "IMAP always needs a login" in err.message and "activities: send" in err.message
+
+
+@pytest.mark.parametrize("extra", [{"password": PASSWORD}, {"oauth2": {
+    "provider": "generic", "grant": "client_credentials", "token_url": "https://login.example.test/token",
+    "client_id": "app", "client_secret": "s3cret"}}])
+def test_auth_none_takes_no_credentials(extra: dict[str, Any]) -> None:
+    data = base() | {"activities": "send", "auth": {"type": "none", **extra}}
+    assert "auth.type none logs in nowhere" in refused(data).message
