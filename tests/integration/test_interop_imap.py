@@ -23,6 +23,8 @@ from mailconnector.connection import Connection
 from mailconnector.diagnostics import run_test
 from mailconnector.errors import AuthenticationError, ConfigError
 from mailconnector.imap import ImapSession
+from mailconnector.mime.compose import compose
+from mailconnector.records.send import SendRequest
 from mailconnector.sandbox import Sandbox
 
 PASSWORDS = ['pä"ss\\wörd {5}', "пароль-Ω", "密码 和 空格", "plain ascii \\ \" {3}"]
@@ -217,3 +219,28 @@ def test_idle_reports_new_mail_at_once(server: ImapServer, folder: str) -> None:
             timer.join()
         # Both servers push EXISTS during IDLE (Cyrus through its idled): well before the 20 s.
         assert time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------------------------------- 8-bit headers
+def test_non_ascii_headers_survive_every_server_when_the_connector_writes_them(server: ImapServer,
+                                                                              folder: str) -> None:
+    """Cyrus turns each 8-bit byte of a raw header into 'X' on APPEND (its ``munge8bit`` default); a message
+    the connector composes carries non-ASCII only as RFC 2047 encoded words, so it reads back intact from
+    every server. The raw case is asserted per server: it is the difference docs/interop.md describes."""
+    conn = server.connection("bob")
+    composed = compose(SendRequest.model_validate({
+        "from": "Jörg Müller <jorg@example.test>", "to": ["Zoë <zoe@example.test>"],
+        "subject": "Grüße aus Köln — 東京", "text": "Hällo\n",
+        "attachments": [{"filename": "Bericht für März.txt", "content_base64": "eA=="}]}))
+    raw_8bit = ("From: Jörg <j@example.test>\r\nTo: b@example.test\r\nSubject: Grüße aus Köln\r\n"
+                "Message-ID: <raw8-" + uuid.uuid4().hex + "@example.test>\r\nMIME-Version: 1.0\r\n"
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHällo\r\n").encode()
+    append_all(conn, folder, [composed.as_bytes(), raw_8bit])
+    with ReadEmail(conn, folder=folder, after_read="keep_unread", attachments="none") as reader:
+        ours, raw = (item.record for item in reader.items())
+    assert ours.subject == "Grüße aus Köln — 東京"
+    assert ours.from_ is not None and ours.from_.name == "Jörg Müller"
+    assert [a.filename for a in ours.attachments] == ["Bericht für März.txt"]
+    assert ours.text == "Hällo\n"
+    assert raw.subject == {"dovecot": "Grüße aus Köln", "cyrus": "GrXXXXe aus KXXln"}[server.name]
+    assert raw.text == "Hällo\n"  # bodies are kept as they are on both

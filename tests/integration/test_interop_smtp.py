@@ -8,6 +8,8 @@ Copies are counted in the mailbox (Postfix → Dovecot) or in the server's store
 
 from __future__ import annotations
 
+import base64
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -162,11 +164,17 @@ def test_passwords_in_any_script(server: SmtpUnderTest, password: str) -> None:
 @pytest.mark.parametrize("security", ["none", "starttls"])
 @pytest.mark.parametrize("mechanism", ["LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"])
 def test_a_server_that_offers_one_mechanism(started: Callable[..., SmtpServer], mechanism: str,
-                                            security: str) -> None:
-    """Exim's plain port offers only CRAM-MD5: the Test used to say "fix the credentials" (exit 4)."""
+                                            security: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Exim's plain port offers only CRAM-MD5: the Test used to say "fix the credentials" (exit 4). The
+    protocol log of the exchange shows no form of the password."""
     smtpd = started(security=security, users={"hana": PASSWORDS[0]}, mechanisms=(mechanism,))
     conn = aiosmtpd(smtpd).connection()
+    caplog.set_level(logging.DEBUG, logger="mailconnector.protocol.smtp")
     report = run_test(conn)
+    wire = caplog.text
+    assert "AUTH " + mechanism in wire
+    for form in (PASSWORDS[0], base64.b64encode(PASSWORDS[0].encode()).decode(), "p\\xc3\\xa4"):
+        assert form not in wire
     assert report.ok, [s.to_dict() for s in report.steps]
     tok = uuid.uuid4().hex
     [response] = send(conn, tok, 1)

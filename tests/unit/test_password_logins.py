@@ -67,6 +67,16 @@ def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
         exchange(f"v={forged}".encode())  # ...and the client a signature no one with the password made
 
 
+@pytest.mark.parametrize("server_first", [b"", b"garbage", b"r=other-nonce,s=c2FsdA==,i=4096", b"\xff\xfe",
+                                          b"e=unknown-user"])
+def test_a_hostile_scram_server_first_message_is_a_refusal(server_first: bytes) -> None:
+    """Not a crash: a nonce that does not extend ours, a missing salt, bytes that are not UTF-8, an error."""
+    exchange = PasswordExchange("SCRAM-SHA-256", "user", "pw")
+    exchange(b"")
+    with pytest.raises(PasswordRefused):
+        exchange(server_first)
+
+
 @pytest.mark.parametrize("bad", ["a\0b", "a\r\nb"])
 def test_control_characters_are_refused_before_anything_is_sent(bad: str) -> None:
     with pytest.raises(ValueError, match="NUL, CR or LF"):
