@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-import select
+import selectors
 import socket
 import ssl
 import time
@@ -77,17 +77,18 @@ def await_greeting(sock: socket.socket, host: str, port: int, timeout: float) ->
     deadline = time.monotonic() + timeout
     probe_after = min(PROBE_AFTER, timeout / 2)
     probed = False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise NoGreeting(timeout)
-        readable, _, _ = select.select([sock], [], [], left if probed else min(left, probe_after))
-        if readable:
-            return sock.recv(256, socket.MSG_PEEK)
-        if not probed:
-            probed = True
-            if _speaks_tls(host, port, min(3.0, max(left, 0.1))):
-                raise SpeaksTls(f"port {port} waits for a TLS handshake")
+    with selectors.DefaultSelector() as selector:  # not select(): a busy process may hold fds past 1024
+        selector.register(sock, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoGreeting(timeout)
+            if selector.select(left if probed else min(left, probe_after)):
+                return sock.recv(256, socket.MSG_PEEK)
+            if not probed:
+                probed = True
+                if _speaks_tls(host, port, min(3.0, max(left, 0.1))):
+                    raise SpeaksTls(f"port {port} waits for a TLS handshake")
 
 
 def _speaks_tls(host: str, port: int, timeout: float) -> bool:

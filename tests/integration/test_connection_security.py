@@ -23,6 +23,7 @@ from mailconnector.connection import Connection
 from mailconnector.diagnostics import run_test
 from mailconnector.errors import (
     AuthenticationError,
+    ConfigError,
     ProtocolTimeoutError,
     TLSSecurityError,
     TransportError,
@@ -471,3 +472,30 @@ def test_connect_timeout_bounds_a_connect_that_hangs(sandbox: Sandbox, proto: st
         assert time.monotonic() - t0 < timeouts["connect"] + 1
         assert failed is not None and failed.name == "TCP connect"
         assert failed.error_type == "ProtocolTimeoutError"
+
+
+# ------------------------------------------------------------------------------------- the wrong protocol
+@pytest.mark.parametrize(("proto", "port_name", "security", "answered"), [
+    ("imap", "smtp", "none", "SMTP"), ("imap", "smtps", "ssl", "SMTP"), ("imap", "submission", "starttls", "SMTP"),
+    ("smtp", "imap", "none", "IMAP"), ("smtp", "imaps", "ssl", "IMAP"), ("smtp", "imap", "starttls", "IMAP"),
+])
+def test_another_protocol_on_the_port_is_named_at_once(sandbox: Sandbox, proto: str, port_name: str,
+                                                       security: str, answered: str) -> None:
+    """Once "connection lost during greeting" (IMAP) or a garbled reply that send retried (SMTP)."""
+    if proto == "smtp":
+        conn = smtp_conn(sandbox, port_name, security)
+        session: Any = SmtpSession(conn)
+    else:
+        conn = imap_conn(sandbox, port_name, security)
+        session = ImapSession(conn)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as ei:
+        session.connect()
+    assert time.monotonic() - t0 < 1.5  # no wait, no retry: the greeting said it
+    assert ei.value.exit_code == 3 and not ei.value.retryable
+    assert f"answered as an {answered} server" in ei.value.message
+    assert f"this is not an {proto.upper()} port" in ei.value.message
+    assert f"{proto}.port" in ei.value.message
+    report = run_test(conn)
+    failed = report.first_failure()
+    assert failed is not None and failed.name == "greeting" and report.exit_code == 3
