@@ -200,7 +200,7 @@ def test_killed_mid_run_only_written_lines_are_marked_read(box: Mailbox) -> None
     # Nothing was marked read that was not written; everything not written is still unread.
     assert set(subjects) - set(still_unread) <= set(written)
     assert set(subjects) - set(written) <= set(still_unread)
-    # The next run delivers the rest exactly once, on lines of their own after a line cut short.
+    # The next run delivers the rest, on lines of their own after a line cut short.
     result = box.read("--output", str(out))
     assert result.exit_code == 0, result.output
     complete = []
@@ -209,7 +209,10 @@ def test_killed_mid_run_only_written_lines_are_marked_read(box: Mailbox) -> None
             complete.append(json.loads(line)["subject"])
         except ValueError:
             assert line is not None  # the one line the kill cut short
-    assert complete == subjects
+    # Files are at least once (docs/operations.md): a kill between writing a line and recording its email as
+    # delivered writes that one record again. Exactly these two outcomes are correct.
+    last = len(written)
+    assert complete in (subjects, subjects[:last] + subjects[last - 1:]), (len(complete), last)
 
 
 def test_folders_json_lists_folders_with_special_use_and_counts(box: Mailbox) -> None:
