@@ -76,3 +76,13 @@ def test_import_is_lazy() -> None:
     first, second = out.splitlines()
     assert first == "[] []"
     assert second == "True"
+
+
+def test_sessions_load_no_login_library_they_may_not_need() -> None:
+    """SCRAM (``scramp``) and the OAuth2 clients cost every start tens of milliseconds: loaded on use only."""
+    code = (
+        "import sys, mailconnector.smtp, mailconnector.imap, mailconnector.activities.read\n"
+        "print(sorted(m for m in ('scramp', 'msal', 'httpx', 'asn1crypto') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-
-import scramp
+from typing import Any
 
 __all__ = ["CHALLENGE_RESPONSE", "PasswordExchange", "PasswordRefused", "choose_mechanism"]
 
@@ -50,8 +49,11 @@ class PasswordExchange:
         self._user = user.encode("utf-8")
         self._password = password.encode("utf-8")
         self._step = 0
-        self._scram = scramp.ScramClient([self.mechanism], user, password) if self.mechanism.startswith(
-            "SCRAM") else None
+        self._scram: Any = None
+        if self.mechanism.startswith("SCRAM"):
+            import scramp  # on use: its import costs every session start tens of milliseconds
+
+            self._scram = scramp.ScramClient([self.mechanism], user, password)
 
     @property
     def has_initial_response(self) -> bool:
@@ -80,6 +82,8 @@ class PasswordExchange:
         return self._scram_step(challenge)
 
     def _scram_step(self, challenge: bytes) -> bytes:
+        import scramp
+
         assert self._scram is not None
         try:
             if self._step == 1:
