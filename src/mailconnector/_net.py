@@ -17,8 +17,8 @@ from pathlib import Path
 from .connection import Connection, TlsSettings
 from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, TransportError
 
-__all__ = ["NoGreeting", "SpeaksTls", "await_greeting", "greeting_protocol", "make_ssl_context", "transport_error",
-           "wrong_protocol"]
+__all__ = ["NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeting_protocol", "make_ssl_context",
+           "transport_error", "wrong_protocol"]
 
 log = logging.getLogger("mailconnector.tls")
 _contexts: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
@@ -53,6 +53,7 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 # Seconds of silence after which a plain connection's port is checked for TLS: real servers greet at once,
 # and one that delays its greeting on purpose (Postfix's postscreen) still gets it waited for in full.
 PROBE_AFTER = 1.5
+PROBE_BUDGET = 2.0  # seconds the probe may take, connect and handshake together
 
 
 class NoGreeting(TimeoutError):
@@ -67,8 +68,18 @@ class SpeaksTls(OSError):
     """A plain connection met a port that waits for a TLS handshake (implicit TLS)."""
 
 
-def await_greeting(sock: socket.socket, host: str, port: int, timeout: float) -> bytes:
-    """Wait for a plain connection's greeting and return its first bytes, left unread for the library.
+class WrongProtocol(OSError):
+    """The port greeted in another protocol (``protocol``); ``greeting`` is what it said."""
+
+    def __init__(self, protocol: str, greeting: bytes) -> None:
+        super().__init__(f"the port answered as {protocol}")
+        self.protocol = protocol
+        self.greeting = greeting
+
+
+def await_greeting(sock: socket.socket, host: str, port: int, timeout: float, expect: str) -> None:
+    """Wait for a plain connection's greeting, leaving it unread for the library; a greeting of another
+    protocol than ``expect`` ('SMTP' or 'IMAP') raises ``WrongProtocol``.
 
     A port of implicit TLS says nothing until the client starts TLS, so ``starttls`` or ``none`` pointed at
     it would wait the whole timeout and then only guess. After ``PROBE_AFTER`` seconds of silence a second
@@ -81,35 +92,43 @@ def await_greeting(sock: socket.socket, host: str, port: int, timeout: float) ->
         selector.register(sock, selectors.EVENT_READ)
         while True:
             left = deadline - time.monotonic()
+            if selector.select(max(0.0, left if probed else min(left, probe_after))):
+                first = sock.recv(256, socket.MSG_PEEK)
+                other = greeting_protocol(first)
+                if other is not None and other != expect:
+                    raise WrongProtocol(other, first)
+                return
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise NoGreeting(timeout)
-            if selector.select(left if probed else min(left, probe_after)):
-                return sock.recv(256, socket.MSG_PEEK)
             if not probed:
                 probed = True
-                if _speaks_tls(host, port, min(3.0, max(left, 0.1))):
+                # Bounded by what is left of the wait, so a greeting that comes meanwhile is still taken.
+                if _speaks_tls(host, port, time.monotonic() + min(PROBE_BUDGET, left)):
                     raise SpeaksTls(f"port {port} waits for a TLS handshake")
 
 
-def _speaks_tls(host: str, port: int, timeout: float) -> bool:
+def _speaks_tls(host: str, port: int, deadline: float) -> bool:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # only whether the port answers in TLS, not whom it belongs to
     try:
-        with socket.create_connection((host, port), timeout) as raw, ctx.wrap_socket(raw):
-            return True
+        with socket.create_connection((host, port), max(0.01, deadline - time.monotonic())) as raw:
+            raw.settimeout(max(0.01, deadline - time.monotonic()))
+            with ctx.wrap_socket(raw):
+                return True
     except ssl.SSLError as exc:
         return "ALERT" in (exc.reason or "")  # a TLS server refusing this handshake still speaks TLS
     except OSError:
         return False
 
 
+# Servers that speak first. The IMAP line also takes what smtplib keeps of "* OK ..." (the text after four
+# characters) when the greeting came over TLS, where it cannot be peeked at.
 _GREETINGS = (
-    ("SMTP", re.compile(rb"^(220|421|554)[ -]")),
-    ("IMAP", re.compile(rb"^\* (OK|PREAUTH|BYE)\b|IMAP4|\[CAPABILITY ", re.IGNORECASE)),
     ("POP3", re.compile(rb"^\+OK\b")),
-    ("TLS", re.compile(rb"^[\x15\x16]\x03[\x00-\x04]")),
-    ("HTTP", re.compile(rb"^HTTP/\d")),
+    ("SMTP", re.compile(rb"^(220|421|554)[ -]")),
+    ("IMAP", re.compile(rb"^\* (OK|PREAUTH|BYE)\b|^\[CAPABILITY |\bIMAP4(rev[12])?\b", re.IGNORECASE)),
     ("SSH", re.compile(rb"^SSH-\d")),
 )
 
@@ -127,15 +146,13 @@ def wrong_protocol(conn: Connection, proto: str, other: str, greeting: bytes | s
     server = conn.smtp if proto == "smtp" else conn.imap
     assert server is not None
     text = greeting.decode("utf-8", "replace") if isinstance(greeting, bytes) else greeting
-    shown = "" if other == "TLS" else f" ({' '.join(text.split())[:80]!r})"
-    if other == "TLS":
-        hint = "this port expects TLS at once: set security: ssl"
-    elif other in ("SMTP", "IMAP"):
+    shown = f" ({' '.join(text.split())[:80]!r})"
+    if other in ("SMTP", "IMAP"):
         hint = f"{other} answers on this port; {proto.upper()} usually listens on {_PORTS[proto]}"
     else:
         hint = f"{proto.upper()} usually listens on {_PORTS[proto]}"
     return ConfigError(
-        f"{proto.upper()} server {server.host}:{server.port} answered as {'a' if other in ('POP3', 'TLS') else 'an'} "
+        f"{proto.upper()} server {server.host}:{server.port} answered as {'a' if other == 'POP3' else 'an'} "
         f"{other} server{shown}: this is not an {proto.upper()} port",
         field=f"connections.{conn.name}.{proto}.port", hint=hint,
     )

@@ -306,9 +306,10 @@ class Connection(_Model):
                 if needed:
                     problems.append(f"{proto}: required because activities is {self.activities!r}")
                 continue
-            if proto == "imap" and needed and self.auth.type == "none":
-                problems.append("auth.type none: IMAP always needs a login; give credentials, or set "
-                                "activities: send for a send-only relay connection")
+            if proto == "imap" and self.auth.type == "none":
+                problems.append("auth.type none: IMAP always needs a login; give credentials, or remove the "
+                                "imap block and set activities: send for a send-only relay connection")
+                continue
             problem = _port_problem(proto, server.port, server.security)
             if problem:
                 problems.append(f"{proto}.port: {problem}")
@@ -338,6 +339,16 @@ class Connection(_Model):
     def imap_login(self) -> str:
         assert self.imap is not None
         return self.imap.username or self.auth.username
+
+    @property
+    def account(self) -> str:
+        """Who sends: the login, or for a relay without one (auth type none) the sender address, else the
+        server. Derived Message-IDs depend on it, not on the connection's name (a rename sends nothing again)."""
+        if self.auth.username:
+            return self.auth.username
+        if self.from_address:
+            return self.from_address
+        return f"{self.smtp.host}:{self.smtp.port}" if self.smtp is not None else ""
 
     def serves(self, activity: Literal["send", "read"]) -> bool:
         return self.activities in ("both", activity)

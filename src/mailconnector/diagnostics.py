@@ -10,12 +10,15 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, StepResult
 from .connection import Connection, ServerSettings
-from .errors import MailConnectorError
+from .errors import MailConnectorError, ServerResponseError
+
+if TYPE_CHECKING:
+    from .smtp import SmtpSession
 
 __all__ = ["TestReport", "run_test"]
 
@@ -113,19 +116,15 @@ def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -
             with rec.step("sender accepted") as st:
                 code, text = smtp.check_sender(sender)
                 if code == 530:  # RFC 4954: authentication required
-                    raise smtp.login_required(f"MAIL FROM:<{sender}> {code} {text}")
+                    raise smtp.login_required_error(f"MAIL FROM:<{sender}> {code} {text}")
                 if code != 250:
                     from .errors import SenderRefusedError
 
                     raise SenderRefusedError(f"MAIL FROM:<{sender}> refused: {code} {text}", code=code, text=text,
                                              hint="the account may not send as this address: check from_address")
                 st.detail = f"<{sender}> {code}; RSET, nothing sent"
-            if conn.auth.type == "none" and conn.from_address:
-                with rec.step("mail taken without a login") as st:
-                    code, text = smtp.check_relay(sender, conn.from_address)
-                    if code not in (250, 251):
-                        raise smtp.login_required(f"RCPT TO:<{conn.from_address}> {code} {text}")
-                    st.detail = f"RCPT TO:<{conn.from_address}> {code}; RSET, nothing sent"
+            if conn.auth.type == "none":
+                _relay_step(smtp, rec, sender, conn.from_address)
         finally:
             smtp.close()
     else:
@@ -139,6 +138,26 @@ def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -
                 st.detail = f"{folder}: {state.exists} messages, UIDVALIDITY {state.uidvalidity}"
         finally:
             imap.close()
+
+
+def _relay_step(smtp: SmtpSession, rec: StepRecorder, sender: str, recipient: str | None) -> None:
+    """auth.type none: does the server take mail without a login? RCPT to the sender's own address, then RSET.
+
+    It shows the server takes mail for that address; relaying to other domains may still be refused.
+    """
+    if not recipient:  # nothing to try RCPT with; the sender step (the last one) says so
+        rec.steps[-1].detail += "; mail without a login not tried: no from_address"
+        return
+    with rec.step("mail taken without a login") as st:
+        code, text = smtp.check_relay(sender, recipient)
+        if code not in (250, 251):
+            from .smtp import needs_login
+
+            if needs_login(code, text):
+                raise smtp.login_required_error(f"RCPT TO:<{recipient}> {code} {text}")
+            raise ServerResponseError(f"RCPT TO:<{recipient}> refused: {code} {text}", code=code, text=text,
+                                      hint="the server does not take mail for from_address from this machine")
+        st.detail = f"RCPT TO:<{recipient}> {code}; RSET, nothing sent"
 
 
 def _probe_network(conn: Connection, proto: str, server: ServerSettings, rec: StepRecorder) -> None:

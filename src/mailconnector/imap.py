@@ -22,10 +22,10 @@ from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imap_exc
 from imapclient.imap4 import IMAP4WithTimeout
 
-from ._net import await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._net import WrongProtocol, await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
 from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
-from .auth._password import CHALLENGE_RESPONSE, PasswordExchange, PasswordRefused, choose_mechanism
+from .auth._password import CHALLENGE_RESPONSE, ExchangeFailed, choose_mechanism, exchange_error, start_exchange
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
 from .connection import Connection
@@ -164,8 +164,10 @@ class ImapSession:
                     phase = "connect" if _during_tcp_connect(exc) else "greeting"
                     raise transport_error(exc, self.connection, "imap", phase=phase,
                                           waited=self.connection.timeouts.connect) from exc
+                except WrongProtocol as exc:  # seen on a plain connection before imaplib read a byte
+                    raise wrong_protocol(self.connection, "imap", exc.protocol, exc.greeting) from exc
                 except imap_exc.IMAPClientError as exc:
-                    # imaplib: "unexpected response: b'220 ...'" (an abort), or the greeting itself as the error
+                    # Over TLS, imaplib: "unexpected response: b'220 ...'" (an abort), or the greeting as the error
                     said = _unexpected(str(exc))
                     other = greeting_protocol(said)
                     if other is not None and other != "IMAP":
@@ -260,18 +262,17 @@ class ImapSession:
         assert auth.password is not None
         password = auth.password.get_secret_value()
         client = self.client
-        caps = client.capabilities()
         offered = self.auth_mechanisms()
-        encrypted = self.server.security != "none"
-        mechanism = choose_mechanism(offered, encrypted=encrypted)
-        if not encrypted and mechanism in CHALLENGE_RESPONSE:
-            self._password_login(mechanism, user, password)  # the password does not cross the wire in clear
-        elif b"LOGINDISABLED" in caps:
-            raise AuthenticationError(
-                f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
-                "unencrypted connection (LOGINDISABLED)",
-                hint="use security: starttls or ssl",
-            )
+        if b"LOGINDISABLED" in client.capabilities():
+            # No clear login on this connection; a challenge-response mechanism keeps the password off the wire.
+            mechanism = choose_mechanism(m for m in offered if m in CHALLENGE_RESPONSE)
+            if mechanism is None:
+                raise AuthenticationError(
+                    f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
+                    "unencrypted connection (LOGINDISABLED)",
+                    hint="use security: starttls or ssl",
+                )
+            self._password_login(mechanism, user, password)
         elif user.isascii() and password.isascii():
             self.auth_mechanism = "LOGIN"
             with self._translate("LOGIN"):
@@ -283,20 +284,26 @@ class ImapSession:
         client._cached_capabilities = None
 
     def _password_login(self, mechanism: str, user: str, password: str) -> None:
-        try:
-            exchange = PasswordExchange(mechanism, user, password)
-        except ValueError as exc:
-            raise AuthenticationError(f"IMAP login as {user!r} impossible: {exc}",
-                                      hint="check the username and password") from exc
+        exchange = start_exchange("IMAP", mechanism, user, password)
+        failed: list[ExchangeFailed] = []
+
+        def respond(challenge: bytes) -> bytes | None:
+            try:
+                return exchange(challenge)
+            except ExchangeFailed as exc:
+                failed.append(exc)
+                return None  # imaplib answers "*": the server ends the exchange, the connection stays usable
+
         self.auth_mechanism = mechanism
         try:
             with self._translate("AUTHENTICATE"):
-                self.client.sasl_login(mechanism, exchange)
-        except PasswordRefused as exc:
-            raise AuthenticationError(
-                f"IMAP login as {user!r} failed: {exc}",
-                hint="the server does not know this password, or is not the server it claims to be",
-            ) from exc
+                self.client.sasl_login(mechanism, respond)
+        except AuthenticationError as exc:
+            if failed:
+                raise exchange_error("IMAP", user, failed[0]) from exc
+            raise
+        if not exchange.complete:  # SCRAM: accepted, yet the server never proved it knows the password
+            raise exchange_error("IMAP", user, ExchangeFailed(f"{mechanism}: the server sent no proof"))
 
     def _utf8_login(self, user: str, password: str) -> None:
         """LOGIN with the password as a literal of UTF-8 bytes: a quoted string may hold ASCII only
@@ -800,7 +807,7 @@ class _PlainIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         sock: socket.socket = super()._create_socket(timeout)
         try:
-            await_greeting(sock, self.host, self.port, self._timeout or 60.0)
+            await_greeting(sock, self.host, self.port, self._timeout or 60.0, "IMAP")
         except BaseException:
             sock.close()
             raise
@@ -816,7 +823,9 @@ class _Client(IMAPClient):  # type: ignore[misc]
 
 
 def _unexpected(text: str) -> str:
-    m = re.match(r"unexpected response: b?(['\"])(.*)\1$", text, re.DOTALL)
+    """The line imaplib could not take as a greeting: ``unexpected response: b'220 ...'``, or (a line starting
+    with ``+``, as POP3's ``+OK``) the greeting's repr as the whole error."""
+    m = re.match(r"(?:unexpected response: )?b?(['\"])(.*)\1$", text, re.DOTALL)
     return _unrepr(m.group(2)) if m else text
 
 

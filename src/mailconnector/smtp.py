@@ -19,10 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._net import NoGreeting, await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._net import (
+    NoGreeting,
+    WrongProtocol,
+    await_greeting,
+    greeting_protocol,
+    make_ssl_context,
+    transport_error,
+    wrong_protocol,
+)
 from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
-from .auth._password import PasswordExchange, PasswordRefused, choose_mechanism
+from .auth._password import ExchangeFailed, choose_mechanism, exchange_error, start_exchange
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
 from .connection import Connection
@@ -78,7 +86,6 @@ class _SMTP(smtplib.SMTP):
         self._command_timeout = command_timeout
         self._implicit_tls = implicit_tls
         self._in_auth = False
-        self.first_bytes = b""  # the start of the greeting, as it came (smtplib keeps only what follows the code)
         super().__init__(timeout=command_timeout)
         if wire.isEnabledFor(logging.DEBUG):
             self.set_debuglevel(1)
@@ -93,7 +100,7 @@ class _SMTP(smtplib.SMTP):
                 sock.settimeout(self._command_timeout)
                 sock = self._implicit_tls.wrap_socket(sock, server_hostname=host)
             else:
-                self.first_bytes = await_greeting(sock, host, port, self._command_timeout)
+                await_greeting(sock, host, port, self._command_timeout, "SMTP")
             sock.settimeout(self._command_timeout)
         except BaseException:
             sock.close()
@@ -221,6 +228,8 @@ class SmtpSession:
                     # connect() covers both the TCP connect and the greeting; tell them apart.
                     phase = "greeting" if smtp.sock is not None or isinstance(exc, NoGreeting) else "connect"
                     raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+                except WrongProtocol as exc:
+                    raise wrong_protocol(self.connection, "smtp", exc.protocol, exc.greeting) from exc
                 except smtplib.SMTPServerDisconnected as exc:
                     # smtplib turns a timeout or EOF while reading the greeting into this; keep the cause so the
                     # hint can say "this port may expect implicit TLS".
@@ -228,10 +237,10 @@ class SmtpSession:
                     cause = ctx_exc if isinstance(ctx_exc, OSError) else EOFError(str(exc))
                     raise transport_error(cause, self.connection, "smtp", phase="greeting") from exc
                 if code == _GARBLED:
-                    other = greeting_protocol(smtp.first_bytes or msg)
+                    other = greeting_protocol(msg)  # over TLS: what smtplib kept after the first four characters
                     if other is not None:
                         self.close(quit=False)
-                        raise wrong_protocol(self.connection, "smtp", other, smtp.first_bytes or msg)
+                        raise wrong_protocol(self.connection, "smtp", other, msg)
                     raise self._garbled("the greeting")
                 if code != 220:
                     raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,
@@ -286,7 +295,7 @@ class SmtpSession:
         user = self.connection.smtp_login()
         if auth.type == "basic":
             assert auth.password is not None
-            mechanism = choose_mechanism(offered, encrypted=self.server.security != "none")
+            mechanism = choose_mechanism(offered)
             if mechanism is None:
                 hint = "ask for a login mechanism the connector speaks, or use OAuth2 where the server offers it"
                 if self.server.security == "none" and smtp.has_extn("starttls"):
@@ -303,11 +312,7 @@ class SmtpSession:
     def _password_login(self, mechanism: str, user: str, password: str) -> None:
         """A SASL exchange whose every response is built from UTF-8 bytes (smtplib's ``auth`` encodes ASCII)."""
         smtp = self._require()
-        try:
-            exchange = PasswordExchange(mechanism, user, password)
-        except ValueError as exc:
-            raise AuthenticationError(f"SMTP login as {user!r} impossible: {exc}",
-                                      hint="check the username and password") from exc
+        exchange = start_exchange("SMTP", mechanism, user, password)
         with self._translate("AUTH"):
             smtp._in_auth = True
             try:
@@ -315,22 +320,20 @@ class SmtpSession:
                 code, resp = smtp.docmd("AUTH", mechanism + first)
                 while code == 334:
                     try:
-                        challenge = base64.b64decode(resp, validate=True)
+                        answer = exchange(base64.b64decode(resp, validate=True))
                     except binascii.Error:
                         raise self._garbled("AUTH") from None
-                    try:
-                        answer = exchange(challenge)
-                    except PasswordRefused as exc:
+                    except ExchangeFailed as exc:
                         smtp.docmd("*")  # RFC 4954: cancel the exchange
-                        raise AuthenticationError(
-                            f"SMTP login as {user!r} failed: {exc}",
-                            hint="the server does not know this password, or is not the server it claims to be",
-                        ) from exc
+                        raise exchange_error("SMTP", user, exc) from exc
                     code, resp = smtp.docmd(_b64(answer))
             finally:
                 smtp._in_auth = False
             if code != 235:
                 raise smtplib.SMTPAuthenticationError(code, resp)
+            if not exchange.complete:  # SCRAM: accepted, yet the server never proved it knows the password
+                self.close(quit=False)
+                raise exchange_error("SMTP", user, ExchangeFailed(f"{mechanism}: the server sent no proof"))
 
     def _oauth_login(self, user: str, offered: list[str], *, retried: bool = False) -> None:
         smtp = self._require()
@@ -466,7 +469,7 @@ class SmtpSession:
             raise self._garbled("MAIL/RCPT/DATA")
         if mail_reply[0] == 530:  # RFC 4954: authentication required
             self._abort(data_reply)
-            raise self.login_required(f"MAIL FROM: {mail_reply[0]} {_text(mail_reply[1])}")
+            raise self.login_required_error(f"MAIL FROM: {mail_reply[0]} {_text(mail_reply[1])}")
         if mail_reply[0] != 250:
             self._abort(data_reply)
             raise SenderRefusedError(
@@ -481,9 +484,9 @@ class SmtpSession:
         if not result.accepted:
             self._abort(data_reply)
             replies = list(result.refused.values())
-            if any(_needs_login(c, t) for c, t in replies) and (
+            if any(needs_login(c, t) for c, t in replies) and (
                     self.connection.auth.type == "none" or any(c == 530 for c, _ in replies)):
-                raise self.login_required(f"RCPT TO: {replies[0][0]} {replies[0][1]}")
+                raise self.login_required_error(f"RCPT TO: {replies[0][0]} {replies[0][1]}")
             raise RecipientsRefusedError(
                 "every recipient was refused: "
                 + "; ".join(f"<{a}> {c} {t}" for a, (c, t) in result.refused.items()),
@@ -520,7 +523,7 @@ class SmtpSession:
                                       text=_text(text))
         return result
 
-    def login_required(self, reply: str) -> AuthenticationError:
+    def login_required_error(self, reply: str) -> AuthenticationError:
         """The error for a refusal that asks for a login (auth.type none, or a login that did not take)."""
         offered = " ".join(self.extensions.get("auth", "").upper().split())
         if self.connection.auth.type == "none":
@@ -636,7 +639,7 @@ def _tls_detail(sock: object) -> str:
     return ""
 
 
-def _needs_login(code: int, text: str) -> bool:
+def needs_login(code: int, text: str) -> bool:
     """A refusal that means "log in first": 530 (RFC 4954), or a relay refusal (5.7.1 / "relay access denied")."""
     return code == 530 or (code >= 500 and ("5.7.1" in text or "relay" in text.lower()))
 

@@ -193,9 +193,9 @@ def test_tls_spoken_to_a_plain_port(sandbox: Sandbox, proto: str) -> None:
 
 @pytest.mark.parametrize(("proto", "security"), [("smtp", "none"), ("imap", "none")])
 def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str) -> None:
-    """The server waits for a TLS ClientHello, the client for a greeting: a probe tells it at once, before the
-    greeting's timeout (here 1 s; the probe starts after half of it)."""
-    timeouts = {"connect": 1, "command": 1}
+    """The server waits for a TLS ClientHello, the client for a greeting: a probe tells it after 1.5 s of
+    silence, long before the greeting's timeout (10 s here)."""
+    timeouts = {"connect": 10, "command": 10}
     if proto == "smtp":
         conn = smtp_conn(sandbox, "smtps", security, timeouts=timeouts)
         session: Any = SmtpSession(conn)
@@ -206,7 +206,7 @@ def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str)
     with pytest.raises(TransportError) as ei:
         session.connect()
     elapsed = time.monotonic() - t0
-    assert elapsed < 2.5, elapsed
+    assert elapsed < 6, elapsed
     assert ei.value.exit_code == 5
     assert isinstance(ei.value, TLSSecurityError), ei.value.to_dict()
     assert "implicit TLS" in ei.value.message
@@ -218,14 +218,14 @@ def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str)
 
 @pytest.mark.parametrize("proto", ["smtp", "imap"])
 def test_plain_spoken_to_a_tls_port_in_the_test(sandbox: Sandbox, proto: str) -> None:
-    timeouts = {"connect": 1, "command": 1}
+    timeouts = {"connect": 10, "command": 10}
     if proto == "smtp":
         conn = smtp_conn(sandbox, "smtps", "starttls", timeouts=timeouts)
     else:
         conn = imap_conn(sandbox, "imaps", "starttls", timeouts=timeouts)
     t0 = time.monotonic()
     report = run_test(conn)
-    assert time.monotonic() - t0 < 2.5
+    assert time.monotonic() - t0 < 6
     step = report.first_failure()
     assert step is not None and step.name == "greeting", [s.to_dict() for s in report.steps]
     assert step.error_type == "TLSSecurityError"

@@ -318,16 +318,21 @@ def test_from_dict_does_not_change_its_input() -> None:
 # -- auth.type none: an SMTP relay that takes mail without a login -----------------------------------------
 def test_auth_none_for_a_send_only_relay_needs_no_username() -> None:
     data = base() | {"activities": "send", "auth": {"type": "none"}, "from_address": "robot@example.test"}
+    del data["imap"]
     conn = Connection.from_dict(data, name="relay")
     assert conn.auth.type == "none" and conn.auth.password is None
     assert conn.smtp_login() == ""
+    assert conn.account == "robot@example.test"  # what derived Message-IDs depend on
+    del data["from_address"]
+    assert Connection.from_dict(data, name="relay").account == "mail.example.test:587"
 
 
-@pytest.mark.parametrize("activities", ["both", "read"])
+@pytest.mark.parametrize("activities", ["both", "read", "send"])
 def test_auth_none_cannot_read(activities: str) -> None:
+    """Not even with ``activities: send`` and an imap block: copies to Sent would need the login."""
     data = base() | {"activities": activities, "auth": {"type": "none"}}
     err = refused(data)
-    assert "IMAP always needs a login" in err.message and "activities: send" in err.message
+    assert "IMAP always needs a login" in err.message and "remove the imap block" in err.message
 
 
 @pytest.mark.parametrize("extra", [{"password": PASSWORD}, {"oauth2": {
@@ -335,4 +340,5 @@ def test_auth_none_cannot_read(activities: str) -> None:
     "client_id": "app", "client_secret": "s3cret"}}])
 def test_auth_none_takes_no_credentials(extra: dict[str, Any]) -> None:
     data = base() | {"activities": "send", "auth": {"type": "none", **extra}}
+    del data["imap"]
     assert "auth.type none logs in nowhere" in refused(data).message

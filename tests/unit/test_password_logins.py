@@ -11,7 +11,7 @@ import scramp
 
 from mailconnector._net import greeting_protocol
 from mailconnector._steps import shorten
-from mailconnector.auth._password import PasswordExchange, PasswordRefused, choose_mechanism
+from mailconnector.auth._password import ExchangeFailed, PasswordExchange, choose_mechanism
 
 AWKWARD = 'pä"ss\\wörd {5}'
 
@@ -63,7 +63,7 @@ def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
     with pytest.raises(scramp.ScramException):
         server.set_client_final(final.decode())  # the server sees a wrong proof...
     forged = base64.b64encode(b"\0" * 32).decode()
-    with pytest.raises(PasswordRefused, match="SCRAM-SHA-256"):
+    with pytest.raises(ExchangeFailed, match="SCRAM-SHA-256"):
         exchange(f"v={forged}".encode())  # ...and the client a signature no one with the password made
 
 
@@ -73,7 +73,7 @@ def test_a_hostile_scram_server_first_message_is_a_refusal(server_first: bytes) 
     """Not a crash: a nonce that does not extend ours, a missing salt, bytes that are not UTF-8, an error."""
     exchange = PasswordExchange("SCRAM-SHA-256", "user", "pw")
     exchange(b"")
-    with pytest.raises(PasswordRefused):
+    with pytest.raises(ExchangeFailed):
         exchange(server_first)
 
 
@@ -85,18 +85,47 @@ def test_control_characters_are_refused_before_anything_is_sent(bad: str) -> Non
         PasswordExchange("XOAUTH2", "user", "x")
 
 
-@pytest.mark.parametrize(("offered", "encrypted", "chosen"), [
-    (["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"], True, "PLAIN"),
-    (["LOGIN", "CRAM-MD5"], True, "LOGIN"),
-    (["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"], False, "SCRAM-SHA-256"),
-    (["plain", "cram-md5"], False, "CRAM-MD5"),
-    (["PLAIN"], False, "PLAIN"),
-    (["CRAM-MD5"], True, "CRAM-MD5"),  # Exim's plain port offers only CRAM-MD5
-    (["XOAUTH2", "GSSAPI", "NTLM"], True, None),
-    ([], True, None),
+@pytest.mark.parametrize(("offered", "chosen"), [
+    (["PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256"], "PLAIN"),
+    (["LOGIN", "CRAM-MD5"], "LOGIN"),
+    (["CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"], "SCRAM-SHA-256"),
+    (["plain", "cram-md5"], "PLAIN"),
+    (["CRAM-MD5"], "CRAM-MD5"),  # Exim's plain port offers only CRAM-MD5
+    (["XOAUTH2", "GSSAPI", "NTLM"], None),
+    ([], None),
 ])
-def test_the_mechanism_chosen_among_those_offered(offered: list[str], encrypted: bool, chosen: str | None) -> None:
-    assert choose_mechanism(offered, encrypted=encrypted) == chosen
+def test_the_mechanism_chosen_among_those_offered(offered: list[str], chosen: str | None) -> None:
+    """The clear mechanisms first (they work with any password store); challenge-response where none is."""
+    assert choose_mechanism(offered) == chosen
+
+
+@pytest.mark.parametrize(("mechanism", "steps"), [("PLAIN", 1), ("LOGIN", 2), ("CRAM-MD5", 1)])
+def test_a_server_that_keeps_asking_gets_no_more_credentials(mechanism: str, steps: int) -> None:
+    exchange = PasswordExchange(mechanism, "user", "pw")
+    for _ in range(steps):
+        exchange(b"Password:")
+    with pytest.raises(ExchangeFailed, match="asked for more"):
+        exchange(b"Password:")
+
+
+def test_a_scram_error_from_the_server_reads_as_a_refusal() -> None:
+    """RFC 5802 ``e=invalid-proof`` is the server saying no (a wrong password), not a server to distrust."""
+    mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
+    info = mechanism.make_auth_info("right", iteration_count=4096)
+    server = mechanism.make_server(lambda _user: info)
+    exchange = PasswordExchange("SCRAM-SHA-256", "user", "wrong")
+    server.set_client_first(exchange(b"").decode())
+    exchange(server.get_server_first().encode())
+    with pytest.raises(ExchangeFailed) as caught:
+        exchange(b"e=invalid-proof")
+    assert caught.value.refused
+
+
+@pytest.mark.parametrize("password", ["tab\there", "\U000e0001tag"])
+def test_a_password_saslprep_refuses_cannot_go_by_scram(password: str) -> None:
+    with pytest.raises(ValueError, match="SCRAM-SHA-256 cannot carry"):
+        PasswordExchange("SCRAM-SHA-256", "user", password)
+    assert PasswordExchange("PLAIN", "user", password)(b"").endswith(password.encode())
 
 
 @pytest.mark.parametrize(("first", "protocol"), [
@@ -106,8 +135,9 @@ def test_the_mechanism_chosen_among_those_offered(offered: list[str], encrypted:
     ("[CAPABILITY IMAP4rev1 LITERAL+] server ready", "IMAP"),  # smtplib keeps what follows "* OK"
     (b"* BYE Too many connections\r\n", "IMAP"),
     (b"+OK Dovecot ready.\r\n", "POP3"),
-    (b"\x15\x03\x03\x00\x02\x02\x46", "TLS"),
-    (b"HTTP/1.1 400 Bad Request\r\n", "HTTP"),
+    (b"+OK POP3/IMAP4 server ready\r\n", "POP3"),
+    ("The Microsoft Exchange IMAP4 service is ready.", "IMAP"),
+    (b"HTTP/1.1 400 Bad Request\r\n", None),
     (b"SSH-2.0-OpenSSH_9.2\r\n", "SSH"),
     (b"\xff\xfe garbage", None),
     (b"", None),

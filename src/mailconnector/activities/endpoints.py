@@ -231,7 +231,7 @@ class SendEmailTarget:
         from .send import derive_message_id
 
         # The sending account, not the connection's name: renaming a connection must not send again.
-        seed = f"op:{self.operation}\0{self.connection.auth.username}\0{key}"
+        seed = f"op:{self.operation}\0{self.connection.account}\0{key}"
         if self.batch_key:
             seed += f"\0{self.batch_key}"
         return derive_message_id(seed, self._sender)

@@ -368,7 +368,7 @@ class SendEmail:
     def _derived_id(self, request: SendRequest, key: _Key | None) -> str | None:
         """A stable Message-ID for a rerun of the same record; None leaves generation to the composer. It
         depends on the sending account, not on the connection's name, so a rename does not send again."""
-        account = self.connection.auth.username or self.connection.from_address or ""
+        account = self.connection.account
         batch = key.batch if key is not None else ""
         if request.id is not None:
             seed = f"id:{account}:{request.id}" if not batch else f"id:{account}:{batch}\0{request.id}"

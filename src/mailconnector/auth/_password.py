@@ -4,9 +4,10 @@ Why our own and not smtplib's or imaplib's: both encode credentials as ASCII, so
 ``pä"ss\\wörd`` crashed before it reached the server. PLAIN (RFC 4616), CRAM-MD5 (RFC 2195) and SCRAM
 (RFC 5802, through ``scramp``, which also does SASLprep) are all defined on UTF-8.
 
-Which mechanism: over TLS the clear ones first (they work with any password store on the server); in
-plain text the challenge-response ones first, so the password itself never crosses the wire when the
-server offers a way to avoid it.
+Which mechanism: the clear ones first, on every connection (they work with any password store on the
+server, and they are what the connector always used); the challenge-response ones where the server offers
+no clear one (Exim's plain port offers only CRAM-MD5) or refuses clear logins (IMAP ``LOGINDISABLED``).
+A server that advertises SCRAM but keeps hashes unfit for it would refuse a login that PLAIN passes.
 """
 
 from __future__ import annotations
@@ -16,28 +17,40 @@ import hmac
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CHALLENGE_RESPONSE", "PasswordExchange", "PasswordRefused", "choose_mechanism"]
+from ..errors import AuthenticationError
+
+__all__ = ["CHALLENGE_RESPONSE", "ExchangeFailed", "PasswordExchange", "choose_mechanism", "exchange_error",
+           "start_exchange"]
 
 CHALLENGE_RESPONSE = ("SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5")
 CLEAR = ("PLAIN", "LOGIN")
+# Responses each mechanism gives at most (SCRAM: first, final, and the empty answer to the server's proof).
+_STEPS = {"PLAIN": 1, "LOGIN": 2, "CRAM-MD5": 1, "SCRAM-SHA-1": 3, "SCRAM-SHA-256": 3}
 
 
-class PasswordRefused(Exception):
-    """The exchange cannot go on: the server's SCRAM proof is wrong, or it sent an error in the exchange."""
+class ExchangeFailed(Exception):
+    """The server broke the exchange: a SCRAM proof that is wrong or missing, an error, too many challenges.
+
+    ``refused``: the server said no in the exchange itself (SCRAM ``e=...``), as a wrong password reads.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
-def choose_mechanism(offered: Iterable[str], *, encrypted: bool) -> str | None:
+def choose_mechanism(offered: Iterable[str]) -> str | None:
     """The mechanism to use among ``offered`` (SASL names), or None when none of ours is offered."""
-    order = CLEAR + CHALLENGE_RESPONSE if encrypted else CHALLENGE_RESPONSE + CLEAR
     names = {m.upper() for m in offered}
-    return next((m for m in order if m in names), None)
+    return next((m for m in CLEAR + CHALLENGE_RESPONSE if m in names), None)
 
 
 class PasswordExchange:
     """One SASL exchange: call it with each decoded server challenge, send back what it returns.
 
     The first call (with the empty challenge, or to make an initial response) gives the client's first
-    message for PLAIN and SCRAM; LOGIN and CRAM-MD5 answer what the server asked.
+    message for PLAIN and SCRAM; LOGIN and CRAM-MD5 answer what the server asked. A server that asks more
+    often than the mechanism needs gets ``ExchangeFailed``, never the credentials again and again.
     """
 
     def __init__(self, mechanism: str, user: str, password: str) -> None:
@@ -53,7 +66,10 @@ class PasswordExchange:
         if self.mechanism.startswith("SCRAM"):
             import scramp  # on use: its import costs every session start tens of milliseconds
 
-            self._scram = scramp.ScramClient([self.mechanism], user, password)
+            try:
+                self._scram = scramp.ScramClient([self.mechanism], user, password)
+            except scramp.ScramException as exc:  # SASLprep refuses the password (a tab, an unassigned code point)
+                raise ValueError(f"{self.mechanism} cannot carry this user name or password ({exc})") from exc
 
     @property
     def has_initial_response(self) -> bool:
@@ -67,6 +83,8 @@ class PasswordExchange:
 
     def __call__(self, challenge: bytes) -> bytes:
         self._step += 1
+        if self._step > _STEPS[self.mechanism]:
+            raise ExchangeFailed(f"the server asked for more than {self.mechanism} has to say")
         if self.mechanism == "PLAIN":
             return b"\0" + self._user + b"\0" + self._password
         if self.mechanism == "LOGIN":
@@ -84,7 +102,8 @@ class PasswordExchange:
     def _scram_step(self, challenge: bytes) -> bytes:
         import scramp
 
-        assert self._scram is not None
+        if challenge.startswith(b"e="):  # RFC 5802: the server's own refusal, e.g. e=invalid-proof
+            raise ExchangeFailed(f"{self.mechanism} refused: {challenge.decode('utf-8', 'replace')}", refused=True)
         try:
             if self._step == 1:
                 first: str = self._scram.get_client_first()
@@ -95,5 +114,24 @@ class PasswordExchange:
                 return final.encode("utf-8")
             self._scram.set_server_final(challenge.decode("utf-8"))
         except (scramp.ScramException, UnicodeDecodeError) as exc:
-            raise PasswordRefused(f"{self.mechanism} exchange failed: {exc}") from exc
+            raise ExchangeFailed(f"{self.mechanism} exchange failed: {exc}") from exc
         return b""
+
+
+def start_exchange(proto: str, mechanism: str, user: str, password: str) -> PasswordExchange:
+    """The exchange, or the authentication error that says why these credentials cannot travel this way."""
+    try:
+        return PasswordExchange(mechanism, user, password)
+    except ValueError as exc:
+        raise AuthenticationError(f"{proto} login as {user!r} impossible: {exc}",
+                                  hint="check the username and password") from exc
+
+
+def exchange_error(proto: str, user: str, exc: ExchangeFailed) -> AuthenticationError:
+    """A broken exchange in words: a refusal reads as one; a proof that fails points at the server."""
+    if exc.refused:
+        return AuthenticationError(f"{proto} login as {user!r} refused: {exc}", hint="check the username and password")
+    return AuthenticationError(
+        f"{proto} login as {user!r} failed: {exc}",
+        hint="the server does not know this password, or is not the server it claims to be",
+    )
