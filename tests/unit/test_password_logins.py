@@ -5,6 +5,7 @@ side, including a server that cannot prove it knows the password."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 import scramp
@@ -53,13 +54,18 @@ def test_scram_round_trip_against_a_real_scram_server(name: str, password: str) 
     assert exchange.complete
 
 
-def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
+def scram_half_way(server_password: str, client_password: str) -> tuple[Any, PasswordExchange, bytes]:
+    """A scramp server knowing ``server_password`` and our exchange, up to the client-final message."""
     mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
-    impostor = mechanism.make_auth_info("another password", iteration_count=4096)
-    server = mechanism.make_server(lambda _user: impostor)
-    exchange = PasswordExchange("SCRAM-SHA-256", "user", "the password")
+    info = mechanism.make_auth_info(server_password, iteration_count=4096)
+    server = mechanism.make_server(lambda _user: info)
+    exchange = PasswordExchange("SCRAM-SHA-256", "user", client_password)
     server.set_client_first(exchange(b"").decode())
-    final = exchange(server.get_server_first().encode())
+    return server, exchange, exchange(server.get_server_first().encode())
+
+
+def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
+    server, exchange, final = scram_half_way("another password", "the password")
     with pytest.raises(scramp.ScramException):
         server.set_client_final(final.decode())  # the server sees a wrong proof...
     forged = base64.b64encode(b"\0" * 32).decode()
@@ -110,12 +116,7 @@ def test_a_server_that_keeps_asking_gets_no_more_credentials(mechanism: str, ste
 
 def test_a_scram_error_from_the_server_reads_as_a_refusal() -> None:
     """RFC 5802 ``e=invalid-proof`` is the server saying no (a wrong password), not a server to distrust."""
-    mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
-    info = mechanism.make_auth_info("right", iteration_count=4096)
-    server = mechanism.make_server(lambda _user: info)
-    exchange = PasswordExchange("SCRAM-SHA-256", "user", "wrong")
-    server.set_client_first(exchange(b"").decode())
-    exchange(server.get_server_first().encode())
+    _server, exchange, _final = scram_half_way("right", "wrong")
     with pytest.raises(ExchangeFailed) as caught:
         exchange(b"e=invalid-proof")
     assert caught.value.refused
