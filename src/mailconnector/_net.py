@@ -13,9 +13,12 @@ import socket
 import ssl
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .connection import Connection, TlsSettings
 from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, TransportError
+
+if TYPE_CHECKING:  # annotations only: what lies below the protocols does not import the connection model
+    from .connection import Connection, TlsSettings
 
 __all__ = ["NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeting_protocol", "make_ssl_context",
            "transport_error", "wrong_protocol"]

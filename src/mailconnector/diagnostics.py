@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._net import make_ssl_context, transport_error
 from ._steps import StepRecorder, StepResult
-from .connection import Connection, ServerSettings
 from .errors import MailConnectorError, ServerResponseError
 
 if TYPE_CHECKING:
+    from .connection import Connection, ServerSettings
     from .smtp import SmtpSession
 
 __all__ = ["TestReport", "run_test"]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient import exceptions as imap_exc
@@ -28,7 +28,6 @@ from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, 
 from .auth._password import CHALLENGE_RESPONSE, ExchangeFailed, choose_mechanism, exchange_error, start_exchange
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
-from .connection import Connection
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -38,6 +37,9 @@ from .errors import (
     TransportError,
 )
 from .logs import redact_imap_line
+
+if TYPE_CHECKING:  # annotations only: the sessions take a Connection, they need not import its module
+    from .connection import Connection
 
 __all__ = ["FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -21,6 +22,12 @@ from .connection import Connection
 from .errors import ConfigError
 from .secrets import SecretReferenceError, resolve_in_url
 from .state import STATE_ENV, StateStore, Store
+
+if TYPE_CHECKING:
+    from .activities.read import ReadSettings
+    from .activities.send import SendSettings
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "PROJECT_ENV",
@@ -368,16 +375,54 @@ class Project:
             raise ConfigError(f"{self.locate('activities', name, 'connection')}activities.{name}.connection: "
                               f"no connection named {act.connection!r} "
                               f"(defined: {', '.join(self.connection_names) or 'none'})", source=self.source)
-        if isinstance(act, SendActivity | ReadActivity):
-            # The settings beside `type` and `connection` are checked here too, so that `validate_all()`
-            # (and every command) reports a bad setting, with its line, before anything runs.
-            from .activities.endpoints import read_settings_of, send_settings_of
-
-            if isinstance(act, SendActivity):
-                send_settings_of(self, name, act)
-            else:
-                read_settings_of(self, name, act)
+        # The settings beside `type` and `connection` are checked here too, so that `validate_all()` (and every
+        # command) reports a bad setting, with its line, before anything runs.
+        if isinstance(act, SendActivity):
+            self.send_settings(name, act)
+        elif isinstance(act, ReadActivity):
+            self.read_settings(name, act)
         return act
+
+    def read_settings(self, name: str, config: ReadActivity) -> ReadSettings:
+        """The Read Email settings of an activity, validated, with errors naming the project file's line."""
+        from .activities.read import ReadSettings
+
+        settings = dict(config.model_extra or {})
+        directory = settings.get("directory")
+        if isinstance(directory, str) and not Path(directory).expanduser().is_absolute():
+            settings["directory"] = str(self.directory / directory)
+        result = self._validated(ReadSettings, settings, name)
+        try:
+            result.check()
+        except ConfigError as exc:
+            key = exc.field or "type"
+            raise ConfigError(f"{self.locate('activities', name, key)}activities.{name}.{key}: "
+                              f"{exc.message.split(': ', 1)[-1]}", source=self.source, hint=exc.hint) from None
+        return result
+
+    def send_settings(self, name: str, config: SendActivity) -> SendSettings:
+        """The Send Email settings of an activity: its own settings, and a default for any record field
+        (given under ``defaults:`` or directly beside the settings)."""
+        from .activities.send import SendSettings
+        from .records.send import SendDefaults
+
+        extra = dict(config.model_extra or {})
+        settings_keys = set(SendSettings.model_fields) - {"defaults"}
+        settings = {k: extra.pop(k) for k in list(extra) if k in settings_keys}
+        defaults = dict(extra.pop("defaults", None) or {})
+        defaults.update(extra)  # to, cc, subject, ... given directly on the activity
+        if isinstance(settings.get("dry_run"), str) and not Path(settings["dry_run"]).expanduser().is_absolute():
+            settings["dry_run"] = str(self.directory / settings["dry_run"])
+        if defaults:
+            settings["defaults"] = self._validated(SendDefaults, defaults, name)
+        return self._validated(SendSettings, settings, name)
+
+    def _validated(self, model: type[M], data: Mapping[str, Any], name: str) -> M:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise config_error_from_validation(exc, source=self.source, prefix=f"activities.{name}",
+                                               locate=self.doc.line_of) from None
 
     def operation(self, name: str) -> OperationConfig:
         entries = self._section("operations")

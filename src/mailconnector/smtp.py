@@ -17,7 +17,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._net import (
     NoGreeting,
@@ -33,7 +33,6 @@ from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, 
 from .auth._password import ExchangeFailed, choose_mechanism, exchange_error, start_exchange
 from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
-from .connection import Connection
 from .errors import (
     AuthenticationError,
     MailConnectorError,
@@ -43,6 +42,9 @@ from .errors import (
     TransportError,
 )
 from .logs import redact_smtp_line
+
+if TYPE_CHECKING:  # annotations only: the sessions take a Connection, they need not import its module
+    from .connection import Connection
 
 __all__ = ["MayHaveBeenDelivered", "NotCommitted", "SmtpSession", "TransactionResult"]
 

@@ -21,20 +21,16 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, cast
 
-from pydantic import BaseModel, ValidationError
-
-from .._validation import config_error_from_validation
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
-from ..records.send import ErrorInfo, SendDefaults
+from ..records.send import ErrorInfo
 from ._record_keys import RecordKeys
 from .files import InputContext, RecordFormat, iter_records, open_for_append, read_input, write_jsonl
 
 if TYPE_CHECKING:
-    from .read import ReadSettings
-    from .send import SendSettings
+    pass
 
 __all__ = [
     "Delivery",
@@ -44,8 +40,6 @@ __all__ = [
     "Target",
     "build_source",
     "build_target",
-    "read_settings_of",
-    "send_settings_of",
 ]
 
 # What a target is handed: (ticket, record, key). The key names the source item and the output's place
@@ -91,48 +85,12 @@ class Target(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-# ------------------------------------------------------------------------------------------------ settings
-def read_settings_of(project: Project, name: str, config: ReadActivity) -> ReadSettings:
-    """The Read Email settings of an activity, validated, with errors naming the project file's line."""
-    from .read import ReadSettings
-
-    settings = dict(config.model_extra or {})
-    directory = settings.get("directory")
-    if isinstance(directory, str) and not Path(directory).expanduser().is_absolute():
-        settings["directory"] = str(project.directory / directory)
-    result = _validated(ReadSettings, settings, project, name)
-    try:
-        result.check()
-    except ConfigError as exc:
-        key = exc.field or "type"
-        raise ConfigError(f"{project.locate('activities', name, key)}activities.{name}.{key}: "
-                          f"{exc.message.split(': ', 1)[-1]}", source=project.source, hint=exc.hint) from None
-    return result
-
-
-def send_settings_of(project: Project, name: str, config: SendActivity) -> SendSettings:
-    """The Send Email settings of an activity: its own settings, and a default for any record field
-    (given under ``defaults:`` or directly beside the settings)."""
-    from .send import SendSettings
-
-    extra = dict(config.model_extra or {})
-    settings_keys = set(SendSettings.model_fields) - {"defaults"}
-    settings = {k: extra.pop(k) for k in list(extra) if k in settings_keys}
-    defaults = dict(extra.pop("defaults", None) or {})
-    defaults.update(extra)  # to, cc, subject, ... given directly on the activity
-    if isinstance(settings.get("dry_run"), str) and not Path(settings["dry_run"]).expanduser().is_absolute():
-        settings["dry_run"] = str(project.directory / settings["dry_run"])
-    if defaults:
-        settings["defaults"] = _validated(SendDefaults, defaults, project, name)
-    return _validated(SendSettings, settings, project, name)
-
-
 # ------------------------------------------------------------------------------------------------ sources
 class ReadEmailSource:
     def __init__(self, project: Project, name: str, config: ReadActivity) -> None:
         from .read import ReadEmail
 
-        self.settings = read_settings_of(project, name, config)
+        self.settings = project.read_settings(name, config)
         if self.settings.directory is not None:
             self.settings.directory.mkdir(parents=True, exist_ok=True)
         self.connection = project.connection(config.connection)
@@ -218,7 +176,7 @@ class SendEmailTarget:
                  batch_key: str | None = None, stop: threading.Event | None = None) -> None:
         from .send import SendEmail
 
-        send_settings = send_settings_of(project, name, config)
+        send_settings = project.send_settings(name, config)
         self.connection = project.connection(config.connection)
         self.activity = SendEmail(self.connection, send_settings, store=project.store(), base_dir=project.directory)
         self.name = name
@@ -422,17 +380,6 @@ class FileTarget:
 
 def _write_error(path: str, exc: Exception) -> ErrorInfo:
     return ErrorInfo(type="TargetError", message=f"cannot write to {path}: {exc}", retryable=isinstance(exc, OSError))
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _validated(model: type[M], data: Mapping[str, Any], project: Project, name: str) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise config_error_from_validation(exc, source=project.source, prefix=f"activities.{name}",
-                                           locate=project.doc.line_of) from None
 
 
 def _record_format(fmt: str | None) -> RecordFormat | None:
