@@ -9,26 +9,25 @@ value (every secret resolved from the configuration) where it is written.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, ParamSpec, TypeVar
 
 from .secrets import REDACTED, redact
 
-__all__ = ["RedactingFormatter", "configure_logging", "get_logger", "json_line", "redact_imap_line",
-           "redact_smtp_line"]
+__all__ = ["RedactingFormatter", "configure_logging", "in_this_run", "json_line", "redact_imap_line",
+           "redact_smtp_line", "run_context"]
 
 ROOT = "mailconnector"
 PROTOCOL = "mailconnector.protocol"
 
 _AUTH_CMD = re.compile(r"^(\s*AUTH\s+\S+)(\s+.*)?$", re.IGNORECASE | re.DOTALL)
 _IMAP_SECRET_CMD = re.compile(r"^(\S+\s+(?:UID\s+)?(?:LOGIN|AUTHENTICATE))\s+.*$", re.IGNORECASE | re.DOTALL)
-
-
-def get_logger(part: str) -> logging.Logger:
-    return logging.getLogger(f"{ROOT}.{part}")
 
 
 def redact_smtp_line(line: str, *, in_auth: bool) -> str:
@@ -51,15 +50,47 @@ def redact_imap_line(line: str, *, in_auth: bool = False) -> str:
     return line
 
 
+# The operation run a thread is working for: (run id, operation). Every log line written meanwhile carries
+# them, so that a run's lines can be picked out of a shared log (and by the web console).
+_RUN: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("mailconnector_run", default=None)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@contextlib.contextmanager
+def run_context(run_id: str, operation: str) -> Iterator[None]:
+    """Log lines written inside (in this thread, and in threads started with ``in_this_run``) name the run."""
+    token = _RUN.set((run_id, operation))
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
+
+
+def in_this_run(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` bound to the caller's run: for the worker threads a run starts (they begin with no context)."""
+    context = contextvars.copy_context()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.copy().run(fn, *args, **kwargs)  # a copy each: a context runs in one thread at a time
+
+    return run
+
+
 class RedactingFormatter(logging.Formatter):
     """Formats, then removes every known secret value from the result (message, args and traceback)."""
 
     def __init__(self, fmt: str | None = None, *, json_lines: bool = False) -> None:
-        super().__init__(fmt or "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        super().__init__(fmt or "%(asctime)s %(levelname)-7s %(name)s%(run)s: %(message)s")
         self.json_lines = json_lines
 
     def format(self, record: logging.LogRecord) -> str:
+        run = _RUN.get()
+        if run is not None and not hasattr(record, "run_id"):
+            record.run_id, record.operation = run
         if not self.json_lines:
+            run_id = getattr(record, "run_id", None)
+            record.run = f" [run {run_id}]" if run_id else ""
             return redact(super().format(record))
         data: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),

@@ -28,6 +28,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSource, build_source, build_target
 from .errors import ConfigError, MailConnectorError, TransportError
+from .logs import run_context
 from .project import OperationConfig, Project, Transformation
 from .records.send import ErrorInfo
 from .state import LeaseKeeper, lease_busy_error
@@ -203,6 +204,11 @@ class _Run:
             source.close()
             target.close()
             raise
+        with run_context(self.run_id, self.name):  # every log line of the run carries its id
+            return self._run_started(source, target, transform, keeper)
+
+    def _run_started(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
+                     transform: Transform, keeper: LeaseKeeper | None) -> RunResult:
         status, error = "success", None
         pending_exc: BaseException | None = None
         try:

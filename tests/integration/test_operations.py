@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from conftest import wait_for
 from ops_support import append_messages, jsonl, read_state, subjects_in, write_project
 
 from mailconnector.connection import Connection
+from mailconnector.logs import RedactingFormatter, run_context
 from mailconnector.operations import run_operation
 from mailconnector.project import Project
 from mailconnector.sandbox import Sandbox
@@ -368,3 +370,57 @@ def test_sigterm_in_the_middle_of_a_run(sandbox: Sandbox, tmp_path: Path, make_c
     rest = run_operation(Project.load(project.path), "op")
     assert rest.status == "success"
     assert sorted(written + [r["subject"] for r in jsonl(out)]) == names
+
+
+class _Lines(logging.Handler):
+    """Each record as the JSON log format writes it, with the thread that wrote it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(RedactingFormatter(json_lines=True))
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.threadName, json.loads(self.format(record))))
+
+
+def test_every_log_line_of_a_run_carries_its_run_id(sandbox: Sandbox, tmp_path: Path,
+                                                     make_conn: Callable[..., Connection],
+                                                     fresh_folder: Callable[[str], str]) -> None:
+    """Lines written by the run's own thread, its fetch thread, its send workers and its lease keeper name the
+    run and the operation (JSON fields; `[run ID]` in text); lines outside a run name none."""
+    folder = fresh_folder("erin")
+    conn = make_conn("erin")
+    token = f"logged-{uuid.uuid4().hex[:8]}"
+    append_messages(conn, folder, [f"{token} {i}" for i in range(4)])
+    module = f"refuse_{uuid.uuid4().hex[:6]}"
+    project = read_op_project(tmp_path, sandbox, folder, module=module, source=REFUSE_THIRD, function="to_erin",
+                              target={"type": "send-email", "connection": "erin", "concurrency": 2},
+                              on_error="continue")
+    handler = _Lines()
+    root = logging.getLogger("mailconnector")
+    wire = logging.getLogger("mailconnector.protocol")  # the send workers' and the fetch thread's lines
+    saved = (root.level, wire.level, root.handlers[:])
+    root.handlers[:] = [handler]  # only this one: a handler left by an earlier test may write to a closed stream
+    root.setLevel(logging.DEBUG)
+    wire.setLevel(logging.DEBUG)
+    try:
+        logging.getLogger("mailconnector.test").debug("before the run")
+        result = run_operation(project, "op")
+        logging.getLogger("mailconnector.test").debug("after the run")
+    finally:
+        root.setLevel(saved[0])
+        wire.setLevel(saved[1])
+        root.handlers[:] = saved[2]
+    assert result.failed == 1  # the refused third record: a warning logged by the run
+    during = handler.lines[1:-1]
+    threads = {thread.split("_")[0] for thread, _ in during}
+    assert {"mailconnector-fetch", "mc-send"} <= threads, threads
+    assert all((line.get("run_id"), line.get("operation")) == (result.run_id, "op") for _, line in during), [
+        (t, line) for t, line in during if line.get("run_id") != result.run_id]
+    assert "run_id" not in handler.lines[0][1] and "run_id" not in handler.lines[-1][1]
+    text = RedactingFormatter().format(logging.LogRecord("mailconnector.x", logging.INFO, "", 0, "m", None, None))
+    assert "[run" not in text
+    with run_context("20260101-000000-abcdef", "op"):
+        text = RedactingFormatter().format(logging.LogRecord("mailconnector.x", logging.INFO, "", 0, "m", None, None))
+    assert text.endswith("mailconnector.x [run 20260101-000000-abcdef]: m")

@@ -41,6 +41,7 @@ from .._validation import config_error_from_validation
 from ..connection import Connection
 from ..errors import ConfigError, TransportError
 from ..imap import FetchedMessage, FolderState, ImapSession
+from ..logs import in_this_run
 from ..mime._parse_decode import Defects
 from ..mime._parse_fields import parse_msg_id
 from ..mime.parse import parse_message
@@ -267,13 +268,14 @@ class ReadEmail:
         if not batches:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailconnector-fetch")
+        fetch = in_this_run(self._fetch_with_retry)
         try:
-            ahead = pool.submit(self._fetch_with_retry, batches[0])
+            ahead = pool.submit(fetch, batches[0])
             for number in range(len(batches)):
                 messages = ahead.result()
                 self.flush()  # the connection is idle: apply what the previous batch's acks asked for
                 if number + 1 < len(batches):
-                    ahead = pool.submit(self._fetch_with_retry, batches[number + 1])
+                    ahead = pool.submit(fetch, batches[number + 1])
                 messages.reverse()
                 while messages:
                     msg = messages.pop()  # not held once parsed: the raw bytes go as soon as they can

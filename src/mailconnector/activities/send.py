@@ -47,6 +47,7 @@ from ..errors import (
     StateError,
     TransportError,
 )
+from ..logs import in_this_run
 from ..mime.compose import ComposedMessage, PathPolicy, compose
 from ..records.send import (
     ErrorInfo,
@@ -284,13 +285,14 @@ class SendEmail:
         keys = RecordKeys() if batch is not None else None
         self._stop = stop or threading.Event()
         try:
+            one = in_this_run(self._one)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mc-send") as pool:
                 try:
                     for index, record in enumerate(records):
                         if self._stop.is_set():
                             break
                         key = None if keys is None else _Key(batch or "", "" if _named(record) else keys.key(record))
-                        in_flight.add(pool.submit(self._one, index, record, key, turns.ticket(index)))
+                        in_flight.add(pool.submit(one, index, record, key, turns.ticket(index)))
                         if len(in_flight) >= workers * 2:
                             done, in_flight = _wait_some(in_flight, self._stop)
                             yield from _finished(done)

@@ -15,6 +15,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import LeaseBusyError, MailConnectorError, StateError
+from ..logs import in_this_run
 from ._model import Fence
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class LeaseKeeper:
                 return False
         self.fence = fence
         self._done.clear()
-        self._thread = threading.Thread(target=self._renew, name="mc-lease", daemon=True)
+        self._thread = threading.Thread(target=in_this_run(self._renew), name="mc-lease", daemon=True)
         self._thread.start()
         return True
 
