@@ -134,7 +134,8 @@ def test_well_known_ports_that_contradict_the_setting(proto: str, port: int, sec
 def test_ports_that_agree_or_are_not_known(proto: str, port: int, security: str) -> None:
     data = base()
     data[proto] = {"host": "h", "port": port, "security": security}
-    Connection.from_dict(data, name="c")
+    server = getattr(Connection.from_dict(data, name="c"), proto)
+    assert (server.host, server.port, server.security) == ("h", port, security)  # taken as given
 
 
 @pytest.mark.parametrize(("proto", "security", "port"), [("smtp", "ssl", 465), ("smtp", "starttls", 587),

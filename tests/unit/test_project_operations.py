@@ -139,9 +139,16 @@ def test_project_file_errors_name_file_line_and_field(tmp_path: Path, label: str
 
 
 def test_the_base_project_is_valid(tmp_path: Path) -> None:
+    """The project every case above edits: valid as it is, so each refusal comes from its one edit."""
     path = tmp_path / "mailconnector.yaml"
     path.write_text(BASE)
-    Project.load(path).validate_all()
+    project = Project.load(path)
+    project.validate_all()
+    assert project.connection_names == ["mb"]
+    assert {name: type(project.activity(name)).__name__ for name in ("in", "out", "send", "inbox")} == {
+        "in": "FileActivity", "out": "FileActivity", "send": "SendActivity", "inbox": "ReadActivity"}
+    op = project.operation("op")
+    assert (op.source, op.target, op.transformation) == ("in", "out", None)
 
 
 def test_a_transformation_that_cannot_be_imported_names_the_line(tmp_path: Path) -> None:
