@@ -11,7 +11,9 @@ import re
 import selectors
 import socket
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,15 +26,24 @@ __all__ = ["NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeti
            "transport_error", "wrong_protocol"]
 
 log = logging.getLogger("mailconnector.tls")
-_contexts: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+_FileId = tuple[str, int, int, int] | None
+_contexts: OrderedDict[tuple[bool, _FileId, _FileId, _FileId], ssl.SSLContext] = OrderedDict()
+_contexts_lock = threading.Lock()
+_MAX_CONTEXTS = 32  # a long-running worker meets few distinct TLS settings; the cache stays small anyway
 
 
 def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A verifying TLS client context (cached per settings: building one reads the CA bundle)."""
-    key = (tls.verify, _s(tls.ca_file), _s(tls.client_cert), _s(tls.client_key))
-    ctx = _contexts.get(key)
-    if ctx is not None:
-        return ctx
+    """A verifying TLS client context, cached: building one reads the CA bundle.
+
+    The cache knows each file by its path, inode, size and modification time, so a renewed CA file or client
+    certificate is read again by a long-running process (a worker, a watcher) without a restart.
+    """
+    key = (tls.verify, _file_id(tls.ca_file), _file_id(tls.client_cert), _file_id(tls.client_key))
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is not None:
+            _contexts.move_to_end(key)
+            return ctx
     try:
         if tls.ca_file is not None:
             ctx = ssl.create_default_context(cafile=str(tls.ca_file))
@@ -49,8 +60,21 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
         log.warning("TLS certificate verification is OFF (tls.verify: false): the connection can be intercepted")
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    _contexts[key] = ctx
+    with _contexts_lock:
+        _contexts[key] = ctx
+        while len(_contexts) > _MAX_CONTEXTS:
+            _contexts.popitem(last=False)
     return ctx
+
+
+def _file_id(path: Path | None) -> _FileId:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), 0, 0, 0)  # loading it says what is wrong
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # Seconds of silence after which a plain connection's port is checked for TLS: real servers greet at once,
@@ -159,10 +183,6 @@ def wrong_protocol(conn: Connection, proto: str, other: str, greeting: bytes | s
         f"{other} server{shown}: this is not an {proto.upper()} port",
         field=f"connections.{conn.name}.{proto}.port", hint=hint,
     )
-
-
-def _s(p: Path | None) -> str | None:
-    return str(p) if p is not None else None
 
 
 def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: str = "",

@@ -13,7 +13,9 @@ import socket
 import ssl
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -80,7 +82,7 @@ def mc_caplog(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def fresh_tls_contexts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """TLS contexts are cached per settings; the verify-off warning is logged when one is built."""
-    monkeypatch.setattr(_net, "_contexts", {})
+    monkeypatch.setattr(_net, "_contexts", OrderedDict())
     yield
 
 
@@ -499,3 +501,27 @@ def test_another_protocol_on_the_port_is_named_at_once(sandbox: Sandbox, proto: 
     report = run_test(conn)
     failed = report.first_failure()
     assert failed is not None and failed.name == "greeting" and report.exit_code == 3
+
+
+@pytest.mark.parametrize(("proto", "port_name", "security"), [("smtp", "smtps", "ssl"), ("imap", "imap", "starttls")])
+def test_a_renewed_ca_file_is_read_again_without_a_restart(sandbox: Sandbox, tmp_path: Path, proto: str,
+                                                          port_name: str, security: str) -> None:
+    """A long-running worker must not keep trusting (or distrusting) a CA file that was replaced."""
+    import trustme
+
+    ca_file = tmp_path / "company-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))  # some other CA: the sandbox's certificate fails
+    make = smtp_conn if proto == "smtp" else imap_conn
+    session_cls: Any = SmtpSession if proto == "smtp" else ImapSession
+    conn = make(sandbox, port_name, security, tls={"ca_file": str(ca_file)})
+    with pytest.raises(TLSSecurityError):
+        session_cls(conn).connect()
+    renewed = Path(sandbox.info.ca_file).read_bytes()
+    # A file is known by inode, size and mtime; the sizes differ, so the change is seen even where two writes
+    # fall in one tick of the file system's clock.
+    assert len(renewed) != ca_file.stat().st_size
+    ca_file.write_bytes(renewed)  # the CA renewed in place
+    session_cls(conn).connect().close()
+    with pytest.raises(TLSSecurityError):  # and back: every change is seen
+        trustme.CA().cert_pem.write_to_path(str(ca_file))
+        session_cls(conn).connect()
