@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 from pydantic import ValidationError
 
+from mailconnector._imap_fetch import internal_date, parse_fetch, uid_sets
 from mailconnector.activities._search import Criteria, _tokenize_search
 from mailconnector.errors import ConfigError
-from mailconnector.imap import _internal_date, parse_fetch, uid_sets
 
 
 def test_uid_sets_are_compact_and_bounded() -> None:
@@ -43,8 +43,8 @@ def test_parse_fetch_reads_imaplib_answers() -> None:
 def test_parse_fetch_gives_up_on_shapes_it_does_not_know() -> None:
     assert parse_fetch([b'1 (UID 7 RFC822.SIZE 0 BODY[] "")']) is None  # a body as a quoted string
     assert parse_fetch([(b"1 (RFC822.SIZE 3 BODY[] {3}", b"abc"), b")"]) is None  # no UID
-    assert _internal_date(b"31-Foo-2024 10:00:00 +0000") is None
-    assert _internal_date(b"31-Feb-2024 10:00:00 +0000") is None
+    assert internal_date(b"31-Foo-2024 10:00:00 +0000") is None
+    assert internal_date(b"31-Feb-2024 10:00:00 +0000") is None
 
 
 def test_raw_search_strings_split_into_criteria() -> None:
