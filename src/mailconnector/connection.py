@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from . import secrets
+from ._providers import PROVIDERS, Provider, provider_of
 from ._validation import config_error_from_validation
 
 if TYPE_CHECKING:
@@ -48,19 +49,9 @@ DEFAULT_PORTS: dict[str, dict[str, int]] = {
     "imap": {"ssl": 993, "starttls": 143, "none": 143},
 }
 
+# The `provider:` presets of the smtp and imap blocks (docs: README, the project file).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "microsoft365": {
-        "smtp": {"host": "smtp.office365.com", "port": 587, "security": "starttls"},
-        "imap": {"host": "outlook.office365.com", "port": 993, "security": "ssl"},
-    },
-    "gmail": {
-        "smtp": {"host": "smtp.gmail.com", "port": 465, "security": "ssl"},
-        "imap": {"host": "imap.gmail.com", "port": 993, "security": "ssl"},
-    },
-    "icloud": {
-        "smtp": {"host": "smtp.mail.me.com", "port": 587, "security": "starttls"},
-        "imap": {"host": "imap.mail.me.com", "port": 993, "security": "ssl"},
-    },
+    name: {"smtp": provider.smtp, "imap": provider.imap} for name, provider in PROVIDERS.items()
 }
 
 # Well-known ports whose meaning is certain enough to refuse a contradicting setting.
@@ -195,11 +186,8 @@ class OAuth2Settings(_Model):
     def effective_scopes(self) -> list[str]:
         if self.scopes:
             return self.scopes
-        if self.provider == "microsoft365":
-            return ["https://outlook.office365.com/.default"]
-        if self.provider == "google":
-            return ["https://mail.google.com/"]
-        return []
+        provider = provider_of(oauth2=self.provider)
+        return list(provider.oauth2_scopes) if provider is not None else []
 
 
 class AuthSettings(_Model):
@@ -259,7 +247,7 @@ class Connection(_Model):
     def files_sent_mail(self) -> bool:
         if self.server_files_sent is not None:
             return self.server_files_sent
-        return self.provider in ("microsoft365", "gmail")
+        return self.provider is not None and PROVIDERS[self.provider].files_sent_mail
 
     @model_validator(mode="before")
     @classmethod
@@ -339,6 +327,13 @@ class Connection(_Model):
     def imap_login(self) -> str:
         assert self.imap is not None
         return self.imap.username or self.auth.username
+
+    def known_provider(self) -> Provider | None:
+        """The big provider behind this connection: named (``provider:``, ``auth.oauth2.provider``) or told
+        by its host names; None for any other server."""
+        oauth2 = self.auth.oauth2.provider if self.auth.oauth2 is not None else None
+        hosts = [s.host for s in (self.smtp, self.imap) if s is not None]
+        return provider_of(self.provider, *hosts, oauth2=oauth2)
 
     @property
     def account(self) -> str:

@@ -122,16 +122,10 @@ class ImapSession:
             raise transport_error(exc, self.connection, "imap", phase=phase) from exc
 
     def _auth_error(self, text: str) -> AuthenticationError:
-        host = self.server.host.lower()
-        hint = "check the username and password"
+        provider = self.connection.known_provider()
+        hint = provider.password_refused if provider is not None else "check the username and password"
         if "[PRIVACYREQUIRED]" in text or "LOGINDISABLED" in text:
             hint = "the server refuses logins without TLS: use security: starttls or ssl"
-        elif "office365" in host or "outlook" in host:
-            hint = "Microsoft 365 turns basic auth off for most tenants: use auth.type oauth2"
-        elif "gmail" in host or "google" in host:
-            hint = "Google needs an app password (with 2-step verification) or OAuth2"
-        elif "mail.me.com" in host:
-            hint = "iCloud needs an app-specific password"
         return AuthenticationError(
             f"IMAP login as {self.connection.imap_login()!r} refused: {_clean(text)}", hint=hint
         )

@@ -195,15 +195,9 @@ class SmtpSession:
         )
 
     def _auth_error(self, code: int, text: str) -> AuthenticationError:
-        hint = "check the username and password"
-        host = self.server.host.lower()
-        if "office365" in host or "outlook" in host:
-            hint = ("Microsoft 365 turns basic auth off for most tenants: use auth.type oauth2, "
-                    "and make sure SMTP AUTH is enabled for the mailbox")
-        elif "gmail" in host or "google" in host:
-            hint = "Google needs an app password (with 2-step verification) or OAuth2"
-        elif "mail.me.com" in host:
-            hint = "iCloud needs an app-specific password"
+        provider = self.connection.known_provider()
+        hint = (provider.password_refused + provider.smtp_password_refused if provider is not None
+                else "check the username and password")
         oauth_detail = decode_oauth_error(text) if self.auth_mechanism in ("XOAUTH2", "OAUTHBEARER") else None
         msg = f"SMTP login as {self.connection.smtp_login()!r} refused: {code} {text}"
         if oauth_detail:

@@ -343,3 +343,36 @@ def test_auth_none_takes_no_credentials(extra: dict[str, Any]) -> None:
     data = base() | {"activities": "send", "auth": {"type": "none", **extra}}
     del data["imap"]
     assert "auth.type none logs in nowhere" in refused(data).message
+
+
+# -- the provider registry: one place for what is known of Microsoft 365, Gmail and iCloud ------------------
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"provider": "gmail"}, "gmail"),
+    ({"smtp": {"host": "smtp.office365.com", "port": 587, "security": "starttls"}}, "microsoft365"),
+    ({"imap": {"host": "imap.mail.me.com", "port": 993, "security": "ssl"}}, "icloud"),
+    ({"auth": {"type": "oauth2", "username": "a@example.test", "oauth2": {
+        "provider": "google", "grant": "refresh_token", "client_id": "c", "refresh_token": "r"}}}, "gmail"),
+    ({}, None),
+])
+def test_the_provider_behind_a_connection(data: dict[str, Any], expected: str | None) -> None:
+    conn = Connection.from_dict(base() | data, name="c")
+    known = conn.known_provider()
+    assert (known.name if known else None) == expected
+    if known is not None:
+        assert known.password_refused  # every provider says what to do when it refuses a password
+
+
+def test_presets_and_defaults_come_from_the_registry() -> None:
+    from mailconnector._providers import PROVIDERS
+
+    assert set(PRESETS) == set(PROVIDERS) == {"microsoft365", "gmail", "icloud"}
+    office = Connection.from_dict({"provider": "microsoft365", "auth": base()["auth"]}, name="o")
+    assert office.smtp is not None and office.smtp.host == "smtp.office365.com"
+    assert office.files_sent_mail and not Connection.from_dict(
+        {"provider": "icloud", "auth": base()["auth"]}, name="i").files_sent_mail
+    oauth = Connection.from_dict({"provider": "microsoft365", "auth": {
+        "type": "oauth2", "username": "a@contoso.example", "oauth2": {
+            "provider": "microsoft365", "grant": "client_credentials", "tenant_id": "t", "client_id": "c",
+            "client_secret": "s"}}}, name="m")
+    assert oauth.auth.oauth2 is not None
+    assert oauth.auth.oauth2.effective_scopes() == ["https://outlook.office365.com/.default"]

@@ -127,9 +127,9 @@ def explain_refusal(connection: Connection, token: str | None, reply: str = "",
         if o is not None and o.provider == "microsoft365" and "graph.microsoft.com" in aud:
             return ("; the token is for Microsoft Graph, not Exchange Online",
                     "use the scope https://outlook.office365.com/.default (or the IMAP/SMTP delegated scopes)")
-    host = " ".join(s.host.lower() for s in (connection.smtp, connection.imap) if s is not None)
-    microsoft = (o is not None and o.provider == "microsoft365") or "office365" in host or "outlook" in host
-    google = (o is not None and o.provider == "google") or "gmail" in host or "google" in host
+    provider = connection.known_provider()
+    microsoft = provider is not None and provider.name == "microsoft365"
+    google = provider is not None and provider.name == "gmail"
     text = reply.lower()
     if microsoft:
         if "5.7.139" in text or "smtpclientauthentication" in text or "smtp auth" in text:

@@ -1,0 +1,71 @@
+"""What the connector knows of the big mail providers, in one place: their servers, whether they file sent
+mail by themselves, their OAuth2 scopes, and what to do when they refuse a password.
+
+Everything that used to test a host name for "office365" or "gmail" asks ``provider_of`` instead. A leaf
+module: it imports nothing of the package, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PROVIDERS", "Provider", "provider_of"]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # the connection's `provider:` value
+    smtp: dict[str, Any]  # the preset of the smtp block
+    imap: dict[str, Any]
+    host_markers: tuple[str, ...]  # parts of a host name that mean this provider, when `provider:` is not given
+    files_sent_mail: bool  # the server files each message submitted over SMTP into Sent by itself
+    password_refused: str  # the hint when a password login is refused
+    smtp_password_refused: str = ""  # what to add to it for SMTP
+    oauth2: str | None = None  # the `auth.oauth2.provider` name for its token endpoint
+    oauth2_scopes: tuple[str, ...] = field(default=())
+
+
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (
+    Provider(
+        "microsoft365",
+        smtp={"host": "smtp.office365.com", "port": 587, "security": "starttls"},
+        imap={"host": "outlook.office365.com", "port": 993, "security": "ssl"},
+        host_markers=("office365", "outlook"),
+        files_sent_mail=True,
+        password_refused="Microsoft 365 turns basic auth off for most tenants: use auth.type oauth2",
+        smtp_password_refused=", and make sure SMTP AUTH is enabled for the mailbox",
+        oauth2="microsoft365",
+        oauth2_scopes=("https://outlook.office365.com/.default",),
+    ),
+    Provider(
+        "gmail",
+        smtp={"host": "smtp.gmail.com", "port": 465, "security": "ssl"},
+        imap={"host": "imap.gmail.com", "port": 993, "security": "ssl"},
+        host_markers=("gmail", "google"),
+        files_sent_mail=True,
+        password_refused="Google needs an app password (with 2-step verification) or OAuth2",
+        oauth2="google",
+        oauth2_scopes=("https://mail.google.com/",),
+    ),
+    Provider(
+        "icloud",
+        smtp={"host": "smtp.mail.me.com", "port": 587, "security": "starttls"},
+        imap={"host": "imap.mail.me.com", "port": 993, "security": "ssl"},
+        host_markers=("mail.me.com",),
+        files_sent_mail=False,
+        password_refused="iCloud needs an app-specific password",
+    ),
+)}
+
+
+def provider_of(name: str | None = None, *hosts: str, oauth2: str | None = None) -> Provider | None:
+    """The provider a connection names (``provider:``, or its ``auth.oauth2.provider``), else the one its
+    host names point at; None for any other server."""
+    if name in PROVIDERS:
+        return PROVIDERS[name]
+    by_oauth = next((p for p in PROVIDERS.values() if oauth2 is not None and p.oauth2 == oauth2), None)
+    if by_oauth is not None:
+        return by_oauth
+    lowered = " ".join(hosts).lower()
+    return next((p for p in PROVIDERS.values() if any(marker in lowered for marker in p.host_markers)), None)
