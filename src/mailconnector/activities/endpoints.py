@@ -21,16 +21,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, cast
+from typing import Any, Literal, Protocol, TextIO, cast
 
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo
 from ._record_keys import RecordKeys
 from .files import InputContext, RecordFormat, iter_records, open_for_append, read_input, write_jsonl
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Delivery",
