@@ -149,7 +149,7 @@ def _relay_step(smtp: SmtpSession, rec: StepRecorder, sender: str, recipient: st
         rec.steps[-1].detail += "; mail without a login not tried: no from_address"
         return
     with rec.step("mail taken without a login") as st:
-        code, text = smtp.check_relay(sender, recipient)
+        code, text = smtp.check_sender(sender, recipient)
         if code not in (250, 251):
             from .smtp import needs_login
 

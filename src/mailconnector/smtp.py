@@ -531,16 +531,6 @@ class SmtpSession:
             f"SMTP server {self.server.host}:{self.server.port} requires a login to take this mail ({reply})",
             hint=hint)
 
-    def check_relay(self, sender: str, recipient: str) -> tuple[int, str]:
-        """``MAIL FROM``, ``RCPT TO`` then ``RSET``: would the server take mail for ``recipient``? Nothing is sent."""
-        smtp = self._require()
-        with self._translate("RCPT TO"):
-            code, text = smtp.mail(sender)
-            if code == 250:
-                code, text = smtp.rcpt(recipient)
-            smtp.rset()
-        return code, _text(text)
-
     def _commit(self, commit: Callable[[], bool] | None) -> None:
         if commit is None:
             return
@@ -571,11 +561,14 @@ class SmtpSession:
         with self._translate("RSET"):
             self._require().rset()
 
-    def check_sender(self, address: str) -> tuple[int, str]:
-        """``MAIL FROM`` then ``RSET``: is the sender accepted? Nothing is sent."""
+    def check_sender(self, address: str, recipient: str | None = None) -> tuple[int, str]:
+        """``MAIL FROM`` (and ``RCPT TO`` when ``recipient`` is given and the sender was accepted), then ``RSET``:
+        would the server take this mail? The last reply; nothing is sent."""
         smtp = self._require()
-        with self._translate("MAIL FROM"):
+        with self._translate("RCPT TO" if recipient else "MAIL FROM"):
             code, text = smtp.mail(address)
+            if recipient is not None and code == 250:
+                code, text = smtp.rcpt(recipient)
             smtp.rset()
         return code, _text(text)
 
