@@ -14,18 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services.console import TOKEN, ConsoleProject, RunningConsole, start_console, stop_console, write_console_project
 from services.cyrus import CyrusNotInstalled, CyrusServer
 from services.postgres import PostgresNotInstalled, PostgresServer
+from starlette.testclient import TestClient
 
 from mailconnector.connection import Connection
+from mailconnector.console import create_app
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    # gina: tests/state only; hana: the password tests of the interop matrix (they change her password)
-    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana"))
+    # gina: tests/state only; hana: the password tests of the interop matrix (they change her password);
+    # ivan: the console's tests only
+    sbx = Sandbox.start(users=("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hana", "ivan"))
     try:
         yield sbx
     finally:
@@ -163,3 +167,40 @@ def received(sandbox: Sandbox, user: str, tok: str, count: int = 1) -> list[Emai
         out.append(msg)
     return out
 
+
+
+# -- the web console: its project on the sandbox, the app in this process, the command in a child process ---
+@pytest.fixture
+def console_project(tmp_path: Path, sandbox: Sandbox, fresh_folder: Callable[[str], str]) -> ConsoleProject:
+    from services.console import USER
+
+    return write_console_project(tmp_path, sandbox, fresh_folder(USER))
+
+
+@pytest.fixture
+def api(console_project: ConsoleProject) -> Iterator[TestClient]:
+    """The console's API as a script uses it: Authorization: Bearer."""
+    with TestClient(create_app(console_project.path, token=TOKEN), base_url="http://127.0.0.1:8025",
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+
+
+@pytest.fixture
+def browser_client(console_project: ConsoleProject) -> Iterator[TestClient]:
+    """The console's pages as a browser sees them: the cookie set by /?token=... (the CSRF header is the
+    test's to send, see services.console.csrf_of)."""
+    with TestClient(create_app(console_project.path, token=TOKEN), base_url="http://127.0.0.1:8025") as client:
+        answer = client.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert answer.status_code == 303 and "mailconnector_console" in client.cookies
+        yield client
+
+
+@pytest.fixture
+def running_console(console_project: ConsoleProject) -> Iterator[RunningConsole]:
+    """`mailconnector console --port 0` serving the console project in a child process."""
+    console = start_console(console_project.path)
+    try:
+        yield console
+    finally:
+        if console.process.poll() is None:
+            stop_console(console)

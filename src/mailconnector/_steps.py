@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ __all__ = ["StepRecorder", "StepResult", "step"]
 class StepResult:
     server: str
     name: str
-    status: str = "skipped"  # passed | failed | skipped
+    status: str = "skipped"  # passed | failed | skipped; running while a listener watches it
     ms: float = 0.0
     detail: str = ""
     error: str | None = None
@@ -31,13 +31,18 @@ class StepResult:
 
 @dataclass
 class StepRecorder:
+    """``listener`` sees each step when it starts (status ``running``) and again when it ends: a console
+    shows the steps as they complete instead of after the whole Test."""
+
     server: str
     steps: list[StepResult] = field(default_factory=list)
+    listener: Callable[[StepResult], None] | None = None
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepResult]:
-        result = StepResult(self.server, name)
+        result = StepResult(self.server, name, status="running")
         self.steps.append(result)
+        self._tell(result)
         t0 = time.perf_counter()
         try:
             yield result
@@ -49,6 +54,13 @@ class StepRecorder:
             raise
         finally:
             result.ms = round((time.perf_counter() - t0) * 1000, 1)
+            if result.status == "running":  # stopped by something that is not ours (an interrupt)
+                result.status = "skipped"
+            self._tell(result)
+
+    def _tell(self, result: StepResult) -> None:
+        if self.listener is not None:
+            self.listener(result)
 
 
 @contextlib.contextmanager

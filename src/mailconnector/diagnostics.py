@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +54,12 @@ class TestReport:
         return {"connection": self.connection, "ok": self.ok, "steps": [s.to_dict() for s in self.steps]}
 
 
-def run_test(conn: Connection, *, folder: str = "INBOX") -> TestReport:
+def run_test(conn: Connection, *, folder: str = "INBOX",
+             on_step: Callable[[StepResult], None] | None = None) -> TestReport:
+    """``on_step`` sees each step as it starts and as it ends (a web page showing them live)."""
     report = TestReport(conn.name)
     if conn.auth.type == "oauth2":
-        rec = StepRecorder("oauth2")
+        rec = StepRecorder("oauth2", listener=on_step)
         if _token_step(conn, rec):
             report.steps += rec.steps
         else:
@@ -68,7 +71,7 @@ def run_test(conn: Connection, *, folder: str = "INBOX") -> TestReport:
     for proto in ("smtp", "imap"):
         if not conn.serves("send" if proto == "smtp" else "read"):
             continue
-        rec = StepRecorder(proto)
+        rec = StepRecorder(proto, listener=on_step)
         try:
             _test_server(conn, proto, rec, folder)
         except MailConnectorError:

@@ -148,8 +148,9 @@ class _Pending:
 class _Run:
     def __init__(self, project: Project, name: str, stop: threading.Event, keeper: LeaseKeeper | None = None,
                  log_empty: bool = True, on_record: Callable[[str], None] | None = None,
-                 batch_key: str | None = None) -> None:
+                 batch_key: str | None = None, on_start: Callable[[str], None] | None = None) -> None:
         self.on_record = on_record  # progress: called with the operation's name as each record settles
+        self.on_start = on_start  # called with the run id once the operation log has the run
         self.watch_keeper = keeper  # watch mode holds the folder's lease across runs
         self.log_empty = log_empty  # watch mode keeps no log entry for a run that found nothing
         self.project = project
@@ -204,6 +205,8 @@ class _Run:
             source.close()
             target.close()
             raise
+        if self.on_start is not None:
+            self.on_start(self.run_id)
         with run_context(self.run_id, self.name):  # every log line of the run carries its id
             return self._run_started(source, target, transform, keeper)
 
@@ -323,13 +326,16 @@ def _describe_crash(exc: BaseException) -> tuple[str, str]:
 
 def run_operation(project: Project, name: str, *, stop: threading.Event | None = None, log_empty: bool = True,
                   batch_key: str | None = None, _keeper: LeaseKeeper | None = None,
-                  on_record: Callable[[str], None] | None = None, _depth: int = 0) -> RunResult:
+                  on_record: Callable[[str], None] | None = None,
+                  on_start: Callable[[str], None] | None = None, _depth: int = 0) -> RunResult:
     """Run an operation once, then the operations it chains to (on_success / on_failure).
 
     The operation's own failure to start (configuration, lease, connection) raises; a chained operation's
     failure to start is reported in ``chained`` instead, so the first run's result is never lost.
     ``log_empty=False`` (watch mode) keeps no operation log entry for a clean run that read nothing.
-    ``on_record(operation)`` is called as each record is taken or fails (for a progress display).
+    ``on_record(operation)`` is called as each record is taken or fails (for a progress display);
+    ``on_start(run_id)`` once this operation's run is in the operation log (not for the chained ones), so that
+    a caller in another thread (the console) can answer with the run id before the run ends.
     ``batch_key`` overrides the operation's ``key`` (a Send Email target's Message-IDs: a new key sends the
     same records again); it does not pass on to chained operations.
     """
@@ -337,7 +343,7 @@ def run_operation(project: Project, name: str, *, stop: threading.Event | None =
         raise ConfigError(f"operation chain too deep at {name!r} (a cycle of on_success / on_failure?)",
                           source=project.source)
     stop = stop or threading.Event()
-    run = _Run(project, name, stop, _keeper, log_empty, on_record, batch_key)
+    run = _Run(project, name, stop, _keeper, log_empty, on_record, batch_key, on_start)
     try:
         result = run.execute()
     except MailConnectorError as exc:
@@ -399,6 +405,7 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
             try:
                 mark = waiter.mark()
                 result = run_operation(project, name, stop=stop, log_empty=False, _keeper=keeper)
+                keeper.polled(next_within=interval if not waiter.idle else keeper.ttl / 3)
                 if on_run is not None:
                     on_run(result)
                 backoff = 1.0
@@ -467,6 +474,7 @@ class _MailWaiter:
             self.keeper.check()
             if session.idle_wait(min(self.keeper.ttl / 3, max(0.0, deadline - time.monotonic())), stop=stop):
                 return
+            self.keeper.polled(next_within=self.keeper.ttl / 3)  # the IDLE connection still answers
 
     def reset(self) -> None:
         session, self.session = self.session, None

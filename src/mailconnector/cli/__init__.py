@@ -128,6 +128,7 @@ def _root(
 from . import (  # noqa: E402  (registers commands)
     auth_cmd,
     connection_cmds,
+    console_cmd,
     ledger_cmd,
     project_cmds,
     read_cmd,
@@ -144,6 +145,7 @@ sandbox_cmd.register(app)
 auth_cmd.register(app)
 ledger_cmd.register(app)
 state_cmd.register(app)
+console_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,16 @@ class LeaseKeeper:
             except MailConnectorError as exc:  # a busy or unreachable store: try again at the next turn
                 log.warning("could not renew the lease on %s: %s", self.name, exc.message)
 
+    def polled(self, *, next_within: float) -> None:
+        """Note that the holder just looked for work and means to look again within ``next_within`` seconds:
+        the console's health page flags a watcher whose heartbeat goes on but whose polls stopped."""
+        if self.fence is None:
+            return
+        try:
+            self.store.mark_polled(self.fence, next_within=next_within)
+        except MailConnectorError as exc:  # a busy store: the next poll notes it again
+            log.warning("could not note the poll of %s: %s", self.name, exc.message)
+
     def check(self) -> None:
         if self.lost.is_set():
             raise lease_lost_error(self.name)

@@ -99,8 +99,11 @@ class LeaseInfo:
     name: str
     holder: str
     token: int
-    expires_in: float  # seconds, by the store's clock
-    renewed_at: float
+    expires_in: float  # seconds, by the store's clock; negative once it ended
+    renewed_at: float  # the holder's last heartbeat
+    polled_at: float | None = None  # a watcher's last look for new mail
+    poll_due: float | None = None  # when it said it would look again
+    released_at: float | None = None  # given back on purpose (not expired: its holder stopped cleanly)
 
 
 class SendLedger(Protocol):
@@ -165,7 +168,11 @@ class Leases(Protocol):
 
     def lease_info(self, name: str) -> LeaseInfo | None: ...
 
-    def leases(self) -> list[LeaseInfo]: ...
+    def leases(self, *, ended_within: float = 0) -> list[LeaseInfo]:
+        """The live leases, and those that ended (released or expired) less than ``ended_within`` seconds ago."""
+
+    def mark_polled(self, fence: Fence, *, next_within: float) -> None:
+        """The holder looked for work now and will again within ``next_within`` seconds."""
 
 
 class TokenCache(Protocol):
@@ -185,7 +192,12 @@ class RunLog(Protocol):
                    skipped: int = 0, uncertain: int = 0,
                    error: str | None = None) -> None: ...
 
-    def list_runs(self, *, limit: int = 50, operation: str | None = None) -> list[dict[str, Any]]: ...
+    def list_runs(self, *, limit: int = 50, operation: str | None = None, status: str | None = None,
+                  since: float | None = None) -> list[dict[str, Any]]:
+        """Newest first; ``since``: started at or after these seconds since the epoch."""
+
+    def run_totals(self) -> list[dict[str, Any]]:
+        """Per operation and status: the runs in the log and their records, summed (for metrics)."""
 
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
 

@@ -84,7 +84,15 @@ ALTER TABLE runs ADD COLUMN records_uncertain BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN holder TEXT
 """
 
-MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3}
+# What the console's health page needs: a watcher's polls beside its heartbeats, and a clean stop told apart
+# from a holder that went silent.
+_V4 = """
+ALTER TABLE leases ADD COLUMN polled_at {real};
+ALTER TABLE leases ADD COLUMN poll_due {real};
+ALTER TABLE leases ADD COLUMN released_at {real}
+"""
+
+MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3, 4: _V4}
 LATEST = max(MIGRATIONS)
 
 # A first-release SQLite file (tables but no schema_migrations): its tables are renamed out of the way, the

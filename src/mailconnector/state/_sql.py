@@ -279,7 +279,10 @@ class SqlStore:
             "INSERT INTO leases (name, holder, token, expires_at, renewed_at) VALUES (?, ?, 1, {now} + ?, {now}) "
             "ON CONFLICT (name) DO UPDATE SET "
             "token = CASE WHEN leases.holder = excluded.holder THEN leases.token ELSE leases.token + 1 END, "
-            "holder = excluded.holder, expires_at = excluded.expires_at, renewed_at = excluded.renewed_at "
+            "polled_at = CASE WHEN leases.holder = excluded.holder THEN leases.polled_at END, "
+            "poll_due = CASE WHEN leases.holder = excluded.holder THEN leases.poll_due END, "
+            "holder = excluded.holder, expires_at = excluded.expires_at, renewed_at = excluded.renewed_at, "
+            "released_at = NULL "
             "WHERE leases.holder = excluded.holder OR leases.expires_at <= {now} RETURNING token",
             (name, holder, ttl))
         return Fence(name, holder, int(rows[0][0])) if rows else None
@@ -292,21 +295,24 @@ class SqlStore:
 
     def release_lease(self, fence: Fence) -> None:
         # The row stays (expired) so that the next holder's token is still greater than this one's.
-        self._w("UPDATE leases SET expires_at = {now} - 1 WHERE name = ? AND holder = ? AND token = ?",
-                (fence.name, fence.holder, fence.token))
+        self._w("UPDATE leases SET expires_at = {now} - 1, released_at = {now} "
+                "WHERE name = ? AND holder = ? AND token = ?", (fence.name, fence.holder, fence.token))
+
+    def mark_polled(self, fence: Fence, *, next_within: float) -> None:
+        self._w("UPDATE leases SET polled_at = {now}, poll_due = {now} + ? WHERE name = ? AND holder = ? AND token = ?",
+                (next_within, fence.name, fence.holder, fence.token))
 
     def check_fence(self, fence: Fence) -> bool:
         return bool(self._q("SELECT 1 FROM leases WHERE name = ? AND holder = ? AND token = ?",
                             (fence.name, fence.holder, fence.token)))
 
     def lease_info(self, name: str) -> LeaseInfo | None:
-        rows = self._q("SELECT name, holder, token, expires_at - {now}, renewed_at FROM leases "
-                       "WHERE name = ? AND expires_at > {now}", (name,))
+        rows = self._q(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE name = ? AND expires_at > {{now}}", (name,))
         return _lease(rows[0]) if rows else None
 
-    def leases(self) -> list[LeaseInfo]:
-        rows = self._q("SELECT name, holder, token, expires_at - {now}, renewed_at FROM leases "
-                       "WHERE expires_at > {now} ORDER BY name")
+    def leases(self, *, ended_within: float = 0) -> list[LeaseInfo]:
+        rows = self._q(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE expires_at > {{now}} - ? ORDER BY name",
+                       (max(0.0, ended_within),))
         return [_lease(r) for r in rows]
 
     # --------------------------------------------------------------- tokens
@@ -338,14 +344,40 @@ class SqlStore:
                 "records_failed = ?, records_skipped = ?, records_uncertain = ?, error = ? WHERE run_id = ?",
                 (status, read, written, failed, skipped, uncertain, error, run_id))
 
-    def list_runs(self, *, limit: int = 50, operation: str | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+    def list_runs(self, *, limit: int = 50, operation: str | None = None, status: str | None = None,
+                  since: float | None = None) -> list[dict[str, Any]]:
+        conditions: list[str] = []
         args: list[Any] = []
         if operation:
-            sql += " WHERE operation = ?"
+            conditions.append("operation = ?")
             args.append(operation)
-        sql += " ORDER BY started_at DESC LIMIT ?"
-        return [_run_row(r) for r in self._q(sql, (*args, limit))]
+        if status in ("running", "interrupted"):  # a running row whose process died reads as interrupted
+            conditions.append("status IN ('running', 'interrupted')")
+        elif status:
+            conditions.append("status = ?")
+            args.append(status)
+        if since is not None:
+            conditions.append("started_at >= ?")
+            args.append(since)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        if status not in ("running", "interrupted"):
+            rows = self._q(f"SELECT {_RUN_COLUMNS} FROM runs{where} ORDER BY started_at DESC LIMIT ?", (*args, limit))
+            return [_run_row(r) for r in rows]
+        rows = self._q(f"SELECT {_RUN_COLUMNS} FROM runs{where} ORDER BY started_at DESC", args)
+        return [run for run in map(_run_row, rows) if run["status"] == status][:limit]
+
+    def run_totals(self) -> list[dict[str, Any]]:
+        finished = self._q("SELECT operation, status, COUNT(*), SUM(records_read), SUM(records_written), "
+                           "SUM(records_skipped), SUM(records_uncertain), SUM(records_failed) FROM runs "
+                           "WHERE status <> 'running' GROUP BY operation, status ORDER BY operation, status")
+        totals: dict[tuple[str, str], list[int]] = {
+            (str(r[0]), str(r[1])): [int(v or 0) for v in r[2:]] for r in finished}
+        for row in self._q(f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'running'"):
+            run = _run_row(row)  # running, or interrupted when its process has died
+            totals.setdefault((run["operation"], run["status"]), [0] * 6)[0] += 1
+        return [{"operation": op, "status": st, "runs": v[0], "records_read": v[1], "records_written": v[2],
+                 "records_skipped": v[3], "records_uncertain": v[4], "records_failed": v[5]}
+                for (op, st), v in sorted(totals.items())]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._q(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
@@ -392,9 +424,15 @@ def _ledger_entry(row: tuple[Any, ...]) -> LedgerEntry:
                        recipients=json.loads(row[6] or "[]"), accepted=json.loads(row[7] or "[]"), note=row[8])
 
 
+_LEASE_COLUMNS = "name, holder, token, expires_at - {now}, renewed_at, polled_at, poll_due, released_at"
+
+
 def _lease(row: tuple[Any, ...]) -> LeaseInfo:
+    def opt(v: Any) -> float | None:
+        return None if v is None else float(v)
+
     return LeaseInfo(name=row[0], holder=row[1], token=int(row[2]), expires_in=float(row[3]),
-                     renewed_at=float(row[4]))
+                     renewed_at=float(row[4]), polled_at=opt(row[5]), poll_due=opt(row[6]), released_at=opt(row[7]))
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""``mailconnector console``: the web console (connections with a Test button, operations, runs, ledger,
+health) for one project file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import ConfigError
+from ._common import DebugOpt, LogFormatOpt, ProjectOpt, err_console, start
+
+__all__ = ["TOKEN_ENV", "register"]
+
+TOKEN_ENV = "MAILCONNECTOR_CONSOLE_TOKEN"
+MIN_TOKEN = 16
+
+
+def register(app: typer.Typer) -> None:
+    app.command("console")(console_cmd)
+
+
+def console_cmd(
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but a loopback address (127.0.0.1, "
+                                      "::1, localhost) needs a token of your own (--token or "
+                                      f"${TOKEN_ENV}).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port; the URL printed says which).",
+                                      min=0, max=65535)] = 8025,
+    token: Annotated[str | None, typer.Option(
+        help=f"The token every request needs (at least {MIN_TOKEN} characters). Default: "
+             f"${TOKEN_ENV}, else a random one, printed in the URL at start.", show_default=False)] = None,
+    no_token: Annotated[bool, typer.Option("--no-token", help="Ask for no token at all: only on a loopback "
+                                           "address, on a machine whose other users you trust.")] = False,
+    project: ProjectOpt = None,
+    debug: DebugOpt = False,
+    log_format: LogFormatOpt = "text",
+) -> None:
+    """Serve the web console: connections with a Test button, operations with a Run button, the runs and
+    their logs, the send ledger's uncertain sends, the health of watchers; and a JSON API under /api and
+    Prometheus metrics at /metrics.
+
+    Prints the URL to open (with its token) on stdout, then serves until Ctrl-C or SIGTERM; runs started
+    from the console finish the record in hand first. Needs the console extra:
+    pip install 'mailconnector[console]'.
+
+    Examples:
+      mailconnector console
+      mailconnector console --port 0 --token "$(cat ~/.console-token)"
+      MAILCONNECTOR_CONSOLE_TOKEN=... mailconnector console --host 0.0.0.0
+    """
+    s = start(project, debug=debug, log_format=log_format)
+    chosen = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    loopback = _is_loopback(host)
+    if no_token and chosen is not None:
+        raise typer.BadParameter("give either a token or --no-token, not both", param_hint="--no-token")
+    if no_token and not loopback:
+        raise ConfigError(f"--no-token on {host}: anyone who can reach this address could send mail as your "
+                          "connections", hint=f"keep the console on 127.0.0.1, or give it a token (--token or "
+                          f"${TOKEN_ENV})")
+    if chosen is None and not no_token and not loopback:
+        raise ConfigError(f"listening on {host} needs a token of your own: a random one would be printed "
+                          "where others may read it", hint=f"give one with --token or ${TOKEN_ENV} (at least "
+                          f"{MIN_TOKEN} characters), or keep the console on 127.0.0.1")
+    if chosen is not None and len(chosen) < MIN_TOKEN:
+        raise ConfigError(f"the console token is {len(chosen)} characters long; at least {MIN_TOKEN} are needed",
+                          hint="e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    the_token = None if no_token else chosen or secrets.token_urlsafe(24)
+    try:
+        import uvicorn
+
+        from ..console import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the console's libraries are not installed ({exc.name})",
+                          hint="pip install 'mailconnector[console]'") from None
+    if the_token is not None:
+        from ..secrets import register_secret
+
+        register_secret(the_token)  # never in a log line or an error
+    app = create_app(s.project.path, token=the_token)  # the project file is read now: unreadable, it fails here
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/" + (f"?token={the_token}" if the_token else "")
+    sys.stdout.write(url + "\n")
+    sys.stdout.flush()
+    err_console.print(f"console of {s.project.path} at http://{shown}:{bound}/ (Ctrl-C stops it)")
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            log_level="debug" if debug else "warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, made here so that the URL printed names the port really bound (``--port 0``)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}: {exc.strerror}", hint="give an IP address or a host name "
+                          "of this machine, e.g. 127.0.0.1") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror}",
+                          hint="another program uses the port: choose another with --port (0: any free one)") \
+            from None
+    sock.listen(128)
+    return sock
