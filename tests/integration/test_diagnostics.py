@@ -157,3 +157,15 @@ def test_a_refused_sender_fails_the_last_smtp_step(sandbox: Sandbox) -> None:
     assert "from_address" in (failed.hint or "")
     assert report.exit_code == 6
     assert by_name(report, "smtp")["authentication"].status == "passed"
+
+
+def test_a_listener_sees_each_step_start_and_end_in_order(sandbox: Sandbox) -> None:
+    """What the console's live Test is built on: every step is told of as it starts, then once more as it ends
+    (a failed one with its error), before the next one starts."""
+    events: list[tuple[str, str, str]] = []
+    conn = build(sandbox, imap={"port": free_port()})  # the IMAP side fails at its TCP connect
+    report = run_test(conn, on_step=lambda st: events.append((st.server, st.name, st.status)))
+    ran = [s for s in report.steps if s.status != "skipped"]
+    expected = [e for s in ran for e in ((s.server, s.name, "running"), (s.server, s.name, s.status))]
+    assert events == expected
+    assert ("imap", "TCP connect", "failed") in events and ("smtp", "sender accepted", "passed") in events

@@ -111,6 +111,10 @@ def test_idle_picks_up_a_new_message_within_seconds(sandbox: Sandbox, tmp_path: 
     # The operation log keeps the runs that found mail, not the watch's empty ones.
     logged = project.store().list_runs()
     assert [(r["status"], r["records_read"]) for r in logged] == [("success", 1), ("success", 1)]
+    # Stopped cleanly: its lease was given back, so the health view has nothing to flag (nor to show).
+    from mailconnector.console._views import health
+
+    assert health(project.store()) == []
 
 
 def test_mail_arriving_during_a_run_is_not_left_until_the_next_wake_up(
@@ -263,6 +267,32 @@ def test_a_killed_watcher_is_replaced_without_waiting_out_its_lease(
     assert took < 3 + 8, f"took over after {took:.1f} s"
     assert subjects(tmp_path / "out-a.jsonl") == ["before 1", "before 2"]
     assert sorted(subjects(tmp_path / "out-b.jsonl")) == ["after 1", "after 2"]
+
+
+def test_a_watchers_polls_are_noted_and_the_health_view_flags_it_once_killed(
+        sandbox: Sandbox, tmp_path: Path, fresh_folder: Callable[[str], str],
+        processes: list[subprocess.Popen[bytes]]) -> None:
+    from mailconnector.console._views import health
+
+    folder = fresh_folder("erin")
+    project = watch_project(tmp_path, sandbox, folder, settings={"lease_seconds": 3})  # IDLE re-issued each 1 s
+    store = project.store()
+    watcher = start_cli(project.path, *DEBUG, name="a")
+    processes.append(watcher)
+    lease = lease_of(project, folder)
+
+    def polls() -> list[float]:
+        info = store.lease_info(lease)
+        return [info.polled_at] if info is not None and info.polled_at is not None else []
+
+    first = wait_for(polls, timeout=30)[0]
+    wait_for(lambda: polls() and polls()[0] > first, timeout=10)  # each IDLE round notes a poll
+    [alive] = [h for h in health(store) if h["name"] == lease]
+    assert alive["state"] == "held" and alive["flag"] is None and alive["seconds_since_poll"] < 5
+    watcher.kill()  # no chance to give the lease back
+    watcher.wait(timeout=10)
+    silent = wait_for(lambda: [h for h in health(store) if h["name"] == lease and h["flag"]], timeout=10)[0]
+    assert silent["state"] == "ended" and silent["flag"].startswith("silent")
 
 
 # ------------------------------------------------------------------------------- a dropped connection

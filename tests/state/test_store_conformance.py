@@ -7,6 +7,8 @@ store objects at once (what two processes see).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -175,6 +177,36 @@ def test_a_lease_is_taken_by_one_of_many_contenders(open_store: Opener) -> None:
     assert len(winners) == 1
 
 
+def test_polls_are_noted_and_a_clean_stop_is_told_from_a_silent_holder(open_store: Opener) -> None:
+    a, b = open_store(), open_store()
+    fa = a.acquire_lease("read:acct/P", ttl=30, holder="A")
+    assert fa is not None
+    info = b.lease_info("read:acct/P")
+    assert info is not None and info.polled_at is None and info.poll_due is None and info.released_at is None
+    a.mark_polled(fa, next_within=60)
+    info = b.lease_info("read:acct/P")
+    assert info is not None and info.polled_at is not None and info.poll_due is not None
+    assert info.poll_due - info.polled_at == pytest.approx(60, abs=0.01)
+    a.mark_polled(Fence("read:acct/P", "A", fa.token + 1), next_within=1)  # not its fence: nothing changes
+    after = b.lease_info("read:acct/P")
+    assert after is not None and (after.polled_at, after.poll_due) == (info.polled_at, info.poll_due)
+    a.release_lease(fa)
+    assert b.leases() == [] and b.leases(ended_within=3600)[0].released_at is not None
+    # A holder that stops renewing without giving its lease back: ended, not released.
+    fs = a.acquire_lease("read:acct/S", ttl=0.2, holder="S")
+    assert fs is not None
+    a.mark_polled(fs, next_within=5)
+    time.sleep(0.4)
+    assert [lease.name for lease in b.leases()] == []
+    silent = {lease.name: lease for lease in b.leases(ended_within=3600)}["read:acct/S"]
+    assert silent.released_at is None and silent.expires_in < 0 and silent.polled_at is not None
+    # Taken over: the newcomer has polled nothing yet.
+    fb = b.acquire_lease("read:acct/S", ttl=30, holder="B")
+    assert fb is not None
+    taken = b.lease_info("read:acct/S")
+    assert taken is not None and taken.holder == "B" and taken.polled_at is None and taken.released_at is None
+
+
 # ------------------------------------------------------------------------------------------ read state
 def test_read_state_records_actions_and_checkpoints(store: StateStore) -> None:
     fence = store.acquire_lease("read:acct/INBOX", ttl=30, holder="me")
@@ -246,6 +278,36 @@ def test_run_log(store: StateStore) -> None:
     third = store.start_run("op", {})
     assert store.prune_runs(max_age_days=1) == 0 and store.prune_runs() == 0
     assert store.get_run(third) is not None
+
+
+def test_run_log_filters_and_totals(open_store: Opener, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    store = open_store()
+    old = store.start_run("op", {})
+    store.finish_run(old, status="success", read=4, written=4, failed=0)
+    time.sleep(0.05)
+    cut = time.time()
+    time.sleep(0.05)
+    bad = store.start_run("op", {})
+    store.record_run_error(bad, "record 1", {"message": "refused"})
+    store.finish_run(bad, status="partial", read=3, written=1, failed=1, skipped=1)
+    live = store.start_run("other", {})  # still running, in this live process
+    # A run whose process was killed before it could finish it: it reads as interrupted.
+    backend = request.node.callspec.params["open_store"]
+    target = str(tmp_path / "state.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    code = "import os, sys; from mailconnector.state import Store; Store(sys.argv[1]).start_run('op', {}); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code, target], check=True, timeout=60)
+    assert [r["run_id"] for r in store.list_runs(status="partial")] == [bad]
+    assert [r["run_id"] for r in store.list_runs(status="running")] == [live]
+    killed = store.list_runs(status="interrupted")
+    assert len(killed) == 1 and killed[0]["operation"] == "op" and "ended before the run finished" in killed[0]["error"]
+    assert {r["run_id"] for r in store.list_runs(since=cut)} == {bad, live, killed[0]["run_id"]}
+    assert [r["run_id"] for r in store.list_runs(operation="op", since=cut, status="partial")] == [bad]
+    totals = {(t["operation"], t["status"]): t for t in store.run_totals()}
+    assert set(totals) == {("op", "success"), ("op", "partial"), ("op", "interrupted"), ("other", "running")}
+    assert totals[("op", "success")]["runs"] == 1 and totals[("op", "success")]["records_written"] == 4
+    partial = totals[("op", "partial")]
+    assert (partial["records_read"], partial["records_failed"], partial["records_skipped"]) == (3, 1, 1)
+    assert totals[("op", "interrupted")]["runs"] == 1 and totals[("other", "running")]["runs"] == 1
 
 
 # ------------------------------------------------------------------------------------------ migrations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import sys
 from typing import Annotated
@@ -44,8 +45,9 @@ def console_cmd(
     their logs, the send ledger's uncertain sends, the health of watchers; and a JSON API under /api and
     Prometheus metrics at /metrics.
 
-    Prints the URL to open (with its token) on stdout, then serves until Ctrl-C or SIGTERM; runs started
-    from the console finish the record in hand first. Needs the console extra:
+    Prints the URL to open (with its token) on stdout, then serves until Ctrl-C or SIGTERM (exit 0); runs
+    started from the console finish the record in hand first. Exit 3 when it cannot serve safely (a public
+    address without a token of your own, a short token) or cannot listen. Needs the console extra:
     pip install 'mailconnector[console]'.
 
     Examples:
@@ -91,7 +93,19 @@ def console_cmd(
     err_console.print(f"console of {s.project.path} at http://{shown}:{bound}/ (Ctrl-C stops it)")
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             log_level="debug" if debug else "warning")
-    uvicorn.Server(config).run(sockets=[sock])
+
+    def stopped(signum: int, frame: object) -> None:
+        err_console.print("console stopped")
+        raise typer.Exit(0)
+
+    # The server stops gracefully on SIGINT / SIGTERM, then sends the signal again to the handler it found:
+    # this one, so that a stop asked for is exit 0 (a service manager reads anything else as a failure).
+    previous = {sig: signal.signal(sig, stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,7 +2,8 @@
 
 ``/?token=T`` (the URL printed at start) sets an HttpOnly, SameSite=Strict cookie and redirects to the same page
 without the token, so it does not linger in the address bar, the history or a Referer. Scripts send
-``Authorization: Bearer T``. Every comparison is constant-time. A request that changes something and is
+``Authorization: Bearer T`` (a token in the URL of an API call is refused: URLs end up in logs). Every
+comparison is constant-time. A request that changes something and is
 authenticated by the cookie must also carry the page's CSRF value in the ``X-CSRF-Token`` header (htmx sends
 it on every request): another site can make a browser send the cookie, not that header.
 """
@@ -61,6 +62,10 @@ class Guard:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = dict(query).get("token")
         method = scope["method"]
+        if given is not None and (scope["path"].startswith("/api/") or scope["path"] == "/metrics"):
+            await _refuse(send, headers, 401, "the API takes its token in a header, not in the URL (URLs end up in "
+                          "logs)", "send the header Authorization: Bearer TOKEN")
+            return
         if given is not None and method in _SAFE:
             if not access.token_matches(given):
                 await _refuse(send, headers, 401, "the token in the URL is not this console's",
