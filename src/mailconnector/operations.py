@@ -30,6 +30,7 @@ from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSou
 from .errors import ConfigError, MailConnectorError, TransportError
 from .logs import run_context
 from .project import OperationConfig, Project, Transformation
+from .records.excerpt import excerpt
 from .records.send import ErrorInfo
 from .state import LeaseKeeper, lease_busy_error
 
@@ -256,7 +257,7 @@ class _Run:
     def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
               transform: Transform, keeper: LeaseKeeper | None) -> None:
         pending: dict[int, _Pending] = {}
-        tickets: dict[int, tuple[int, str]] = {}
+        tickets: dict[int, tuple[int, str, dict[str, Any]]] = {}
         next_ticket = 0
 
         def feed() -> Iterator[Delivery]:
@@ -279,23 +280,25 @@ class _Run:
                     outputs = transform(item.record)
                 except Exception as exc:
                     self.fail(label, {"type": "TransformationError", "stage": "transformation",
-                                      "message": f"{type(exc).__name__}: {exc}"})
+                                      "message": f"{type(exc).__name__}: {exc}", "record": excerpt(item.record)})
                     continue
                 if not outputs:
                     item.ack()  # the transformation dropped it: nothing to deliver
                     continue
                 pending[index] = _Pending(len(outputs), item.ack)
                 for n, out in enumerate(outputs):
-                    tickets[next_ticket] = (index, label if len(outputs) == 1 else f"{label} output {n}")
+                    tickets[next_ticket] = (index, label if len(outputs) == 1 else f"{label} output {n}", out)
                     key = f"{item.key}#{n}" if item.key else None
                     yield next_ticket, out, key
                     next_ticket += 1
 
         for outcome in target.deliver(feed()):
-            index, label = tickets.pop(outcome.ticket)
+            index, label, record = tickets.pop(outcome.ticket)
             entry = pending[index]
             entry.failed = entry.failed or not outcome.taken
             detail = {**(outcome.error.model_dump(exclude_none=True) if outcome.error else {}), "stage": "target"}
+            if outcome.status not in ("written", "skipped"):
+                detail["record"] = excerpt(record)  # what the run log shows beside the error
             if outcome.status == "written":
                 self.written += 1
             elif outcome.status == "skipped":

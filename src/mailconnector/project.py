@@ -336,6 +336,12 @@ class Project:
             self._store = Store(self.state_target())
         return self._store
 
+    def keep_store_of(self, earlier: Project) -> None:
+        """Use ``earlier``'s open store when both point at the same place: a project file read again (the
+        console does when it changes) keeps one connection pool instead of opening another each time."""
+        if earlier._store is not None and self._store is None and earlier.state_target() == self.state_target():
+            self._store = earlier._store
+
     def state_target(self) -> str:
         """Where the store is: a SQLite path (relative ones to the project's directory) or a URL, its
         secret references resolved."""

@@ -75,7 +75,8 @@ def test_run_then_logs_show_the_failed_record(project: Path) -> None:
     assert (log["run_id"], log["operation"], log["status"]) == (result["run_id"], "double", "partial")
     assert (log["records_read"], log["records_written"], log["records_failed"]) == (5, 4, 1)
     assert log["errors"] == [{"record": "record 2", "error": {
-        "type": "TransformationError", "stage": "transformation", "message": "ValueError: three is not allowed"}}]
+        "type": "TransformationError", "stage": "transformation", "message": "ValueError: three is not allowed",
+        "record": {"n": 3}}}]
     assert log["settings"]["transformation"]["callable"] == "cli_run_tx:check"
     assert log["settings"]["target"]["path"] == str(project / "doubled.csv")
     assert log["started_at"] and log["ended_at"]

@@ -180,11 +180,14 @@ def test_a_failed_record_stays_unread_and_a_rerun_delivers_exactly_what_was_left
     assert log is not None and log["status"] == "partial"
     assert len(log["errors"]) == 1 and log["errors"][0]["record"].startswith("uid ")
     error = log["errors"][0]["error"]
+    record = error.pop("record")  # the record beside its error, as the read gave it to the transformation
     if stage == "transformation":
         assert error == {"type": "TransformationError", "stage": "transformation",
                          "message": "ValueError: cannot handle m2 poison"}
+        assert record["subject"] == "m2 poison" and record["uid"] == int(log["errors"][0]["record"].split()[1])
     else:
         assert error["stage"] == "target" and "have no place for: note" in error["message"]
+        assert record["subject"] == "m2 poison" and "note" in record  # as the transformation made it
 
     (tmp_path / "cured").touch()
     second = run_operation(project, "op")

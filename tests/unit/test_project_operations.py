@@ -190,7 +190,7 @@ def test_callable_transformation_returns_none_one_or_many(tmp_path: Path) -> Non
     assert run is not None and run["status"] == "partial"
     assert run["errors"] == [{"record": "record 2", "error": {
         "type": "TransformationError", "stage": "transformation",
-        "message": "RuntimeError: poisoned record 2"}}]
+        "message": "RuntimeError: poisoned record 2", "record": {"n": 2, "poison": True}}}]
 
 
 def test_a_transformation_returning_the_wrong_type_fails_each_record(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,21 +41,21 @@ class ConsoleState:
         self.jobs = Jobs()
         self._project: Project | None = None
         self._stamp: tuple[int, int] | None = None
+        self._lock = threading.Lock()
 
     def project(self) -> Project:
-        path = self._project.path if self._project is not None else None
-        stamp = _stamp(path) if path is not None else None
-        if self._project is None or stamp != self._stamp:
-            fresh = Project.load(self.project_path)
-            old = self._project
-            if old is not None and old._store is not None and fresh.state_target() == old.state_target():
-                fresh._store = old._store
-            self._project, self._stamp = fresh, _stamp(fresh.path)
-            if fresh.uses_oauth2:
-                from ..auth.oauth2 import use_store
+        with self._lock:  # requests are served from a pool of threads
+            path = self._project.path if self._project is not None else None
+            if self._project is None or path is None or _stamp(path) != self._stamp:
+                fresh = Project.load(self.project_path)
+                if self._project is not None:
+                    fresh.keep_store_of(self._project)
+                self._project, self._stamp = fresh, _stamp(fresh.path)
+                if fresh.uses_oauth2:
+                    from ..auth.oauth2 import use_store
 
-                use_store(fresh.store())  # OAuth2 tokens shared with the command line's runs
-        return self._project
+                    use_store(fresh.store())  # OAuth2 tokens shared with the command line's runs
+            return self._project
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -158,7 +158,8 @@ def runs(store: StateStore, *, operation: str | None = None, status: str | None 
 
 
 def run_detail(store: StateStore, run_id: str) -> dict[str, Any] | None:
-    """One run with each failed (or uncertain) record's error, hint and the record as the log has it."""
+    """One run with each failed (or uncertain) record's error, hint and the record (``data``: an excerpt, see
+    records/excerpt.py; None for a message the source could not read)."""
     run = store.get_run(run_id)
     if run is None:
         return None
@@ -169,9 +170,21 @@ def run_detail(store: StateStore, run_id: str) -> dict[str, Any] | None:
                        "outcome": err.get("outcome", "failed"), "type": err.get("type"),
                        "stage": err.get("stage"), "message": redact(str(err.get("message", ""))),
                        "hint": redact(str(err["hint"])) if err.get("hint") else None,
-                       "details": {k: v for k, v in err.items()
-                                   if k not in ("outcome", "type", "stage", "message", "hint")}})
+                       "data": _redacted(err.get("record")),
+                       "details": _redacted({k: v for k, v in err.items()
+                                             if k not in ("outcome", "type", "stage", "message", "hint", "record")})})
     return {**_run_summary(run), "settings": run["settings"], "errors": errors}
+
+
+def _redacted(value: Any) -> Any:
+    """Every string of a JSON value through the redaction of the configured secrets."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(k)): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def ledger(store: StateStore, *, search: str | None = None, status: str | None = None,
