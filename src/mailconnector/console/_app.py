@@ -73,6 +73,7 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
     state = ConsoleState(Path(project_path) if project_path is not None else None)
     env = Environment(loader=PackageLoader("mailconnector.console", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["as_json"] = _as_json
     templates = Jinja2Templates(env=env)
 
     def page(request: Request, name: str, http_status: int = 200, **context: Any) -> Response:
@@ -317,6 +318,14 @@ def _status_of(exc: MailConnectorError) -> int:
     if isinstance(exc, StateError):
         return 503  # the store cannot be used
     return 502
+
+
+def _as_json(value: Any, indent: int | None = None) -> str:
+    """JSON to read on a page: letters as they are (Jinja's ``tojson`` writes ``\\u00fc`` and ``\\u003c``, being
+    meant for scripts); the page's autoescaping makes it safe HTML."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
 
 
 def _int(value: str | None, name: str, default: int) -> int:
