@@ -275,11 +275,6 @@ def test_unknown_connections_and_jobs_are_404(browser_client: TestClient, api: T
     assert unknown.json()["error"]["type"] == "NotFound" and unknown.json()["error"]["hint"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: console/_app.py on_error answers JSON unless Accept holds text/html, "
-                   "but htmx 2.0.11 (static/htmx.min.js) sends no Accept header (the browser's */*), so a console "
-                   "button that fails (unknown name, folder busy, resolve conflict) gets JSON, never the "
-                   "_error.html fragment meant for hx-request; htmx's default responseHandling does not swap a "
-                   "4xx/5xx answer either, so the page shows nothing at all")
 def test_a_failing_htmx_button_gets_the_error_fragment(browser_client: TestClient) -> None:
     headers = _csrf(browser_client)  # X-CSRF-Token and HX-Request, and the Accept: */* of an htmx request
     for path, form in (("/connections/nope/test", None), ("/operations/nope/runs", None),
@@ -472,6 +467,9 @@ def test_runs_page_and_api_filter_by_operation_status_and_age(
     assert "no runs match these filters" in empty
     for query, message in (("status=bogus", "unknown run status &#39;bogus&#39;"),
                            ("since_hours=yesterday", "since_hours must be a number of hours"),
+                           ("since_hours=nan", "since_hours must be a number of hours"),
+                           ("since_hours=-1", "since_hours must be a number of hours"),
+                           ("since_hours=inf", "since_hours must be a number of hours"),
                            ("limit=0", "limit must be between 1 and 10000")):
         shown = browser_client.get(f"/runs?{query}", headers=HTML)
         assert shown.status_code == 400 and "<h1>Error</h1>" in shown.text and message in shown.text
@@ -480,6 +478,24 @@ def test_runs_page_and_api_filter_by_operation_status_and_age(
         assert fragment.status_code == 400 and "<html" not in fragment.text and message in fragment.text
         answer = api.get(f"/api/runs?{query}")
         assert answer.status_code == 400 and answer.json()["error"]["type"] == "BadRequest"
+
+
+def test_an_operation_whose_name_has_a_slash_and_a_question_mark_runs(
+        api: TestClient, browser_client: TestClient, console_project: ConsoleProject) -> None:
+    name = "nightly/folder?#1"  # operation names are free text; connection names hold no '/'
+
+    def add_operation(doc: dict[str, Any]) -> None:
+        doc["operations"][name] = dict(doc["operations"]["folder-to-jsonl"])
+
+    _edit(console_project, add_operation)
+    started = api.post(f"/api/operations/{quote(name, safe='/')}/runs")
+    assert started.status_code == 202, started.text
+    assert _finished(api, started.json()["run_id"])["operation"] == name
+    page = browser_client.get("/operations", headers=HTML).text
+    button = re.search(r'hx-post="([^"]*nightly[^"]*)"', page)
+    assert button is not None
+    pressed = browser_client.post(html.unescape(button.group(1)), headers={**_csrf(browser_client), **HX})
+    assert pressed.status_code == 200 and "<html" not in pressed.text, pressed.text
 
 
 def test_run_page_shows_the_counts_and_each_failed_record(

@@ -72,8 +72,8 @@ class Guard:
                               "open the URL the console printed when it started")
                 return
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            await _redirect(send, scope.get("root_path", "") + scope["path"] + (f"?{rest}" if rest else ""),
-                            access.cookie, secure=scope.get("scheme") == "https")
+            await _redirect(send, _same_site_path(scope) + (f"?{rest}" if rest else ""), access.cookie,
+                            secure=scope.get("scheme") == "https")
             return
         bearer = headers.get("authorization", "")
         by_bearer = bearer[:7].lower() == "bearer " and access.token_matches(bearer[7:].strip())
@@ -115,26 +115,35 @@ def _same_origin(headers: dict[str, str]) -> bool:
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     start: Message = {"type": "http.response.start", "status": status,
-                      "headers": [*headers, (b"content-length", str(len(body)).encode()),
-                                  (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer")]}
+                      "headers": [*headers, (b"content-length", str(len(body)).encode())]}
     await send(start)
     await send({"type": "http.response.body", "body": body})
 
 
+def _same_site_path(scope: Scope) -> str:
+    """The path as the browser sent it (still percent-encoded, so ``%3F`` stays part of the path), made
+    unable to name another site: ``//evil.example/`` or ``/\\evil.example`` would be read as a host."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+    path = "".join(c if 0x21 <= ord(c) < 0x7F else f"%{ord(c):02X}" for c in path)  # no control or space
+    return "/" + path.lstrip("/\\")
+
+
 async def _redirect(send: Send, location: str, cookie: str, *, secure: bool) -> None:
     flags = "; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
-    await _send(send, 303, [(b"location", location.encode("latin-1", "replace")),
+    await _send(send, 303, [(b"location", location.encode("ascii")),
                             (b"set-cookie", f"{COOKIE}={cookie}{flags}".encode())], b"")
 
 
 async def _refuse(send: Send, headers: dict[str, str], status: int, message: str, hint: str) -> None:
     error: dict[str, Any] = {"type": "AccessError", "message": message, "hint": hint}
+    extra = [(b"www-authenticate", b'Bearer realm="mailconnector console"')] if status == 401 else []
     if "text/html" in headers.get("accept", ""):
         from markupsafe import escape
 
         body = (f"<!doctype html><title>mailconnector console</title><h1>{status}</h1><p>{escape(message)}</p>"
                 f"<p>{escape(hint)}</p>").encode()
-        await _send(send, status, [(b"content-type", b"text/html; charset=utf-8")], body)
+        await _send(send, status, [*extra, (b"content-type", b"text/html; charset=utf-8")], body)
         return
     body = json.dumps({"ok": False, "error": error}).encode()
-    await _send(send, status, [(b"content-type", b"application/json")], body)
+    await _send(send, status, [*extra, (b"content-type", b"application/json")], body)

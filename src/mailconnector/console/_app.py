@@ -242,7 +242,9 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         try:
             since_hours = float(since) if since is not None else None
         except ValueError:
-            raise BadRequest(f"since_hours must be a number of hours, not {since!r}", hint="e.g. 24") from None
+            since_hours = -1.0
+        if since_hours is not None and not 0 <= since_hours < 1e6:  # nan, inf and negatives too
+            raise BadRequest(f"since_hours must be a number of hours, not {since!r}", hint="e.g. 24")
         return {"operation": q.get("operation") or None, "status": q.get("status") or None,
                 "since_hours": since_hours, "limit": _int(q.get("limit"), "limit", 100)}
 
@@ -255,10 +257,11 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         else:
             assert isinstance(exc, MailConnectorError)
             error, status = views.error_view(exc), _status_of(exc)
+        if request.headers.get("hx-request"):  # a page's button: the fragment goes where its answer would
+            return page(request, "_error.html", http_status=status, error=error, nav="")
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
             return JSONResponse({"ok": False, "error": error}, status_code=status)
-        template = "_error.html" if request.headers.get("hx-request") else "error.html"
-        return page(request, template, http_status=status, error=error, nav="")
+        return page(request, "error.html", http_status=status, error=error, nav="")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -273,7 +276,7 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         Route("/connections/{name}/test", test_start, methods=["POST"]),
         Route("/jobs/{job_id}", job_fragment),
         Route("/operations", operations_page),
-        Route("/operations/{name}/runs", run_start, methods=["POST"]),
+        Route("/operations/{name:path}/runs", run_start, methods=["POST"]),  # operation names may hold a /
         Route("/runs", runs_page),
         Route("/runs/{run_id}", run_page),
         Route("/ledger", ledger_page),
@@ -283,7 +286,7 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         Route("/api/connections", api_connections),
         Route("/api/connections/{name}/test", api_test, methods=["POST"]),
         Route("/api/operations", api_operations),
-        Route("/api/operations/{name}/runs", api_run_start, methods=["POST"]),
+        Route("/api/operations/{name:path}/runs", api_run_start, methods=["POST"]),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
         Route("/api/jobs/{job_id}", api_job),
@@ -294,8 +297,8 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
     ]
     handlers: dict[Any, Callable[..., Any]] = {MailConnectorError: on_error, _StartFailed: on_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    app.add_middleware(_SecurityHeaders)
-    app.add_middleware(Guard, access=access)  # added last: the outermost, before anything else runs
+    app.add_middleware(Guard, access=access)  # before anything else runs but the headers below
+    app.add_middleware(_SecurityHeaders)  # added last: the outermost, so the Guard's own answers have them too
     app.state.console = state
     return app
 
