@@ -310,6 +310,19 @@ def test_run_log_filters_and_totals(open_store: Opener, tmp_path: Path, request:
     assert totals[("op", "interrupted")]["runs"] == 1 and totals[("other", "running")]["runs"] == 1
 
 
+def test_two_runs_drawing_the_same_id_in_the_same_second_both_start(store: StateStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    a, b = uuid.UUID(hex="aaaaaa" + "0" * 26), uuid.UUID(hex="bbbbbb" + "0" * 26)
+    draws = iter([a, a, b])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261202-120000-")
+    first, second = store.start_run("op", {}), store.start_run("op", {})
+    assert (first, second) == ("20261202-120000-aaaaaa", "20261202-120000-bbbbbb")
+    assert store.get_run(first) is not None and store.get_run(second) is not None
+
+
 # ------------------------------------------------------------------------------------------ migrations
 def test_reopening_is_idempotent_and_a_newer_store_is_refused(open_store: Opener) -> None:
     store = open_store()

@@ -329,11 +329,15 @@ class SqlStore:
 
     # ------------------------------------------------------------- run log
     def start_run(self, operation: str, settings: dict[str, Any]) -> str:
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        self._w("INSERT INTO runs (run_id, operation, started_at, status, settings, holder) "
-                "VALUES (?, ?, {now}, 'running', ?, ?)",
-                (run_id, operation, json.dumps(settings, default=str), new_holder()))
-        return run_id
+        # A readable id (the second it started, then 24 random bits): unique enough for people, not for many
+        # runs started in one second (watchers, workers), so a taken one is drawn again.
+        for _ in range(10):
+            run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            if self._w("INSERT INTO runs (run_id, operation, started_at, status, settings, holder) "
+                       "VALUES (?, ?, {now}, 'running', ?, ?) ON CONFLICT (run_id) DO NOTHING",
+                       (run_id, operation, json.dumps(settings, default=str), new_holder())):
+                return run_id
+        raise StateError("could not find a free run id in the operation log", hint="run again")
 
     def record_run_error(self, run_id: str, record: str | None, error: dict[str, Any]) -> None:
         self._w("INSERT INTO run_errors (run_id, record, error) VALUES (?, ?, ?)", (run_id, record, json.dumps(error)))
