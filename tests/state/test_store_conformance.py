@@ -312,13 +312,17 @@ def test_run_log_filters_and_totals(open_store: Opener, tmp_path: Path, request:
 
 def test_two_runs_drawing_the_same_id_in_the_same_second_both_start(store: StateStore,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
     import uuid
+
+    from mailconnector.state import _sql
 
     a, b = uuid.UUID(hex="aaaaaa" + "0" * 26), uuid.UUID(hex="bbbbbb" + "0" * 26)
     draws = iter([a, a, b])
-    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
-    monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20261202-120000-")
+    monkeypatch.setattr(_sql, "uuid", types.SimpleNamespace(uuid4=lambda: next(draws)))
+    monkeypatch.setattr(_sql, "time", types.SimpleNamespace(strftime=lambda fmt: "20261202-120000-"))
     first, second = store.start_run("op", {}), store.start_run("op", {})
+    monkeypatch.undo()
     assert (first, second) == ("20261202-120000-aaaaaa", "20261202-120000-bbbbbb")
     assert store.get_run(first) is not None and store.get_run(second) is not None
 
