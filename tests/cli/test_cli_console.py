@@ -77,3 +77,21 @@ def test_a_broken_project_file_fails_before_serving(tmp_path: Path) -> None:
     result = cli(["console", "--token", TOKEN], cwd=tmp_path)
     assert result.returncode == 3 and "connections: must be a mapping" in result.stderr_flat
     assert result.stdout == ""
+
+
+def test_the_printed_url_works_for_a_token_with_url_special_characters(console_project: ConsoleProject) -> None:
+    """A base64 token (``+``, ``/``, ``=``) or one with ``&``, ``#`` or ``%``: the printed URL carries it
+    percent-encoded, so that opening it as printed signs in."""
+    token = "abcdefgh+ijklmnop/qrst==&x#y%z"
+    console = start_console(console_project.path, token=token)
+    try:
+        printed = console.url + "?token=" + console.token
+        assert "+" not in console.token and "#" not in console.token and "&" not in console.token
+        with httpx.Client() as browser:
+            signed_in = browser.get(printed, follow_redirects=False)
+            assert signed_in.status_code == 303, signed_in.text
+            assert browser.get(console.url + "connections").status_code == 200
+        bearer = httpx.get(console.url + "api/health", headers={"Authorization": f"Bearer {token}"})
+        assert bearer.status_code == 200
+    finally:
+        stop_console(console)

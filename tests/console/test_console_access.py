@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -369,3 +370,96 @@ def test_the_token_redirect_keeps_the_path_as_it_was_sent(anonymous: TestClient)
     answer = anonymous.get(f"/runs/a%3Fb?token={TOKEN}", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == "/runs/a%3Fb"
+
+
+# ------------------------------------------------------------------------------ found by a review
+def test_without_a_token_only_loopback_host_names_are_served(console_project: ConsoleProject) -> None:
+    """Without a token only the loopback address guards the console: a site whose name was pointed at 127.0.0.1
+    (DNS rebinding) must not read it nor start anything, even with the page's CSRF value and a matching Origin."""
+    app = create_app(console_project.path, token=None)
+    with TestClient(app, base_url=BASE) as client:
+        page = client.get("/connections")
+        assert page.status_code == 200
+        csrf = csrf_of(page.text)
+        for host in ("localhost:8025", "[::1]:8025", "127.0.0.2:8025", "app.localhost:8025"):
+            assert client.get("/api/connections", headers={"Host": host}).status_code == 200, host
+        for host in ("rebind.evil.example:8025", "127.0.0.1.evil.example", "10.0.0.1:8025", ""):
+            got = client.get("/api/connections", headers={"Host": host})
+            assert got.status_code == 403 and "loopback host name" in got.json()["error"]["message"], host
+        evil = {"Host": "rebind.evil.example:8025", "Origin": "http://rebind.evil.example:8025",
+                "X-CSRF-Token": csrf}
+        started = client.post("/operations/folder-to-jsonl/runs", headers=evil)
+        assert started.status_code == 403
+        assert client.get("/api/runs").json() == []  # nothing was started
+    with TestClient(create_app(console_project.path, token=TOKEN), base_url=BASE,
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as with_token:
+        # With a token, the host name does not matter (a reverse proxy may give it another one).
+        assert with_token.get("/api/connections", headers={"Host": "mail-console.example"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/runs/%00", "/api/runs?operation=%00", "/api/ledger?search=a%00b",
+                                  "/runs?status=%00", "/api/runs?x%00=1"])
+def test_a_nul_character_in_the_request_is_a_bad_request(api: TestClient, path: str) -> None:
+    got = api.get(path)
+    assert got.status_code == 400 and "NUL" in got.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/connections/sandbox/test", "/api/ledger/resolve"])
+def test_a_body_nested_deeper_than_the_parser_goes_is_a_bad_request(api: TestClient, path: str) -> None:
+    got = api.post(path, content=b"[" * 100_000, headers={"Content-Type": "application/json"})
+    assert got.status_code == 400 and got.json()["error"]["message"] == "the request body is not JSON"
+
+
+def test_requests_at_once_on_a_fresh_console_share_one_store(console_project: ConsoleProject) -> None:
+    """Request threads that all find the project not yet read open one store between them, not one each."""
+    import threading
+
+    from mailconnector.console._app import ConsoleState
+
+    for _ in range(5):
+        state = ConsoleState(console_project.path)
+        barrier = threading.Barrier(12)
+        stores: list[object] = []
+
+        def ask(state: ConsoleState = state, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            stores.append(state.project().store())
+
+        threads = [threading.Thread(target=ask) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(stores) == 12 and len({id(s) for s in stores}) == 1
+        state.close()
+
+
+def test_a_password_held_in_the_operation_log_is_hidden_on_the_first_page_asked(
+        console_project: ConsoleProject, tmp_path: Path) -> None:
+    """Secrets are hidden once known, and a connection is known once built: the console builds every one as
+    it reads the project file, so the very first answer (here a run's page, before any connection page) hides
+    a password that a stored error and record hold. The password is new to this test process."""
+    import secrets as random
+
+    import yaml
+
+    password = "pw-" + random.token_hex(12)
+    doc = yaml.safe_load(console_project.path.read_text())
+    doc["connections"]["unused"] = {"smtp": {"host": "127.0.0.1", "port": 2525, "security": "none"},
+                                    "auth": {"username": "someone@example.test", "password": password}}
+    console_project.path.write_text(yaml.safe_dump(doc))
+    store = Project.load(console_project.path).store()
+    try:
+        run_id = store.start_run("folder-to-jsonl", {})
+        store.record_run_error(run_id, "record 0", {"message": f"login refused for password {password}",
+                                                    "record": {"note": f"the password is {password}"}})
+        store.finish_run(run_id, status="failed", read=1, written=0, failed=1)
+    finally:
+        store.close()
+    with TestClient(create_app(console_project.path, token=TOKEN), base_url=BASE,
+                    headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        first = client.get(f"/api/runs/{run_id}")
+        page = client.get(f"/runs/{run_id}", headers={"Accept": "text/html"})
+    assert first.status_code == 200 and "login refused for password" in first.text
+    assert page.status_code == 200 and "login refused for password" in page.text
+    assert password not in first.text and password not in page.text

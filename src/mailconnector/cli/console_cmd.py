@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -87,7 +88,7 @@ def console_cmd(
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound}/" + (f"?token={the_token}" if the_token else "")
+    url = f"http://{shown}:{bound}/" + (f"?token={quote(the_token, safe='')}" if the_token else "")
     sys.stdout.write(url + "\n")
     sys.stdout.flush()
     err_console.print(f"console of {s.project.path} at http://{shown}:{bound}/ (Ctrl-C stops it)")

@@ -60,6 +60,17 @@ class Guard:
             return
         headers = _headers(scope)
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if "\x00" in scope["path"] or any("\x00" in k or "\x00" in v for k, v in query):
+            await _refuse(send, headers, 400, "a NUL character in the request's path or query",
+                          "no name, id or filter of the console holds one")
+            return
+        if access.token is None and not _loopback_host(headers.get("host", "")):
+            # Without a token, only the loopback address guards the console: a page of another site whose name
+            # was pointed at 127.0.0.1 (DNS rebinding) would otherwise read and drive it from a browser.
+            await _refuse(send, headers, 403, "this console answers only to a loopback host name when it runs "
+                          "without a token", "open it as http://127.0.0.1:PORT/ or http://localhost:PORT/, or "
+                          "start it with a token")
+            return
         given = dict(query).get("token")
         method = scope["method"]
         if given is not None and (scope["path"].startswith("/api/") or scope["path"] == "/metrics"):
@@ -101,6 +112,14 @@ def _cookie(headers: dict[str, str]) -> str | None:
         if name == COOKIE:
             return value
     return None
+
+
+def _loopback_host(host: str) -> bool:
+    """``localhost``, ``127.x.x.x`` or ``[::1]``, with or without a port."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    return name in ("localhost", "::1") or name.endswith(".localhost") or (
+        name.startswith("127.") and name.replace(".", "").isdigit() and name.count(".") == 3)
 
 
 def _same_origin(headers: dict[str, str]) -> bool:

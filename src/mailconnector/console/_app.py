@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import ConfigError, LeaseBusyError, MailConnectorError, StateError
-from ..project import Project
+from ..project import Project, find_project_file
 from . import _views as views
 from ._access import Access, Guard
 from ._jobs import Jobs, RunJob, TestJob
@@ -46,16 +46,38 @@ class ConsoleState:
     def project(self) -> Project:
         with self._lock:  # requests are served from a pool of threads
             path = self._project.path if self._project is not None else None
-            if self._project is None or path is None or _stamp(path) != self._stamp:
-                fresh = Project.load(self.project_path)
+            stamp = _stamp(path) if path is not None else None
+            if self._project is None or stamp is None or stamp != self._stamp:
+                file = find_project_file(self.project_path)
+                stamp = _stamp(file)  # taken before reading it, so that an edit meanwhile is seen next time
+                fresh = Project.load(file)
                 if self._project is not None:
                     fresh.keep_store_of(self._project)
-                self._project, self._stamp = fresh, _stamp(fresh.path)
+                    if self._project._store is not None and self._project._store is not fresh._store:
+                        self._project._store.close()  # the state moved elsewhere: the old store is done
+                fresh.store()  # opened here, under the lock, so that two requests never open two
+                _register_secrets(fresh)
+                self._project, self._stamp = fresh, stamp
                 if fresh.uses_oauth2:
                     from ..auth.oauth2 import use_store
 
                     use_store(fresh.store())  # OAuth2 tokens shared with the command line's runs
             return self._project
+
+    def close(self) -> None:
+        with self._lock:
+            if self._project is not None and self._project._store is not None:
+                self._project._store.close()
+
+
+def _register_secrets(project: Project) -> None:
+    """Every connection is built once as the file is read: building one registers its secrets for redaction,
+    so that no page, whichever is opened first, shows a password that a stored error or record holds."""
+    for name in project.connection_names:
+        try:
+            project.connection(name)
+        except MailConnectorError:
+            pass  # the connections page shows what is wrong with it
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -269,6 +291,7 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         from starlette.concurrency import run_in_threadpool
 
         await run_in_threadpool(state.jobs.shutdown)  # runs end after the record in hand, as on SIGTERM
+        await run_in_threadpool(state.close)
 
     routes = [
         Route("/", home),
@@ -348,7 +371,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
     try:
         body = json.loads(await request.body() or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise BadRequest("the request body is not JSON", hint='send a JSON object, e.g. {"folder": "INBOX"}') \
             from None
     if not isinstance(body, dict):
