@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, ParamSpec, TypeVar
 
 from .secrets import REDACTED, redact
@@ -119,24 +119,32 @@ def json_line(message: str, *, level: int = logging.INFO, logger: str = f"{ROOT}
 
 
 _installed: list[logging.Handler] = []
+_routed: list[str] = []
 
 
 def configure_logging(*, debug: bool = False, verbose_protocol: bool = False, log_format: str = "text",
-                      stream: IO[str] | None = None) -> None:
+                      stream: IO[str] | None = None, level: int = logging.WARNING, also: Sequence[str] = ()) -> None:
     """Install one redacting handler on ``mailconnector`` (and on ``imapclient`` for the wire log).
 
-    Without ``--debug`` only warnings and errors are shown: results go to stdout, logs to stderr.
+    Without ``--debug`` only ``level`` and above is shown (a command: warnings and errors, since its results go
+    to stdout; a worker: info too). ``also``: other libraries' loggers (a worker's ``celery``) in the same format.
     """
     for h in _installed:
-        for name in (ROOT, "imapclient"):
+        for name in (ROOT, "imapclient", *_routed):
             logging.getLogger(name).removeHandler(h)
     _installed.clear()
+    _routed[:] = list(also)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(RedactingFormatter(json_lines=log_format == "json"))
     root = logging.getLogger(ROOT)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.setLevel(logging.DEBUG if debug else level)
     root.propagate = False
+    for name in also:
+        other = logging.getLogger(name)
+        other.addHandler(handler)
+        other.setLevel(logging.DEBUG if debug else level)
+        other.propagate = False
     proto = logging.getLogger(PROTOCOL)
     proto.setLevel(logging.DEBUG if verbose_protocol else logging.WARNING)
     if verbose_protocol:

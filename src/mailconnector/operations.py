@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2.sandbox import SandboxedEnvironment
 
-from .activities.endpoints import Delivery, FileSource, FileTarget, ReadEmailSource, build_source, build_target
+from .activities.endpoints import (
+    Delivery,
+    FileSource,
+    FileTarget,
+    ReadEmailSource,
+    SourceItem,
+    build_source,
+    build_target,
+)
 from .errors import ConfigError, MailConnectorError, TransportError
 from .logs import run_context
 from .project import OperationConfig, Project, Transformation
@@ -39,7 +47,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .imap import ImapSession
 
-__all__ = ["RunResult", "build_transformation", "run_operation", "watch_operation"]
+__all__ = ["RunResult", "build_transformation", "run_chunk", "run_operation", "watch_operation"]
 
 log = logging.getLogger("mailconnector.operations")
 
@@ -146,10 +154,57 @@ class _Pending:
     failed: bool = False
 
 
+@dataclass
+class _Chunk:
+    """The run is one chunk of a distributed run: the run exists already, the chunk's records came with its task
+    (None: the operation's own source, a mailbox), and its outcome is recorded once, errors included."""
+
+    run_id: str
+    index: int
+    items: list[Any] | None
+    worker: str | None
+    errors: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+
+
+class _CarriedError(MailConnectorError):
+    """A source error that travelled with a chunk: reported under its original type."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self._kind = kind
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+
+class _ChunkSource:
+    """The records a chunk carries, as ``[label, key, record, error]``: nothing to acknowledge (a file source)."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = items
+
+    def items(self) -> Iterator[SourceItem]:
+        for label, key, record, error in self._items:
+            if error is not None:
+                yield SourceItem(None, error=_CarriedError(str(error.get("type", "SourceError")),
+                                                           str(error.get("message", ""))), label=label, key=key)
+            else:
+                yield SourceItem(record, label=label, key=key)
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "chunk", "records": len(self._items)}
+
+
 class _Run:
     def __init__(self, project: Project, name: str, stop: threading.Event, keeper: LeaseKeeper | None = None,
                  log_empty: bool = True, on_record: Callable[[str], None] | None = None,
-                 batch_key: str | None = None, on_start: Callable[[str], None] | None = None) -> None:
+                 batch_key: str | None = None, on_start: Callable[[str], None] | None = None,
+                 chunk: _Chunk | None = None) -> None:
+        self.chunk = chunk
         self.on_record = on_record  # progress: called with the operation's name as each record settles
         self.on_start = on_start  # called with the run id once the operation log has the run
         self.watch_keeper = keeper  # watch mode holds the folder's lease across runs
@@ -166,17 +221,26 @@ class _Run:
         self.cut_short = False  # stop was set (SIGTERM / Ctrl-C) before the source was exhausted
         self.run_id = ""
 
+    def log_error(self, label: str, data: dict[str, Any]) -> None:
+        if self.chunk is not None:
+            self.chunk.errors.append((label, data))  # recorded with the chunk's counts, once
+        else:
+            self.store.record_run_error(self.run_id, label, data)
+
     def fail(self, label: str, error: ErrorInfo | dict[str, Any]) -> None:
         self.failed += 1
         data = error.model_dump(exclude_none=True) if isinstance(error, ErrorInfo) else error
-        self.store.record_run_error(self.run_id, label, data)
+        self.log_error(label, data)
         log.warning("run %s: %s failed: %s", self.run_id, label, data.get("message"))
         if self.op.on_error == "stop":
             self.halted = True
 
     def execute(self) -> RunResult:
         transform = build_transformation(self.op.transformation, self.project, self.name)
-        source = build_source(self.project, self.op.source)
+        chunk = self.chunk
+        source: ReadEmailSource | FileSource | _ChunkSource = (
+            _ChunkSource(chunk.items) if chunk is not None and chunk.items is not None
+            else build_source(self.project, self.op.source))
         try:
             target = build_target(self.project, self.op.target, operation=self.name, batch_key=self.batch_key,
                                   stop=self.stop)
@@ -199,7 +263,7 @@ class _Run:
             assert isinstance(source, ReadEmailSource)
             source.reader.lease = keeper  # its acks, checkpoints and actions are fenced by this lease
         try:
-            self.run_id = self.store.start_run(self.name, settings)
+            self.run_id = chunk.run_id if chunk is not None else self.store.start_run(self.name, settings)
         except BaseException:
             if keeper is not None and keeper is not self.watch_keeper:
                 keeper.stop()
@@ -211,7 +275,7 @@ class _Run:
         with run_context(self.run_id, self.name):  # every log line of the run carries its id
             return self._run_started(source, target, transform, keeper)
 
-    def _run_started(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
+    def _run_started(self, source: ReadEmailSource | FileSource | _ChunkSource, target: SendEmailTarget | FileTarget,
                      transform: Transform, keeper: LeaseKeeper | None) -> RunResult:
         status, error = "success", None
         pending_exc: BaseException | None = None
@@ -238,6 +302,19 @@ class _Run:
                 status = "interrupted"
             elif self.failed or self.uncertain:
                 status = "partial" if self.written or self.skipped else "failed"
+        if self.chunk is not None:
+            self.store.finish_chunk(self.run_id, self.chunk.index, status=status, read=self.read,
+                                    written=self.written, failed=self.failed, skipped=self.skipped,
+                                    uncertain=self.uncertain, errors=self.chunk.errors, error=error,
+                                    worker=self.chunk.worker)
+        else:
+            self._finish_own_run(status, error)
+        if pending_exc is not None:
+            raise pending_exc
+        return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error,
+                         skipped=self.skipped, uncertain=self.uncertain)
+
+    def _finish_own_run(self, status: str, error: str | None) -> None:
         if status == "success" and not self.read and not self.log_empty:
             self.store.delete_run(self.run_id)
         else:
@@ -249,12 +326,8 @@ class _Run:
                                   max_count=retention.log_retention_runs)
         except MailConnectorError as exc:
             log.warning("could not prune the operation logs: %s", exc.message)
-        if pending_exc is not None:
-            raise pending_exc
-        return RunResult(self.run_id, self.name, status, self.read, self.written, self.failed, error,
-                         skipped=self.skipped, uncertain=self.uncertain)
 
-    def _pump(self, source: ReadEmailSource | FileSource, target: SendEmailTarget | FileTarget,
+    def _pump(self, source: ReadEmailSource | FileSource | _ChunkSource, target: SendEmailTarget | FileTarget,
               transform: Transform, keeper: LeaseKeeper | None) -> None:
         pending: dict[int, _Pending] = {}
         tickets: dict[int, tuple[int, str, dict[str, Any]]] = {}
@@ -305,7 +378,7 @@ class _Run:
                 self.skipped += 1
             elif outcome.status == "uncertain":  # not a failure (on_error does not stop), not taken either
                 self.uncertain += 1
-                self.store.record_run_error(self.run_id, label, {**detail, "outcome": "uncertain"})
+                self.log_error(label, {**detail, "outcome": "uncertain"})
             else:
                 self.fail(label, {"message": "failed", **detail})
             if self.on_record is not None:
@@ -365,6 +438,16 @@ def run_operation(project: Project, name: str, *, stop: threading.Event | None =
             log.warning("chained operation %s did not run: %s", next_name, exc.message)
             result.chained.append(RunResult("", next_name, "error", error=exc.message))
     return result
+
+
+def run_chunk(project: Project, name: str, *, run_id: str, chunk: int, items: list[Any] | None,
+              batch_key: str | None, stop: threading.Event | None = None, worker: str | None = None) -> RunResult:
+    """One chunk of the distributed run ``run_id`` (a worker's task): ``items`` are its records as
+    ``[label, key, record, error]`` (None: the operation's own source). Its counts and errors are recorded
+    once, with the chunk; the chunk that completes the run ends it. Chained operations are not run."""
+    run = _Run(project, name, stop or threading.Event(), batch_key=batch_key,
+               chunk=_Chunk(run_id, chunk, items, worker))
+    return run.execute()
 
 
 # ------------------------------------------------------------------------------------------------- watch

@@ -198,6 +198,16 @@ class ProjectSettings(BaseModel):
     lease_seconds: float = Field(60.0, ge=1, le=3600, description="how long a folder stays locked to a "
                                  "consumer that stopped renewing its lease (a killed process); renewed every "
                                  "third of it")
+    broker: str | None = Field(None, description="the Celery broker of distributed runs and workers: "
+                               "redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST:5672// (secrets through ${env:...} "
+                               "or ${file:...}); MAILCONNECTOR_BROKER overrides it. Needs settings.state on "
+                               "PostgreSQL")
+    chunk_size: int = Field(100, ge=1, le=10000, description="distributed runs: records per task (keep a chunk's "
+                            "work well under redelivery_seconds)")
+    redelivery_seconds: float = Field(90.0, ge=5, le=86400, description="distributed runs: how long the broker "
+                                      "waits before it gives a chunk held by a worker that died to another "
+                                      "(Redis' visibility timeout); a chunk still running then is not run twice "
+                                      "(its lease), but waits")
 
 
 class _ProjectFile(BaseModel):

@@ -421,7 +421,8 @@ def test_requests_at_once_on_a_fresh_console_share_one_store(console_project: Co
         barrier = threading.Barrier(12)
         stores: list[object] = []
 
-        def ask(state: ConsoleState = state, barrier: threading.Barrier = barrier) -> None:
+        def ask(state: ConsoleState = state, barrier: threading.Barrier = barrier,
+                stores: list[object] = stores) -> None:
             barrier.wait()
             stores.append(state.project().store())
 

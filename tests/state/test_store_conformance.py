@@ -327,6 +327,76 @@ def test_two_runs_drawing_the_same_id_in_the_same_second_both_start(store: State
     assert store.get_run(first) is not None and store.get_run(second) is not None
 
 
+# ------------------------------------------------------------------------------------- distributed runs
+def test_a_distributed_run_counts_each_chunk_once_and_ends_with_its_last(open_store: Opener) -> None:
+    store = open_store()
+    run_id = store.start_run("op", {"distributed": {"chunk_size": 2}})
+    # A chunk may finish before the submitter has queued the rest: the run stays running until it knows how many.
+    assert store.finish_chunk(run_id, 0, status="success", read=2, written=2, worker="w1")
+    assert not store.finish_chunk(run_id, 0, status="success", read=2, written=2, worker="w2")  # a second copy
+    assert store.chunk_done(run_id, 0) and not store.chunk_done(run_id, 1)
+    running = store.get_run(run_id)
+    assert running is not None and running["status"] == "running" and running["records_written"] == 2
+    store.set_run_chunks(run_id, 3, 5)
+    assert store.list_runs(status="running")[0]["run_id"] == run_id  # no process holds it: never "interrupted"
+    assert store.finish_chunk(run_id, 2, status="partial", read=1, written=0, skipped=0, uncertain=1,
+                              errors=[("line 5", {"message": "may have been sent", "outcome": "uncertain"})])
+    assert store.get_run(run_id)["status"] == "running"  # type: ignore[index]
+    assert store.finish_chunk(run_id, 1, status="partial", read=2, written=1, failed=1,
+                              errors=[("line 3", {"message": "refused"})])
+    run = store.get_run(run_id)
+    assert run is not None and run["status"] == "partial" and run["ended_at"] is not None
+    assert (run["records_read"], run["records_written"], run["records_failed"], run["records_uncertain"]) == (
+        5, 3, 1, 1)
+    assert (run["chunks"], run["chunks_done"], run["records_submitted"]) == (3, 3, 5)
+    assert [e["record"] for e in run["errors"]] == ["line 5", "line 3"]
+    assert "errors" not in store.get_run(run_id, errors=False)  # type: ignore[operator]
+    assert not store.finish_chunk(run_id, 1, status="success", read=2, written=2)  # late copy: nothing changes
+    assert store.get_run(run_id)["records_written"] == 3  # type: ignore[index]
+    store.delete_run(run_id)
+    assert store.get_run(run_id) is None and not store.chunk_done(run_id, 0)
+
+
+def test_a_chunk_that_failed_to_run_makes_the_run_an_error_and_an_empty_run_ends_at_once(store: StateStore) -> None:
+    run_id = store.start_run("op", {})
+    store.set_run_chunks(run_id, 2, 4)
+    store.finish_chunk(run_id, 1, status="error", error="the worker has another project file", failed=2)
+    store.finish_chunk(run_id, 0, status="success", read=2, written=2)
+    run = store.get_run(run_id)
+    assert run is not None and run["status"] == "error"
+    assert run["error"] == "chunk 1: the worker has another project file" and run["records_failed"] == 2
+    empty = store.start_run("op", {})
+    store.set_run_chunks(empty, 0, 0)
+    assert store.get_run(empty)["status"] == "success"  # type: ignore[index]
+    aborted = store.start_run("op", {})
+    store.abort_run(aborted, "the broker went away after 1 chunk", chunks=1)
+    store.finish_chunk(aborted, 0, status="success", read=3, written=3)  # the chunk queued before still counts
+    run = store.get_run(aborted)
+    assert run is not None and run["status"] == "error" and run["records_written"] == 3
+    assert run["error"] == "the broker went away after 1 chunk"
+
+
+def test_the_last_chunks_finishing_at_once_end_the_run_exactly_once(open_store: Opener) -> None:
+    stores = [open_store(), open_store()]
+    for attempt in range(5):
+        run_id = stores[0].start_run("op", {})
+        stores[0].set_run_chunks(run_id, 8, 8)
+        barrier = threading.Barrier(8)
+
+        def finish(chunk: int, run_id: str = run_id, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            stores[chunk % 2].finish_chunk(run_id, chunk, status="success", read=1, written=1)
+
+        threads = [threading.Thread(target=finish, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        run = stores[1].get_run(run_id)
+        assert run is not None and run["status"] == "success", attempt
+        assert run["records_written"] == 8 and run["chunks_done"] == 8
+
+
 # ------------------------------------------------------------------------------------------ migrations
 def test_reopening_is_idempotent_and_a_newer_store_is_refused(open_store: Opener) -> None:
     store = open_store()

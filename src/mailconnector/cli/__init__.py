@@ -135,6 +135,7 @@ from . import (  # noqa: E402  (registers commands)
     sandbox_cmd,
     send_cmd,
     state_cmd,
+    worker_cmd,
 )
 
 connection_cmds.register(app)
@@ -146,6 +147,7 @@ auth_cmd.register(app)
 ledger_cmd.register(app)
 state_cmd.register(app)
 console_cmd.register(app)
+worker_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

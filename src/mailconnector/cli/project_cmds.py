@@ -45,10 +45,18 @@ def run_cmd(
     interval: Annotated[float | None, typer.Option(help="Watch: seconds between polls (default: the "
                                                    "operation's interval, 60).", min=0.1)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait while another process holds the folder, "
-                                       "instead of exiting with 8.")] = False,
+                                       "instead of exiting with 8. With --distributed: follow the run until "
+                                       "it ends, and exit as a run here does.")] = False,
     key: Annotated[str | None, typer.Option("--key", help="A send-email target's batch key for this run "
                                             "(instead of the operation's `key`): records already sent under "
                                             "it are skipped, a new one sends them again.")] = None,
+    distributed: Annotated[bool, typer.Option("--distributed", help="Run it on the workers (`mailconnector "
+                                              "worker`): the source is cut into chunks that travel through the "
+                                              "broker; prints the run id and returns, unless --wait.")] = False,
+    chunk_size: Annotated[int | None, typer.Option(help="--distributed: records per chunk (default: "
+                                                   "settings.chunk_size, 100).", min=1, max=10000)] = None,
+    queue: Annotated[str, typer.Option(help="--distributed: the queue to send the chunks to (workers take "
+                                       "from theirs, `worker --queues`).")] = "mailconnector",
     project: ProjectOpt = None,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
@@ -63,37 +71,34 @@ def run_cmd(
     8 when another process holds the folder (add --wait to wait for it instead). The summary counts
     records written (sent), skipped (already sent by an earlier run), uncertain and failed apart.
 
+    With --distributed the run goes to the workers (see docs/scaling.md): its counts and each failed
+    record's error are in the shared operation log (`mailconnector logs RUN_ID`) whichever worker did the
+    work; exit 0 once it is queued, or with --wait as a run here (Ctrl-C stops following, not the run).
+
     Examples:
       mailconnector run send-outbox
       mailconnector run send-statements --key 2026-12-02
       mailconnector run inbox-to-jsonl --watch --interval 30
+      mailconnector run send-statements --distributed --chunk-size 200 --wait
     """
     from ..operations import watch_operation
 
+    if distributed and watch:
+        raise typer.BadParameter("a watch runs in this process; a distributed watch is a triggered operation "
+                                 "(`trigger: watch` in the project file)", param_hint="--distributed")
+    if (chunk_size is not None or queue != "mailconnector") and not distributed:
+        raise typer.BadParameter("only with --distributed", param_hint="--chunk-size / --queue")
     s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
               json_output=json_output)
     proj = s.project
     proj.operation(operation)  # validate before anything starts
+    if distributed:
+        _run_distributed(proj, operation, key=key, chunk_size=chunk_size, queue=queue, wait=wait,
+                         json_output=json_output)
+        return
 
     def show(result: RunResult) -> None:
-        if watch and result.status == "success" and not result.read and not result.chained:
-            return  # a watch's run that found nothing: not worth a line (nor a log entry)
-        if json_output:
-            if watch:  # one run per line: a stream a script can read as it comes
-                sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
-                sys.stdout.flush()
-            else:
-                emit_json(result.to_dict())
-            return
-        for r in _flatten(result):
-            colour = {"success": "green", "partial": "yellow"}.get(r.status, "red")
-            counts = f"read {r.read}, written {r.written}"
-            counts += "".join(f", {word} {n}" for word, n in (("skipped", r.skipped), ("uncertain", r.uncertain)) if n)
-            err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — {counts}, failed {r.failed} "
-                              f"(run {r.run_id})" + (f": {r.error}" if r.error else ""))
-            if r.skipped:
-                err_console.print(f"[yellow]hint[/]: {r.skipped} record(s) were already sent by an earlier run "
-                                  "(send ledger); to send them again on purpose, run with a new --key")
+        _show_result(result, json_output=json_output, watch=watch)
 
     with stop_on_signals("stopping after the record in hand") as stop:
         if watch:
@@ -103,6 +108,59 @@ def run_cmd(
     show(result)
     if result.interrupted:
         raise typer.Exit(130)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _show_result(result: RunResult, *, json_output: bool, watch: bool = False) -> None:
+    if watch and result.status == "success" and not result.read and not result.chained:
+        return  # a watch's run that found nothing: not worth a line (nor a log entry)
+    if json_output:
+        if watch:  # one run per line: a stream a script can read as it comes
+            sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            emit_json(result.to_dict())
+        return
+    for r in _flatten(result):
+        colour = {"success": "green", "partial": "yellow"}.get(r.status, "red")
+        counts = f"read {r.read}, written {r.written}"
+        counts += "".join(f", {word} {n}" for word, n in (("skipped", r.skipped), ("uncertain", r.uncertain)) if n)
+        err_console.print(f"[{colour}]{r.operation}[/]: {r.status} — {counts}, failed {r.failed} "
+                          f"(run {r.run_id})" + (f": {r.error}" if r.error else ""))
+        if r.skipped:
+            err_console.print(f"[yellow]hint[/]: {r.skipped} record(s) were already sent by an earlier run "
+                              "(send ledger); to send them again on purpose, run with a new --key")
+
+
+def _run_distributed(proj: Project, operation: str, *, key: str | None, chunk_size: int | None, queue: str,
+                     wait: bool, json_output: bool) -> None:
+    from ..distributed import follow_run, submit_run
+
+    submitted = submit_run(proj, operation, chunk_size=chunk_size, batch_key=key, queue=queue)
+    if not wait:
+        if json_output:
+            emit_json(submitted.to_dict())
+        else:
+            sys.stdout.write(submitted.run_id + "\n")
+            err_console.print(f"{operation}: {submitted.records} record(s) in {submitted.chunks} chunk(s) queued "
+                              f"(run {submitted.run_id}); follow it with: mailconnector logs {submitted.run_id}")
+        return
+    with stop_on_signals("no longer following the run (it goes on on the workers)") as stop, \
+            progress(f"running {operation} on the workers", total=submitted.records) as bar:
+        done = 0
+
+        def advance(settled: int, _total: int) -> None:
+            nonlocal done
+            bar.advance(settled - done)
+            done = settled
+
+        result = follow_run(proj, submitted.run_id, stop=stop, on_progress=advance)
+    if result.status == "running":
+        err_console.print(f"run {result.run_id} goes on on the workers; follow it with: "
+                          f"mailconnector logs {result.run_id}")
+        raise typer.Exit(130)
+    _show_result(result, json_output=json_output)
     if not result.ok:
         raise typer.Exit(1)
 

@@ -74,10 +74,8 @@ def _register_secrets(project: Project) -> None:
     """Every connection is built once as the file is read: building one registers its secrets for redaction,
     so that no page, whichever is opened first, shows a password that a stored error or record holds."""
     for name in project.connection_names:
-        try:
+        with contextlib.suppress(MailConnectorError):  # the connections page shows what is wrong with it
             project.connection(name)
-        except MailConnectorError:
-            pass  # the connections page shows what is wrong with it
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -110,15 +110,16 @@ class LeaseKeeper:
         if self.lost.is_set():
             raise lease_lost_error(self.name)
 
-    def stop(self) -> None:
-        """Stop renewing and release the lease (if it is still ours)."""
+    def stop(self, *, forget: bool = False) -> None:
+        """Stop renewing and release the lease (if it is still ours). ``forget``: remove it altogether, for a
+        lease on something done for good (a finished chunk), which no later holder will need."""
         self._done.set()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
         if self.fence is not None:
             try:
-                self.store.release_lease(self.fence)
+                (self.store.drop_lease if forget else self.store.release_lease)(self.fence)
             except MailConnectorError as exc:
                 log.warning("could not release %s: %s", self.name, exc.message)
             self.fence = None

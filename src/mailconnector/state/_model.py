@@ -7,6 +7,7 @@ setting (``settings.state``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -164,6 +165,9 @@ class Leases(Protocol):
 
     def release_lease(self, fence: Fence) -> None: ...
 
+    def drop_lease(self, fence: Fence) -> None:
+        """Remove a lease for good (its next holder's token starts again)."""
+
     def check_fence(self, fence: Fence) -> bool: ...
 
     def lease_info(self, name: str) -> LeaseInfo | None: ...
@@ -199,7 +203,21 @@ class RunLog(Protocol):
     def run_totals(self) -> list[dict[str, Any]]:
         """Per operation and status: the runs in the log and their records, summed (for metrics)."""
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    def get_run(self, run_id: str, *, errors: bool = True) -> dict[str, Any] | None:
+        """The run with its record errors (``errors=False``: without them, for a progress display)."""
+
+    def set_run_chunks(self, run_id: str, chunks: int, records: int) -> None:
+        """A distributed run is wholly queued: it ends when its ``chunks`` chunks are recorded."""
+
+    def abort_run(self, run_id: str, error: str, *, chunks: int) -> None: ...
+
+    def chunk_done(self, run_id: str, chunk: int) -> bool: ...
+
+    def finish_chunk(self, run_id: str, chunk: int, *, status: str, read: int = 0, written: int = 0,
+                     failed: int = 0, skipped: int = 0, uncertain: int = 0,
+                     errors: Sequence[tuple[str | None, dict[str, Any]]] = (), error: str | None = None,
+                     worker: str | None = None) -> bool:
+        """Record a chunk's outcome once (False: it was already); the last one ends the run."""
 
     def delete_run(self, run_id: str) -> None: ...
 

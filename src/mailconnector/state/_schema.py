@@ -3,7 +3,8 @@ written by a newer one instead of misreading it.
 
 Version 1 is the layout of the first release (SQLite only, keyed by connection name); version 2 the
 shared store's; version 3 keeps a run's skipped and uncertain records apart from the written ones and names
-the process that runs it (so that a run its process left behind shows as interrupted).
+the process that runs it (so that a run its process left behind shows as interrupted); version 4 notes a
+watcher's polls and releases; version 5 records the chunks of distributed runs.
 SQL here is written once for both dialects: ``{serial}`` and ``{real}`` are filled per dialect.
 """
 
@@ -92,7 +93,26 @@ ALTER TABLE leases ADD COLUMN poll_due {real};
 ALTER TABLE leases ADD COLUMN released_at {real}
 """
 
-MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3, 4: _V4}
+# Distributed runs: a run cut into chunks that workers finish in any order, each recorded once (a chunk
+# delivered twice by the broker is counted once), the run ended by whichever records the last one.
+_V5 = """
+ALTER TABLE runs ADD COLUMN chunks BIGINT;
+ALTER TABLE runs ADD COLUMN records_submitted BIGINT;
+CREATE TABLE IF NOT EXISTS run_chunks (
+    run_id TEXT NOT NULL,
+    chunk BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    worker TEXT,
+    records_read BIGINT NOT NULL DEFAULT 0,
+    records_written BIGINT NOT NULL DEFAULT 0,
+    records_failed BIGINT NOT NULL DEFAULT 0,
+    error TEXT,
+    finished_at {real} NOT NULL,
+    PRIMARY KEY (run_id, chunk)
+)
+"""
+
+MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3, 4: _V4, 5: _V5}
 LATEST = max(MIGRATIONS)
 
 # A first-release SQLite file (tables but no schema_migrations): its tables are renamed out of the way, the

@@ -298,6 +298,9 @@ class SqlStore:
         self._w("UPDATE leases SET expires_at = {now} - 1, released_at = {now} "
                 "WHERE name = ? AND holder = ? AND token = ?", (fence.name, fence.holder, fence.token))
 
+    def drop_lease(self, fence: Fence) -> None:
+        self._w("DELETE FROM leases WHERE name = ? AND holder = ? AND token = ?", (fence.name, fence.holder, fence.token))
+
     def mark_polled(self, fence: Fence, *, next_within: float) -> None:
         self._w("UPDATE leases SET polled_at = {now}, poll_due = {now} + ? WHERE name = ? AND holder = ? AND token = ?",
                 (next_within, fence.name, fence.holder, fence.token))
@@ -348,6 +351,69 @@ class SqlStore:
                 "records_failed = ?, records_skipped = ?, records_uncertain = ?, error = ? WHERE run_id = ?",
                 (status, read, written, failed, skipped, uncertain, error, run_id))
 
+    # -------------------------------------------------- distributed runs
+    def set_run_chunks(self, run_id: str, chunks: int, records: int) -> None:
+        """The run is wholly queued: ``chunks`` chunks holding ``records`` records. From now on no single
+        process holds it (the workers do); it ends when its last chunk is recorded (at once if none)."""
+        sql = self.dialect.sql
+        with self._transaction() as ex:
+            ex(sql("UPDATE runs SET chunks = ?, records_submitted = ?, holder = NULL WHERE run_id = ?"),
+               (chunks, records, run_id))
+            self._end_if_complete(ex, run_id)
+
+    def abort_run(self, run_id: str, error: str, *, chunks: int) -> None:
+        """Submitting stopped half-way: the run is ``error`` (the chunks already queued still add their counts)."""
+        self._w("UPDATE runs SET status = 'error', error = ?, ended_at = {now}, chunks = ?, holder = NULL "
+                "WHERE run_id = ? AND status = 'running'", (error, chunks, run_id))
+
+    def chunk_done(self, run_id: str, chunk: int) -> bool:
+        return bool(self._q("SELECT 1 FROM run_chunks WHERE run_id = ? AND chunk = ?", (run_id, chunk)))
+
+    def finish_chunk(self, run_id: str, chunk: int, *, status: str, read: int = 0, written: int = 0,
+                     failed: int = 0, skipped: int = 0, uncertain: int = 0,
+                     errors: Sequence[tuple[str | None, dict[str, Any]]] = (), error: str | None = None,
+                     worker: str | None = None) -> bool:
+        """Record one chunk's outcome, once: False when it was recorded already (a copy delivered twice)."""
+        sql = self.dialect.sql
+        with self._transaction() as ex:
+            _, inserted = ex(sql(
+                "INSERT INTO run_chunks (run_id, chunk, status, worker, records_read, records_written, "
+                "records_failed, error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {now}) "
+                "ON CONFLICT (run_id, chunk) DO NOTHING"),
+                (run_id, chunk, status, worker, read, written, failed, error))
+            if not inserted:
+                return False
+            for label, data in errors:
+                ex(sql("INSERT INTO run_errors (run_id, record, error) VALUES (?, ?, ?)"),
+                   (run_id, label, json.dumps(data)))
+            # The run's row is locked by this update until commit: two last chunks recorded at once on
+            # PostgreSQL are serialised here, so the one that counts second sees the other's row.
+            ex(sql("UPDATE runs SET records_read = records_read + ?, records_written = records_written + ?, "
+                   "records_failed = records_failed + ?, records_skipped = records_skipped + ?, "
+                   "records_uncertain = records_uncertain + ?, error = COALESCE(error, ?) WHERE run_id = ?"),
+               (read, written, failed, skipped, uncertain, f"chunk {chunk}: {error}" if error else None, run_id))
+            self._end_if_complete(ex, run_id)
+        return True
+
+    def _end_if_complete(self, ex: Exec, run_id: str) -> None:
+        sql = self.dialect.sql
+        rows = ex(sql("SELECT chunks, status, records_written, records_skipped, records_failed, records_uncertain "
+                      "FROM runs WHERE run_id = ?"), (run_id,))[0]
+        if not rows or rows[0][0] is None or rows[0][1] != "running":
+            return
+        chunks, _, written, skipped, failed, uncertain = rows[0]
+        done, errored = ex(sql("SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END), 0) "
+                               "FROM run_chunks WHERE run_id = ?"), (run_id,))[0][0]
+        if int(done) < int(chunks):
+            return
+        if errored:
+            status = "error"
+        elif failed or uncertain:
+            status = "partial" if written or skipped else "failed"
+        else:
+            status = "success"
+        ex(sql("UPDATE runs SET status = ?, ended_at = {now} WHERE run_id = ?"), (status, run_id))
+
     def list_runs(self, *, limit: int = 50, operation: str | None = None, status: str | None = None,
                   since: float | None = None) -> list[dict[str, Any]]:
         conditions: list[str] = []
@@ -383,11 +449,15 @@ class SqlStore:
                  "records_skipped": v[3], "records_uncertain": v[4], "records_failed": v[5]}
                 for (op, st), v in sorted(totals.items())]
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None:
+    def get_run(self, run_id: str, *, errors: bool = True) -> dict[str, Any] | None:
         rows = self._q(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             return None
         run = _run_row(rows[0])
+        if run["chunks"] is not None or run["records_submitted"] is not None:
+            run["chunks_done"] = int(self._q("SELECT COUNT(*) FROM run_chunks WHERE run_id = ?", (run_id,))[0][0])
+        if not errors:
+            return run
         errs = self._q("SELECT record, error FROM run_errors WHERE run_id = ? ORDER BY id", (run_id,))
         run["errors"] = [{"record": r, "error": json.loads(e)} for r, e in errs]
         return run
@@ -396,6 +466,7 @@ class SqlStore:
         sql = self.dialect.sql
         with self._transaction() as ex:
             ex(sql("DELETE FROM run_errors WHERE run_id = ?"), (run_id,))
+            ex(sql("DELETE FROM run_chunks WHERE run_id = ?"), (run_id,))
             ex(sql("DELETE FROM runs WHERE run_id = ?"), (run_id,))
 
     def prune_runs(self, *, max_age_days: float | None = None, max_count: int | None = None) -> int:
@@ -413,13 +484,14 @@ class SqlStore:
         sql = self.dialect.sql
         with self._transaction() as ex:
             ex(sql(f"DELETE FROM run_errors WHERE run_id IN (SELECT run_id FROM runs WHERE {where})"), args)
+            ex(sql(f"DELETE FROM run_chunks WHERE run_id IN (SELECT run_id FROM runs WHERE {where})"), args)
             _, removed = ex(sql(f"DELETE FROM runs WHERE {where}"), args)
         return removed
 
 
 _LEDGER_COLUMNS = "message_id, connection, status, holder, claimed_at, settled_at, recipients, accepted, note"
 _RUN_COLUMNS = ("run_id, operation, started_at, ended_at, status, records_read, records_written, records_skipped, "
-                "records_uncertain, records_failed, settings, error, holder")
+                "records_uncertain, records_failed, settings, error, holder, chunks, records_submitted")
 
 
 def _ledger_entry(row: tuple[Any, ...]) -> LedgerEntry:
@@ -452,4 +524,6 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
             run[key] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(float(run[key])))
     for key in ("records_read", "records_written", "records_skipped", "records_uncertain", "records_failed"):
         run[key] = int(run[key])
+    for key in ("chunks", "records_submitted"):  # None: a run in one process
+        run[key] = None if run[key] is None else int(run[key])
     return run

@@ -1,0 +1,207 @@
+"""Distributed runs on real processes: `mailconnector worker`s on a real Redis, the state in a real PostgreSQL,
+mail through the sandbox's Postfix, every copy counted in the mailboxes. Workers are SIGKILLed mid-send; the
+broker is away at submit time; a worker has another project file; a chunk kills its worker each time."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+
+import pytest
+import yaml
+from services.cluster import Cluster, write_outbox
+from services.copies import delivered, mailbox
+
+from mailconnector.sandbox import Sandbox
+from mailconnector.state import Store
+
+USERS = ("bob", "carol")
+
+
+def _ledger(cluster: Cluster) -> dict[str, str]:
+    store = Store(cluster.state)
+    try:
+        return {e.message_id: e.status for e in store.ledger_entries(limit=100_000)}
+    finally:
+        store.close()
+
+
+def _subjects(sandbox: Sandbox, tok: str) -> list[str]:
+    from mailconnector.connection import Connection
+    from mailconnector.imap import ImapSession
+
+    found = []
+    for user in USERS:
+        with ImapSession(Connection.from_dict(sandbox.connection_dict(user), name=f"look-{user}")) as imap:
+            imap.select("INBOX", readonly=True)
+            uids = imap.search(["SUBJECT", tok])
+            if uids:
+                for item in imap.client.fetch(uids, [b"BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values():
+                    raw = next(bytes(v) for k, v in item.items() if k.startswith(b"BODY[HEADER"))
+                    found.append(raw.decode().split(":", 1)[1].strip())
+    return found
+
+
+def test_a_run_on_two_workers_sends_every_record_once_and_logs_it_in_one_place(
+        cluster: Cluster, sandbox: Sandbox) -> None:
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 23, bad={4, 17})
+    cluster.start_worker()
+    cluster.start_worker()
+    res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
+    assert res.returncode == 1, res.stderr  # two records failed: exit as `run` does
+    summary = json.loads(res.stdout)
+    assert summary["status"] == "partial" and summary["run_id"]
+    assert (summary["read"], summary["written"], summary["failed"], summary["skipped"]) == (23, 21, 2, 0)
+    info = cluster.run_info(summary["run_id"])
+    assert (info["chunks"], info["chunks_done"], info["records_submitted"]) == (5, 5, 23)
+    assert sorted(e["record"] for e in info["errors"]) == ["record 17", "record 4"]  # as a run here labels them
+    assert all("not an address" in json.dumps(e["error"]["record"]) for e in info["errors"])
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must={m for m, s in ledger.items() if s == "sent"})
+    assert len(box) == 21 and all(len(copies) == 1 for copies in box.values())
+    # The same file run again, here or distributed, sends nothing: the Message-IDs are the same either way.
+    again = cluster.run("run", "send-outbox", "--json")
+    assert json.loads(again.stdout)["skipped"] == 21
+    assert len(mailbox(sandbox, USERS, tok)) == 21
+
+
+def test_without_wait_it_prints_the_run_id_and_the_workers_finish_it(cluster: Cluster, sandbox: Sandbox) -> None:
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 7)
+    res = cluster.run("run", "send-outbox", "--distributed", "--chunk-size", "3")
+    assert res.returncode == 0, res.stderr
+    run_id = res.stdout.strip()
+    assert "7 record(s) in 3 chunk(s) queued" in res.stderr and run_id in res.stderr
+    assert cluster.run_info(run_id)["status"] == "running"  # no worker yet: queued in the broker
+    cluster.start_worker()
+    info = cluster.wait_for_end(run_id)
+    assert info["status"] == "success" and info["records_written"] == 7
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == 7
+
+
+def test_a_worker_killed_mid_send_leaves_its_chunk_to_another_and_nothing_is_sent_twice(
+        cluster: Cluster, sandbox: Sandbox) -> None:
+    tok = uuid.uuid4().hex[:8]
+    count = 60
+    write_outbox(cluster.directory, tok, count)
+    first = cluster.start_worker()
+    res = cluster.run("run", "send-outbox", "--distributed", "--json")
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads(res.stdout)["run_id"]
+    deadline = time.monotonic() + 60
+    while sum(s == "sent" for s in _ledger(cluster).values()) < 12:  # two chunks and a bit are through
+        assert time.monotonic() < deadline, first.text()[-3000:]
+        assert first.proc.poll() is None, first.text()[-3000:]
+        time.sleep(0.02)  # poll interval
+    first.kill()
+    second = cluster.start_worker()
+    info = cluster.wait_for_end(run_id, timeout=120)
+    assert info["status"] in ("success", "partial"), info  # partial: a send in flight at the kill is uncertain
+    ledger = _ledger(cluster)
+    assert len(ledger) == count and set(ledger.values()) <= {"sent", "uncertain"}
+    uncertain = {m for m, s in ledger.items() if s == "uncertain"}
+    assert info["records_uncertain"] == len(uncertain) and info["records_failed"] == 0
+    assert info["records_written"] + info["records_skipped"] + info["records_uncertain"] == count
+    box, accepted = delivered(sandbox, USERS, tok, set(ledger), must={m for m, s in ledger.items() if s == "sent"})
+    twice = {mid: copies for mid, copies in box.items() if len(copies) > 1}
+    assert not twice, f"sent twice: {twice}"
+    assert all(len(qids) == 1 for qids in accepted.values()), accepted
+    assert set(box) <= set(ledger)
+    assert set(ledger) - set(box) <= uncertain  # every message not in the mailbox is reported uncertain
+    assert {e["error"].get("outcome") for e in info["errors"]} <= {"uncertain"}
+    assert " ready." in second.text()
+
+
+def test_the_broker_away_at_submit_time_is_a_clear_error_and_starts_nothing(cluster: Cluster) -> None:
+    write_outbox(cluster.directory, "away", 3)
+    dead = "redis://:hunter2-broker-secret@127.0.0.1:9/0"  # port 9: nothing listens (discard)
+    res = cluster.run("run", "send-outbox", "--distributed", "--json", env={"MAILCONNECTOR_BROKER": dead})
+    assert res.returncode == 5, res.stderr
+    error = json.loads(res.stdout.splitlines()[-1])["error"]
+    assert "the broker at redis://:***@127.0.0.1:9/0 does not answer" in error["message"]
+    assert "settings.broker" in error["hint"]
+    assert "hunter2-broker-secret" not in res.stdout + res.stderr
+    assert cluster.run("logs", "--json").stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"broker": None}, "no broker configured"),
+    ({"state": "state.db"}, "needs a shared state store"),
+    ({"broker": "http://127.0.0.1:6379"}, "is not a redis:// or amqp:// URL"),
+])
+def test_distributed_mode_without_what_it_needs_says_so(cluster: Cluster, settings: dict[str, object],
+                                                        message: str) -> None:
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["settings"].update(settings)
+    doc["settings"] = {k: v for k, v in doc["settings"].items() if v is not None}
+    cluster.path.write_text(yaml.safe_dump(doc))
+    write_outbox(cluster.directory, "needs", 1)
+    for argv in (["run", "send-outbox", "--distributed"], ["worker"]):
+        res = cluster.run(*argv, timeout=60)
+        assert res.returncode == 3, (argv, res.stderr)
+        assert message in res.stderr and "hint" in res.stderr
+
+
+def test_a_file_target_is_refused_and_bad_flags_are_usage_errors(cluster: Cluster) -> None:
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["activities"]["copy"] = {"type": "file", "path": "copy.jsonl"}
+    doc["operations"]["copy-outbox"] = {"source": "outbox", "target": "copy"}
+    cluster.path.write_text(yaml.safe_dump(doc))
+    write_outbox(cluster.directory, "file", 1)
+    res = cluster.run("run", "copy-outbox", "--distributed")
+    assert res.returncode == 3 and "its target 'copy' is a file" in res.stderr
+    assert cluster.run("run", "send-outbox", "--distributed", "--watch").returncode == 2
+    assert cluster.run("run", "send-outbox", "--chunk-size", "5").returncode == 2
+    assert cluster.run("run", "send-outbox", "--distributed", "--chunk-size", "0").returncode == 2
+
+
+def test_a_worker_with_another_project_file_refuses_the_chunks_and_the_run_says_why(
+        cluster: Cluster, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
+    other = tmp_path_factory.mktemp("other-worker")
+    (other / "mailconnector.yaml").write_text(cluster.path.read_text() + "# edited on this machine only\n")
+    cluster.start_worker(directory=other)
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 6)
+    res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
+    assert res.returncode == 1, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["status"] == "error" and summary["failed"] == 6 and summary["written"] == 0
+    assert "another version of the project file" in summary["error"]
+    assert "deploy the same mailconnector.yaml" in summary["error"]
+    assert _ledger(cluster) == {} and mailbox(sandbox, USERS, tok) == {}
+
+
+def test_a_chunk_that_kills_its_worker_each_time_is_given_up_and_the_rest_is_sent(
+        cluster: Cluster, sandbox: Sandbox) -> None:
+    (cluster.directory / "poison.py").write_text(
+        "import os\n\n\ndef check(record):\n    if record.get('poison'):\n        os._exit(1)  # the process dies\n"
+        "    return record\n")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["transformation"] = "poison:check"
+    cluster.path.write_text(yaml.safe_dump(doc))
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 10)
+    lines = (cluster.directory / "outbox.jsonl").read_text().splitlines()
+    record = json.loads(lines[7])
+    lines[7] = json.dumps({**record, "poison": True})
+    (cluster.directory / "outbox.jsonl").write_text("\n".join(lines) + "\n")
+    cluster.start_worker()
+    res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json", timeout=180)
+    summary = json.loads(res.stdout)
+    assert res.returncode == 1 and summary["status"] == "error", res.stderr
+    assert "chunk 1 was started 3 times" in summary["error"]
+    ledger = _ledger(cluster)
+    sent = {m for m, s in ledger.items() if s == "sent"}
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=sent)
+    assert all(len(c) == 1 for c in box.values())
+    # The first chunk whole, and what the second sent before its poisoned record was transformed: none, one or
+    # both of its first two (the records are transformed ahead of the sends); never a record after it.
+    assert 5 <= len(box) <= 7
+    subjects = {int(s.rsplit(" ", 1)[1]) for s in _subjects(sandbox, tok)}
+    assert subjects <= {0, 1, 2, 3, 4, 5, 6}
+    assert Counter(ledger.values())["sent"] == len(box)

@@ -1,0 +1,113 @@
+"""A real, throwaway Redis server for tests: Debian's ``redis-server`` on a free loopback port, in a temporary
+directory, with nothing saved to disk (``--save '' --appendonly no``), gone again after ``stop()``.
+
+``restart()`` keeps the port (a broker that went away and came back, with its queues lost, as a Redis without
+persistence does). Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+INSTALL_HINT = "run `./dev setup` (it installs Debian's `redis-server` package) or `apt-get install redis-server`"
+
+
+class RedisNotInstalled(RuntimeError):
+    """The server binary is missing: the machine was not set up, which is not a test failure of the code."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    def __init__(self) -> None:
+        self.port = 0
+        self.directory: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
+                                                  else None)
+        if binary is None:
+            raise RedisNotInstalled(f"redis-server not found; {INSTALL_HINT}")
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="mc-redis-"))
+            atexit.register(self.stop)
+        for attempt in range(3):
+            if not self.port or attempt:
+                self.port = _free_port()
+            if self._launch(binary):
+                return self
+        raise RuntimeError(f"redis-server did not start; its log:\n{self.log_tail()}")
+
+    def _launch(self, binary: str) -> bool:
+        assert self.directory is not None
+        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115  (the child keeps it)
+        self._proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--daemonize", "no", "--protected-mode", "yes"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        self._kill()
+        return False
+
+    def log_tail(self) -> str:
+        if self.directory is None or not (self.directory / "redis.log").exists():
+            return ""
+        return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Down and up again on the same port: its queues are gone (nothing was saved)."""
+        self._kill()
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not self._launch(binary):
+            raise RuntimeError(f"redis-server did not start again; its log:\n{self.log_tail()}")
+
+    def down(self) -> None:
+        """Stop it, keeping the port and directory for ``restart()``."""
+        self._kill()
+
+    def stop(self) -> None:
+        self._kill()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
