@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services.cluster import PW_VAR, Cluster, flush, write_cluster_project
 from services.console import TOKEN, ConsoleProject, RunningConsole, start_console, stop_console, write_console_project
 from services.cyrus import CyrusNotInstalled, CyrusServer
 from services.postgres import PostgresNotInstalled, PostgresServer
+from services.redis import RedisNotInstalled, RedisServer
 from starlette.testclient import TestClient
 
 from mailconnector.connection import Connection
@@ -204,3 +206,35 @@ def running_console(console_project: ConsoleProject) -> Iterator[RunningConsole]
     finally:
         if console.process.poll() is None:
             stop_console(console)
+
+
+# -- Distributed runs: a real Redis (one per session, emptied before each test), PostgreSQL, the sandbox ------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+    except RedisNotInstalled as exc:
+        if _in_ci():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, sandbox: Sandbox, postgres_url: str, redis_server: RedisServer) -> Iterator[Cluster]:
+    flush(redis_server)
+    write_cluster_project(tmp_path, sandbox, state=postgres_url, broker=redis_server.url)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAILCONNECTOR_PROJECT", "MAILCONNECTOR_STATE", "MAILCONNECTOR_BROKER")}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1", PW_VAR: sandbox.info.password("alice")})
+    made = Cluster(tmp_path, env, postgres_url, redis_server.url)
+    try:
+        yield made
+    finally:
+        made.stop_workers()
