@@ -49,9 +49,12 @@ def test_a_run_on_two_workers_sends_every_record_once_and_logs_it_in_one_place(
     tok = uuid.uuid4().hex[:8]
     write_outbox(cluster.directory, tok, 23, bad={4, 17})
     cluster.start_worker()
-    cluster.start_worker()
+    cluster.start_worker("--debug")
     res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
     assert res.returncode == 1, res.stderr  # two records failed: exit as `run` does
+    password = sandbox.info.password("alice")
+    assert all(password not in w.text() for w in cluster.workers)
+    assert "run_chunk" in cluster.workers[1].text()  # the debug worker logged its tasks
     summary = json.loads(res.stdout)
     assert summary["status"] == "partial" and summary["run_id"]
     assert (summary["read"], summary["written"], summary["failed"], summary["skipped"]) == (23, 21, 2, 0)
