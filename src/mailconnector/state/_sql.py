@@ -299,7 +299,8 @@ class SqlStore:
                 "WHERE name = ? AND holder = ? AND token = ?", (fence.name, fence.holder, fence.token))
 
     def drop_lease(self, fence: Fence) -> None:
-        self._w("DELETE FROM leases WHERE name = ? AND holder = ? AND token = ?", (fence.name, fence.holder, fence.token))
+        self._w("DELETE FROM leases WHERE name = ? AND holder = ? AND token = ?",
+                (fence.name, fence.holder, fence.token))
 
     def mark_polled(self, fence: Fence, *, next_within: float) -> None:
         self._w("UPDATE leases SET polled_at = {now}, poll_due = {now} + ? WHERE name = ? AND holder = ? AND token = ?",
