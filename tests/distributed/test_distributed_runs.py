@@ -5,6 +5,8 @@ broker is away at submit time; a worker has another project file; a chunk kills 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from services.cluster import Cluster, write_outbox
 from services.copies import delivered, mailbox
+from services.redis import RedisServer
 
 from mailconnector.sandbox import Sandbox
 from mailconnector.state import Store
@@ -208,3 +211,69 @@ def test_a_chunk_that_kills_its_worker_each_time_is_given_up_and_the_rest_is_sen
     subjects = {int(s.rsplit(" ", 1)[1]) for s in _subjects(sandbox, tok)}
     assert subjects <= {0, 1, 2, 3, 4, 5, 6}
     assert Counter(ledger.values())["sent"] == len(box)
+
+
+def _newest_run(cluster: Cluster, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = json.loads(cluster.run("logs", "--json").stdout)
+        if runs:
+            return str(runs[0]["run_id"])
+        assert time.monotonic() < deadline, "no run started"
+        time.sleep(0.2)  # poll interval
+
+
+@pytest.mark.parametrize("broker", ["restarts empty", "stays down"])
+def test_a_broker_lost_mid_run_ends_the_run_with_the_reason_and_a_rerun_sends_the_rest(
+        cluster: Cluster, sandbox: Sandbox, redis_server: RedisServer, broker: str) -> None:
+    tok = uuid.uuid4().hex[:8]
+    count = 40
+    write_outbox(cluster.directory, tok, count)
+    # 50 ms per record, so that the broker goes while most chunks are still queued.
+    (cluster.directory / "slow.py").write_text("import time\n\n\ndef pause(record):\n    time.sleep(0.05)\n"
+                                               "    return record\n")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["transformation"] = "slow:pause"
+    cluster.path.write_text(yaml.safe_dump(doc))
+    cluster.start_worker()
+    follower = subprocess.Popen([sys.executable, "-m", "mailconnector", "run", "send-outbox", "--distributed",
+                                 "--wait", "--json"], cwd=cluster.directory, env=cluster.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = _newest_run(cluster)
+        store = Store(cluster.state)
+        try:
+            deadline = time.monotonic() + 60
+            while (store.get_run(run_id, errors=False) or {}).get("chunks_done", 0) < 2:
+                assert time.monotonic() < deadline and follower.poll() is None
+                time.sleep(0.01)  # poll interval
+        finally:
+            store.close()
+        if broker == "restarts empty":
+            redis_server.restart()
+        else:
+            redis_server.down()
+        out, err = follower.communicate(timeout=90)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        if not redis_server.running:
+            redis_server.restart()
+    assert follower.returncode == 1, err
+    summary = json.loads(out)
+    assert summary["status"] == "error" and summary["written"] < count
+    reason = {"restarts empty": "no longer in the broker's queue and no worker runs them",
+              "stays down": "stopped answering while the run waited"}[broker]
+    assert reason in summary["error"] and "Run the operation again" in summary["error"]
+    # Nothing lost: a second run sends what the first did not, and nothing twice.
+    cluster.start_worker()
+    again = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json", timeout=120)
+    rerun = json.loads(again.stdout)
+    assert again.returncode == 0 and rerun["status"] == "success", again.stderr
+    assert rerun["written"] + rerun["skipped"] == count and rerun["skipped"] >= summary["written"]
+    ledger = _ledger(cluster)
+    assert len(ledger) == count and set(ledger.values()) == {"sent"}
+    box, accepted = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == count and all(len(c) == 1 for c in box.values())
+    assert all(len(q) == 1 for q in accepted.values())

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,16 @@ from .. import __version__
 from ..activities.endpoints import FileSource, SourceItem, build_source
 from ..errors import ConfigError, MailConnectorError, StateError
 from ..project import SendActivity
-from ._app import CHUNK_TASK, QUEUE, broker_unreachable, broker_url, build_app, project_digest, require_shared_state
+from ._app import (
+    CHUNK_TASK,
+    QUEUE,
+    broker_unreachable,
+    broker_url,
+    build_app,
+    project_digest,
+    require_shared_state,
+    shown_url,
+)
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -132,24 +142,92 @@ def _check_broker(app: Celery, url: str) -> None:
 
 
 def follow_run(project: Project, run_id: str, *, stop: threading.Event | None = None, poll: float = 0.5,
-               on_progress: Callable[[int, int], None] | None = None) -> RunResult:
+               on_progress: Callable[[int, int], None] | None = None, queue: str = QUEUE,
+               app: Celery | None = None) -> RunResult:
     """Wait for a distributed run to end (its last chunk recorded); ``on_progress(records_settled, records)``.
-    ``stop`` ends the wait only: the run goes on on the workers."""
+    ``stop`` ends the wait only: the run goes on on the workers. While it waits it watches the broker: a run
+    whose broker stopped answering, or whose unfinished chunks are neither queued nor being run any more (a
+    broker that restarted without its data), is ended ``error`` with the reason."""
     from ..operations import RunResult
 
     store = project.store()
     stop = stop or threading.Event()
+    watch = _BrokerWatch(project, run_id, queue, app)
     while True:
         run = store.get_run(run_id, errors=False)
         if run is None:
             raise StateError(f"no run {run_id!r} in the operation logs")
         if on_progress is not None:
             on_progress(run["records_read"], run.get("records_submitted") or 0)
-        if run["status"] != "running":
+        if run["status"] == "running" and (reason := watch.lost(run)) is not None:
+            log.error("run %s: %s", run_id, reason)
+            store.abort_run(run_id, reason, chunks=run["chunks"] or 0)
+            continue
+        if run["status"] != "running" or stop.wait(poll):
             return RunResult(run_id, run["operation"], run["status"], run["records_read"], run["records_written"],
                              run["records_failed"], run.get("error"), skipped=run["records_skipped"],
                              uncertain=run["records_uncertain"])
-        if stop.wait(poll):
-            return RunResult(run_id, run["operation"], "running", run["records_read"], run["records_written"],
-                             run["records_failed"], None, skipped=run["records_skipped"],
-                             uncertain=run["records_uncertain"])
+
+
+class _BrokerWatch:
+    """Tells a run that can no longer end from one that is slow. Looked at every few seconds: the broker's
+    queue and the run's chunk leases. Unfinished chunks that are not in the queue and that no worker runs,
+    seen twice over more than the redelivery time (a dead worker's chunk comes back to the queue within it),
+    are lost; so is every chunk when the broker has not answered for that long."""
+
+    def __init__(self, project: Project, run_id: str, queue: str, app: Celery | None) -> None:
+        self.project, self.run_id, self.queue = project, run_id, queue
+        self._app = app
+        self.window = project.settings.redelivery_seconds + max(1.0, min(10.0, project.settings.redelivery_seconds / 4))
+        self.every = max(1.0, min(10.0, project.settings.redelivery_seconds / 4))
+        self._next = time.monotonic() + self.every
+        self._down_since: float | None = None
+        # Since when nothing was queued or running, at how many chunks done, seen so how many times in a row.
+        self._idle_since: tuple[float, int, int] | None = None
+
+    def lost(self, run: dict[str, Any]) -> str | None:
+        now = time.monotonic()
+        if now < self._next or run["chunks"] is None:  # still being submitted: the submitter watches
+            return None
+        self._next = now + self.every
+        url = broker_url(self.project)
+        try:
+            queued = self._queued()
+        except Exception as exc:  # the broker's errors are many (kombu, redis, amqp, sockets)
+            self._idle_since = None
+            self._down_since = self._down_since or now
+            if now - self._down_since < self.window:
+                return None
+            return (f"the broker at {shown_url(url)} stopped answering while the run waited for "
+                    f"{run['chunks'] - run.get('chunks_done', 0)} chunk(s) ({type(exc).__name__}); chunks still "
+                    "queued there run when it is back, unless it lost its data. Run the operation again to be sure: "
+                    "what was sent is skipped")
+        self._down_since = None
+        running = any(lease.name.startswith(f"chunk:{self.run_id}/")
+                      for lease in self.project.store().leases())
+        done = int(run.get("chunks_done", 0))
+        if queued or running:
+            self._idle_since = None
+            return None
+        if self._idle_since is None or self._idle_since[1] != done:
+            self._idle_since = (now, done, 1)
+            return None
+        since, _, seen = self._idle_since
+        self._idle_since = (since, done, seen + 1)
+        if now - since < self.window or seen < 2:  # and seen idle on the last looks in a row, not between two
+            return None
+        return (f"{run['chunks'] - done} chunk(s) of this run are no longer in the broker's queue and no worker runs "
+                f"them (did the broker at {shown_url(url)} restart without its data?). Run the operation again: "
+                "what was sent is skipped")
+
+    def _queued(self) -> int:
+        from kombu.exceptions import ChannelError
+
+        app = self._app = self._app or build_app(self.project)
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            try:
+                _, count, _ = conn.default_channel.queue_declare(queue=self.queue, passive=True)
+            except ChannelError:  # no such queue: Redis keeps no empty list, AMQP answers 404
+                return 0
+            return int(count)
