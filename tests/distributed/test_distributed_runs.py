@@ -5,6 +5,8 @@ broker is away at submit time; a worker has another project file; a chunk kills 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -277,3 +279,49 @@ def test_a_broker_lost_mid_run_ends_the_run_with_the_reason_and_a_rerun_sends_th
     box, accepted = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == count and all(len(c) == 1 for c in box.values())
     assert all(len(q) == 1 for q in accepted.values())
+
+
+def test_sigterm_stops_a_worker_after_its_chunk_and_celerys_own_command_takes_the_rest(
+        cluster: Cluster, sandbox: Sandbox) -> None:
+    tok = uuid.uuid4().hex[:8]
+    count = 30
+    write_outbox(cluster.directory, tok, count)
+    (cluster.directory / "slow.py").write_text("import time\n\n\ndef pause(record):\n    time.sleep(0.1)\n"
+                                               "    return record\n")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["transformation"] = "slow:pause"
+    cluster.path.write_text(yaml.safe_dump(doc))
+    worker = cluster.start_worker()
+    res = cluster.run("run", "send-outbox", "--distributed", "--json")
+    run_id = json.loads(res.stdout)["run_id"]
+    store = Store(cluster.state)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(lease.name.startswith(f"chunk:{run_id}/1") for lease in store.leases()):
+            assert time.monotonic() < deadline, worker.text()[-2000:]
+            time.sleep(0.01)  # poll interval: the second chunk has started
+        worker.proc.send_signal(signal.SIGTERM)  # its main process, as `KillMode=mixed` does
+        assert worker.proc.wait(timeout=60) == 0, worker.text()[-3000:]
+        run = store.get_run(run_id, errors=False)
+        assert run is not None and run["status"] == "running"
+        assert run["chunks_done"] >= 2 and run["records_written"] == 5 * run["chunks_done"]  # whole chunks only
+        assert not any(lease.name.startswith(f"chunk:{run_id}/") for lease in store.leases())
+    finally:
+        store.close()
+    # The rest, by a worker started as people who run Celery their own way start one.
+    log = cluster.directory / "celery.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "mailconnector.celery", "worker",
+                                 "--concurrency", "1", "--loglevel", "INFO"], cwd=cluster.directory,
+                                env={**cluster.env, "MAILCONNECTOR_PROJECT": str(cluster.path)},
+                                stdout=out, stderr=out, start_new_session=True)
+    try:
+        info = cluster.wait_for_end(run_id)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert info["status"] == "success" and info["records_written"] == count and info["records_skipped"] == 0, info
+    assert "mailconnector.run_chunk" in log.read_text(errors="replace")
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == count and all(len(c) == 1 for c in box.values())
