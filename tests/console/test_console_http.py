@@ -120,7 +120,8 @@ def _run(client: TestClient, operation: str) -> dict[str, Any]:
     started = client.post(f"/api/operations/{quote(operation, safe='')}/runs")
     assert started.status_code == 202, started.text
     body = started.json()
-    assert set(body) == {"run_id", "job", "operation"} and body["operation"] == operation
+    assert set(body) == {"run_id", "job", "operation", "distributed"} and body["operation"] == operation
+    assert body["distributed"] is False  # no broker in this project: the console runs it itself
     return _finished(client, body["run_id"])
 
 

@@ -325,3 +325,46 @@ def test_sigterm_stops_a_worker_after_its_chunk_and_celerys_own_command_takes_th
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == count and all(len(c) == 1 for c in box.values())
+
+
+def test_the_consoles_run_button_queues_for_the_workers_and_follows_the_run(
+        cluster: Cluster, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.cluster import PW_VAR
+    from starlette.testclient import TestClient
+
+    from mailconnector.console import create_app
+
+    monkeypatch.setenv(PW_VAR, sandbox.info.password("alice"))
+    monkeypatch.delenv("MAILCONNECTOR_BROKER", raising=False)
+    monkeypatch.delenv("MAILCONNECTOR_STATE", raising=False)
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 12)
+    cluster.start_worker()
+    token = "distributed-console-token-0123"
+    with TestClient(create_app(cluster.path, token=token), base_url="http://127.0.0.1:8025",
+                    headers={"Authorization": f"Bearer {token}"}) as api:
+        assert api.get("/api/operations").json()[0]["runs_on"] == "workers"
+        assert api.post("/api/operations/send-outbox/runs", json={"distributed": "yes"}).status_code == 400
+        started = api.post("/api/operations/send-outbox/runs")
+        assert started.status_code == 202 and started.json()["distributed"] is True, started.text
+        run_id, job = started.json()["run_id"], started.json()["job"]
+        deadline = time.monotonic() + 60
+        while not (view := api.get(f"/api/jobs/{job}").json())["done"]:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.2)  # poll interval
+        assert view["result"]["status"] == "success" and view["result"]["written"] == 12, view
+        run = api.get(f"/api/runs/{run_id}").json()
+        assert run["status"] == "success" and run["chunks"] == 3 and run["records_written"] == 12
+        page = api.get(f"/runs/{run_id}", headers={"Accept": "text/html"}).text
+        assert "3 of 3 chunk(s) done, 12 record(s) queued" in page
+        # Asked to, the console runs it itself: everything was sent already, so all of it is skipped.
+        local = api.post("/api/operations/send-outbox/runs", json={"distributed": False}).json()
+        assert local["distributed"] is False
+        deadline = time.monotonic() + 60
+        while not (view := api.get(f"/api/jobs/{local['job']}").json())["done"]:
+            assert time.monotonic() < deadline, view
+            time.sleep(0.2)  # poll interval
+        assert view["result"]["skipped"] == 12 and view["result"]["written"] == 0
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == 12 and all(len(c) == 1 for c in box.values())

@@ -139,7 +139,7 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
 
     def run_start(request: Request) -> Response:
         name = request.path_params["name"]
-        job = _start_run(name)
+        job = _start_run(name, None)
         return page(request, "_run_progress.html", job=job.view())
 
     def runs_page(request: Request) -> Response:
@@ -202,9 +202,16 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
     def api_operations(request: Request) -> Response:
         return JSONResponse(views.operations(state.project()))
 
-    def api_run_start(request: Request) -> Response:
-        job = _start_run(request.path_params["name"])
-        return JSONResponse({"run_id": job.run_id, "job": job.id, "operation": job.operation}, status_code=202)
+    async def api_run_start(request: Request) -> Response:
+        body = await _json_body(request)
+        distributed = body.get("distributed")
+        if distributed is not None and not isinstance(distributed, bool):
+            raise BadRequest("distributed must be true or false", hint='e.g. {"distributed": false}')
+        from starlette.concurrency import run_in_threadpool
+
+        job = await run_in_threadpool(_start_run, request.path_params["name"], distributed)
+        return JSONResponse({"run_id": job.run_id, "job": job.id, "operation": job.operation,
+                             "distributed": job.distributed}, status_code=202)
 
     def api_runs(request: Request) -> Response:
         return JSONResponse(views.runs(store(), **_run_filters(request)))
@@ -243,11 +250,16 @@ def create_app(project_path: str | os.PathLike[str] | None = None, *, token: str
         return Response(metrics_text(store()), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------------------------------ shared
-    def _start_run(name: str) -> RunJob:
+    def _start_run(name: str, distributed: bool | None) -> RunJob:
+        """``distributed`` None: on the workers when the project can (a broker, a shared state, a send)."""
         project = state.project()
         if name not in (project.doc.data.get("operations") or {}):
             raise NotFound(f"no operation named {name!r}", hint="the operations page lists them")
-        job = state.jobs.start_run(project, name)
+        if distributed is None:
+            from ..distributed._submit import can_distribute
+
+            distributed = can_distribute(project, name)
+        job = state.jobs.start_run(project, name, distributed=distributed)
         if job.run_id is None and job.error is not None:
             raise _StartFailed(job.error)
         return job

@@ -76,6 +76,7 @@ class RunJob:
     started: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
+    distributed: bool = False  # on the workers: the console follows it in the shared log
 
     def view(self) -> dict[str, Any]:
         result = self.result.to_dict() if self.result is not None else None
@@ -83,6 +84,7 @@ class RunJob:
             result["error"] = redact(str(result["error"]))
         return {"id": self.id, "operation": self.operation, "run_id": self.run_id, "done": self.done.is_set(),
                 "records": self.records, "seconds": round(time.time() - self.started_at, 1),
+                "distributed": self.distributed,
                 "result": result, "error": self.error}
 
 
@@ -130,13 +132,14 @@ class Jobs:
         self._add(job, work)
         return job
 
-    def start_run(self, project: Project, operation: str) -> RunJob:
+    def start_run(self, project: Project, operation: str, *, distributed: bool = False) -> RunJob:
         """Start a run and return once it is in the operation log (``run_id`` set), or once it failed to start
-        (``error`` set: a wrong setting, the folder busy with another run, a server that cannot be reached)."""
+        (``error`` set: a wrong setting, the folder busy with another run, a server that cannot be reached).
+        ``distributed``: queued for the workers, and followed in the shared log until it ends."""
         from ..operations import run_operation
 
         project.operation(operation)  # a wrong name answers at once
-        job = RunJob(secrets.token_hex(8), operation)
+        job = RunJob(secrets.token_hex(8), operation, distributed=distributed)
 
         def started(run_id: str) -> None:
             job.run_id = run_id
@@ -145,9 +148,19 @@ class Jobs:
         def settled(_name: str) -> None:
             job.records += 1
 
+        def progress(settled_so_far: int, _records: int) -> None:
+            job.records = settled_so_far
+
         def work() -> None:
             try:
-                job.result = run_operation(project, operation, stop=job.stop, on_record=settled, on_start=started)
+                if distributed:
+                    from ..distributed import follow_run, submit_run
+
+                    submitted = submit_run(project, operation, on_start=started)
+                    job.result = follow_run(project, submitted.run_id, stop=job.stop, on_progress=progress)
+                else:
+                    job.result = run_operation(project, operation, stop=job.stop, on_record=settled,
+                                               on_start=started)
             except BaseException as exc:
                 job.error = _error(exc)
             finally:

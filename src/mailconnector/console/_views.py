@@ -108,7 +108,10 @@ def operations(project: Project) -> list[dict[str, Any]]:
             out.append({**entry, "error": error_view(exc)})
             continue
         transformation = op.transformation.model_dump(exclude_none=True) if op.transformation else None
+        from ..distributed._submit import can_distribute
+
         out.append({**entry, "error": None, "source": op.source, "target": op.target,
+                    "runs_on": "workers" if can_distribute(project, name) else "console",
                     "transformation": transformation, "trigger": _trigger(project, op.source, op.interval),
                     "on_error": op.on_error, "on_success": list(op.on_success), "on_failure": list(op.on_failure)})
     return out
@@ -173,7 +176,10 @@ def run_detail(store: StateStore, run_id: str) -> dict[str, Any] | None:
                        "data": _redacted(err.get("record")),
                        "details": _redacted({k: v for k, v in err.items()
                                              if k not in ("outcome", "type", "stage", "message", "hint", "record")})})
-    return {**_run_summary(run), "settings": run["settings"], "errors": errors}
+    # A distributed run (docs/scaling.md): how many chunks it was cut into, how many are recorded, and how
+    # many records it queued; None for a run in one process.
+    chunks = {k: run.get(k) for k in ("chunks", "chunks_done", "records_submitted")}
+    return {**_run_summary(run), **chunks, "settings": run["settings"], "errors": errors}
 
 
 def _redacted(value: Any) -> Any:

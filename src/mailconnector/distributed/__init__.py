@@ -13,7 +13,7 @@ from ._app import (
     require_shared_state,
     set_worker_context,
 )
-from ._submit import Submitted, follow_run, submit_run
+from ._submit import Submitted, can_distribute, follow_run, submit_run
 
 __all__ = [
     "BROKER_ENV",
@@ -22,6 +22,7 @@ __all__ = [
     "WorkerContext",
     "broker_url",
     "build_app",
+    "can_distribute",
     "follow_run",
     "require_shared_state",
     "set_worker_context",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..operations import RunResult
     from ..project import Project
 
-__all__ = ["Submitted", "follow_run", "submit_run"]
+__all__ = ["Submitted", "can_distribute", "follow_run", "submit_run"]
 
 log = logging.getLogger("mailconnector.distributed")
 
@@ -51,15 +51,32 @@ class Submitted:
                 "records": self.records}
 
 
+def can_distribute(project: Project, name: str) -> bool:
+    """Whether ``name`` would run on the workers: a broker and a PostgreSQL state configured, a send-email
+    target (what the console's Run button does by default)."""
+    import os
+
+    from ._app import BROKER_ENV
+
+    try:
+        if not (os.environ.get(BROKER_ENV) or project.settings.broker):
+            return False
+        require_shared_state(project)
+        return isinstance(project.activity(project.operation(name).target), SendActivity)
+    except MailConnectorError:
+        return False
+
+
 def submit_run(project: Project, name: str, *, chunk_size: int | None = None, batch_key: str | None = None,
-               queue: str = QUEUE, app: Celery | None = None) -> Submitted:
+               queue: str = QUEUE, app: Celery | None = None,
+               on_start: Callable[[str], None] | None = None) -> Submitted:
     """Start ``name`` on the workers and return at once with its run id.
 
     A file source is read here, record by record, and sent in chunks of ``chunk_size`` (default
     ``settings.chunk_size``); a mailbox source is one chunk, which a worker reads itself (one consumer per
     folder at a time, as anywhere). Fails before anything is queued when the broker or the store is away; a
     broker lost half-way marks the run ``error``, naming how many chunks went out (a rerun sends the rest,
-    the ledger skipping what was sent).
+    the ledger skipping what was sent). ``on_start(run_id)``: once the run is in the operation log.
     """
     require_shared_state(project)
     op = project.operation(name)
@@ -80,6 +97,8 @@ def submit_run(project: Project, name: str, *, chunk_size: int | None = None, ba
                     "transformation": op.transformation.model_dump(exclude_none=True) if op.transformation else None,
                     "on_error": op.on_error, "distributed": {"chunk_size": size, "queue": queue}}
         run_id = store.start_run(name, settings)
+        if on_start is not None:
+            on_start(run_id)
 
         def send(index: int, items: list[Any] | None) -> None:
             payload = {"run_id": run_id, "operation": name, "chunk": index, "items": items, "batch_key": key,
