@@ -5,8 +5,9 @@ Redis (the broker) and the delay proxy (10 ms each way: a 20 ms round trip) in f
 port, then for each worker count: starts that many ``mailconnector worker --concurrency 1`` processes (each
 chunk sent over the send activity's four SMTP connections), runs ``mailconnector run send-outbox
 --distributed --wait`` over ``--messages`` records of about 5 KB, and times it from submit to the run's end
-in the shared log (whole processes, as a user runs them). Between runs the Postfix queue drains and the
-mailbox is emptied. Rounds are interleaved (1, 2, 3, 1, 2, 3) and the best of each kept.
+in the shared log (whole processes, as a user runs them). For reference, each round also times the same
+send as a plain ``mailconnector run`` in one process (no workers, no broker). Between runs the Postfix queue
+drains and the mailbox is emptied. Rounds are interleaved and the best of each kept.
 
 The ratio column is messages per second against one worker's; the target with three workers is 2.4.
 
@@ -88,15 +89,17 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(10)
 
 
-def one_run(directory: Path, env: dict[str, str], messages: int) -> tuple[float, dict[str, Any]]:
+def one_run(directory: Path, env: dict[str, str], messages: int, *,
+            distributed: bool = True) -> tuple[float, dict[str, Any]]:
     tok = uuid.uuid4().hex[:8]
     with open(directory / "outbox.jsonl", "w", encoding="utf-8") as f:
         for i in range(messages):
             f.write(json.dumps({"id": f"{tok}-{i}", "to": "bob@example.test", "subject": f"statement {tok} {i}",
                                 "text": BODY}) + "\n")
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "mailconnector", "run", "send-outbox", "--distributed", "--wait",
-                          "--json"], cwd=directory, env=env, capture_output=True, text=True, timeout=1800)
+    argv = ["run", "send-outbox", "--json"] + (["--distributed", "--wait"] if distributed else [])
+    res = subprocess.run([sys.executable, "-m", "mailconnector", *argv], cwd=directory, env=env,
+                         capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - started
     summary = json.loads(res.stdout) if res.stdout.strip().startswith("{") else {"error": res.stderr[-500:]}
     if summary.get("written") != messages:
@@ -136,6 +139,12 @@ def main() -> int:
             print(f"{args.messages} messages of ~5 KB per run, chunks of {args.chunk_size}, "
                   f"{2 * args.delay * 1000:.0f} ms round trip; {os.cpu_count()} CPUs", flush=True)
             for _ in range(args.rounds):
+                drain(sbx)
+                seconds, summary = one_run(work, env, args.messages, distributed=False)
+                print(f"  no workers (run here): {seconds:6.2f} s  {args.messages / seconds:7.1f} msg/s  "
+                      f"({summary.get('status')})", flush=True)
+                if 0 not in best or seconds < best[0][0]:
+                    best[0] = (seconds, summary)
                 for n in counts:
                     drain(sbx)
                     procs = start_workers(work, env, n)
@@ -150,6 +159,8 @@ def main() -> int:
                         best[n] = (seconds, summary)
         base = args.messages / best[counts[0]][0]
         print("\n| workers | seconds | msg/s | vs one worker |\n|---|---|---|---|")
+        print(f"| none (`run` in one process) | {best[0][0]:.2f} | {args.messages / best[0][0]:.1f} | "
+              f"{args.messages / best[0][0] / base:.2f}× |")
         for n in counts:
             rate = args.messages / best[n][0]
             print(f"| {n} | {best[n][0]:.2f} | {rate:.1f} | {rate / base:.2f}× |")

@@ -53,20 +53,24 @@ def test_a_run_on_two_workers_sends_every_record_once_and_logs_it_in_one_place(
         cluster: Cluster, sandbox: Sandbox) -> None:
     tok = uuid.uuid4().hex[:8]
     write_outbox(cluster.directory, tok, 23, bad={4, 17})
+    with open(cluster.directory / "outbox.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"to": "bob@example.test", "subject": <script>\n')  # hostile and not JSON: record 23
     cluster.start_worker()
     cluster.start_worker("--debug")
     res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
-    assert res.returncode == 1, res.stderr  # two records failed: exit as `run` does
+    assert res.returncode == 1, res.stderr  # three records failed: exit as `run` does
     password = sandbox.info.password("alice")
     assert all(password not in w.text() for w in cluster.workers)
     assert "run_chunk" in cluster.workers[1].text()  # the debug worker logged its tasks
     summary = json.loads(res.stdout)
     assert summary["status"] == "partial" and summary["run_id"]
-    assert (summary["read"], summary["written"], summary["failed"], summary["skipped"]) == (23, 21, 2, 0)
+    assert (summary["read"], summary["written"], summary["failed"], summary["skipped"]) == (24, 21, 3, 0)
     info = cluster.run_info(summary["run_id"])
-    assert (info["chunks"], info["chunks_done"], info["records_submitted"]) == (5, 5, 23)
-    assert sorted(e["record"] for e in info["errors"]) == ["record 17", "record 4"]  # as a run here labels them
-    assert all("not an address" in json.dumps(e["error"]["record"]) for e in info["errors"])
+    assert (info["chunks"], info["chunks_done"], info["records_submitted"]) == (5, 5, 24)
+    errors = {e["record"]: e["error"] for e in info["errors"]}
+    assert set(errors) == {"record 4", "record 17", "record 23"}  # labelled as a run here labels them
+    assert all("not an address" in json.dumps(errors[r]["record"]) for r in ("record 4", "record 17"))
+    assert errors["record 23"]["stage"] == "source" and "line 24" in errors["record 23"]["message"]
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must={m for m, s in ledger.items() if s == "sent"})
     assert len(box) == 21 and all(len(copies) == 1 for copies in box.values())
