@@ -7,12 +7,14 @@ Importing this module reads the project file and needs its broker; nothing else 
 from __future__ import annotations
 
 from .distributed._app import WorkerContext, build_app, set_worker_context
-from .distributed._worker import install_worker_logging
+from .distributed._worker import install_triggers, install_worker_logging
 from .project import Project
 
 __all__ = ["app"]
 
 _project = Project.load()
-set_worker_context(WorkerContext(_project.path))
+_context = WorkerContext(_project.path)
+set_worker_context(_context)
 install_worker_logging(debug=False, log_format="text")
+install_triggers(_context)
 app = build_app(_project)

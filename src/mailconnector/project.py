@@ -128,6 +128,12 @@ def _one_or_many(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [{"type": "string"}, items]
 
 
+class Every(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    every: float = Field(gt=0, le=31 * 86400, description="seconds from the end of one run to the start of the next")
+
+
 class OperationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -144,6 +150,10 @@ class OperationConfig(BaseModel):
     on_failure: list[str] = Field(default_factory=list, description="operations to run after a run with a "
                                   "failed record or an error", json_schema_extra=_one_or_many)
     interval: float = Field(60.0, gt=0, description="watch mode: seconds between polls without IDLE")
+    trigger: Literal["watch"] | Every | None = Field(
+        None, description="run by the workers (`mailconnector worker`), by one of them at a time: watch (new mail, "
+        "via IDLE, as run --watch does; a read-email source) or {every: SECONDS}; without it, the operation runs "
+        "when asked")
     key: str | None = Field(
         None, description="a send-email target's batch key: records sent under one key are never sent again "
         "under it, and a new key sends them again; {date} is today's date (UTC), e.g. 'statements-{date}'")
@@ -478,6 +488,11 @@ class Project:
                     line = self.doc.line_of(["operations", name, key, *([i] if isinstance(value, list) else [])])
                     raise ConfigError(f"line {line}: operations.{name}.{key}: no operation named {chained!r} "
                                       f"(defined: {', '.join(self._section('operations'))})", source=self.source)
+        if op.trigger == "watch" and not isinstance(acts["source"], ReadActivity):
+            line = self.doc.line_of(["operations", name, "trigger"])
+            raise ConfigError(f"line {line}: operations.{name}.trigger: watch needs a read-email source, and "
+                              f"{op.source!r} is a file, which has no new records to wait for", source=self.source,
+                              hint="use trigger: {every: SECONDS} to run it again and again")
         if op.transformation is not None and op.transformation.mapping is not None:
             for out_field, expr in op.transformation.mapping.items():
                 problem = mapping_expression_problem(expr)
@@ -486,6 +501,11 @@ class Project:
                     raise ConfigError(f"line {line}: operations.{name}.transformation.mapping.{out_field}: "
                                       f"invalid Jinja expression {expr!r}: {problem}", source=self.source)
         return op
+
+    def triggered_operations(self) -> list[str]:
+        """The operations with a ``trigger`` (which the workers run), as written: each is checked when run."""
+        return [name for name, entry in self._section("operations").items()
+                if isinstance(entry, dict) and entry.get("trigger") is not None]
 
     def locate(self, *path: str | int) -> str:
         """``line N: `` for a place in the project file (empty when unknown), for error messages."""

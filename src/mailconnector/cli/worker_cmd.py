@@ -21,6 +21,8 @@ def worker_cmd(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to take chunks from "
                                         "(`run --distributed --queue` sends to one).")] = "mailconnector",
     pool: Annotated[str | None, typer.Option(help="Celery's pool: prefork (default), threads or solo.")] = None,
+    triggers: Annotated[bool, typer.Option("--triggers/--no-triggers", help="Also run the project's triggered "
+                                           "operations (`trigger:`), each by one worker at a time.")] = True,
     project: ProjectOpt = None,
     debug: DebugOpt = False,
     log_format: LogFormatOpt = "text",
@@ -28,12 +30,15 @@ def worker_cmd(
     """Run a worker: it takes chunks of distributed runs from the broker (settings.broker) and sends them,
     recording what it did in the shared state (settings.state, PostgreSQL).
 
-    Start as many as you like, on as many machines, each with the same project file. SIGTERM (or Ctrl-C) stops
-    it after the chunks in hand are finished and acknowledged; a worker that is killed leaves its chunk to
-    another worker once the broker gives it out again (settings.redelivery_seconds), and the send ledger
-    makes that second attempt send only what the first did not. Flower (`celery flower`) can watch the workers.
-    Needs the celery extra: pip install 'mailconnector[celery]'. Exit 3 when the project has no broker or no
-    PostgreSQL state.
+    It also runs the operations that have a `trigger:` (watch, or every N seconds), each by one worker at a
+    time; when that worker dies, another takes it over within settings.lease_seconds (--no-triggers: not
+    this one). Start as many as you like, on as many machines, each with the same project file.
+
+    SIGTERM (or Ctrl-C) stops it after the chunks in hand are finished and acknowledged (exit 0); a worker
+    that is killed leaves its chunk to another worker once the broker gives it out again
+    (settings.redelivery_seconds), and the send ledger makes that second attempt send only what the first
+    did not. Flower (`celery flower`) can watch the workers. Needs the celery extra:
+    pip install 'mailconnector[celery]'. Exit 3 when the project has no broker or no PostgreSQL state.
 
     Examples:
       mailconnector worker
@@ -49,4 +54,5 @@ def worker_cmd(
     if pool is not None and pool not in ("prefork", "threads", "solo"):
         raise typer.BadParameter("must be prefork, threads or solo", param_hint="--pool")
     err_console.print(f"worker for {s.project.path}: queues {', '.join(names)} (Ctrl-C or SIGTERM stops it)")
-    run_worker(s.project, concurrency=concurrency, queues=names, debug=debug, log_format=log_format, pool=pool)
+    run_worker(s.project, concurrency=concurrency, queues=names, debug=debug, log_format=log_format, pool=pool,
+               triggers=triggers)

@@ -15,7 +15,7 @@ from ..secrets import redact
 
 if TYPE_CHECKING:
     from ..connection import Connection, ServerSettings
-    from ..project import Project
+    from ..project import OperationConfig, Project
     from ..state import LeaseInfo, StateStore
 
 __all__ = [
@@ -112,21 +112,26 @@ def operations(project: Project) -> list[dict[str, Any]]:
 
         out.append({**entry, "error": None, "source": op.source, "target": op.target,
                     "runs_on": "workers" if can_distribute(project, name) else "console",
-                    "transformation": transformation, "trigger": _trigger(project, op.source, op.interval),
+                    "transformation": transformation, "trigger": _trigger(project, op),
                     "on_error": op.on_error, "on_success": list(op.on_success), "on_failure": list(op.on_failure)})
     return out
 
 
-def _trigger(project: Project, source: str, interval: float) -> str:
-    """How the operation is started: by hand (or a scheduler), or kept running with ``run --watch``."""
+def _trigger(project: Project, op: OperationConfig) -> str:
+    """How the operation is started: by the workers (its ``trigger``), by hand (or a scheduler), or kept
+    running with ``run --watch``."""
     from ..project import ReadActivity
 
+    if op.trigger == "watch":
+        return f"watch (IDLE, else every {op.interval:g} s), on the workers: one of them at a time"
+    if op.trigger is not None:
+        return f"every {op.trigger.every:g} s, on the workers: one of them at a time"
     try:
-        activity = project.activity(source)
+        activity = project.activity(op.source)
     except MailConnectorError:
         return "manual"
     if isinstance(activity, ReadActivity):
-        return f"manual, or watch (IDLE, else every {interval:g} s) with: mailconnector run NAME --watch"
+        return f"manual, or watch (IDLE, else every {op.interval:g} s) with: mailconnector run NAME --watch"
     return "manual"
 
 

@@ -14,7 +14,7 @@ from ._app import QUEUE, WorkerContext, build_app, require_shared_state, set_wor
 if TYPE_CHECKING:
     from ..project import Project
 
-__all__ = ["install_worker_logging", "run_worker"]
+__all__ = ["install_triggers", "install_worker_logging", "run_worker"]
 
 
 def install_worker_logging(*, debug: bool, log_format: str) -> None:
@@ -30,13 +30,35 @@ def install_worker_logging(*, debug: bool, log_format: str) -> None:
     setup_logging.connect(keep_ours, weak=False, dispatch_uid="mailconnector-worker-logging")
 
 
+def install_triggers(context: WorkerContext) -> None:
+    """The worker also runs the project's triggered operations (each by one worker at a time): started once
+    it is ready, stopped (after the record in hand) when it shuts down."""
+    from celery.signals import worker_ready, worker_shutdown
+
+    from ._triggers import Triggers
+
+    triggers = Triggers(context)
+
+    def ready(**_: Any) -> None:
+        triggers.start()
+
+    def shutting_down(**_: Any) -> None:
+        triggers.shutdown()
+
+    worker_ready.connect(ready, weak=False, dispatch_uid="mailconnector-triggers-start")
+    worker_shutdown.connect(shutting_down, weak=False, dispatch_uid="mailconnector-triggers-stop")
+
+
 def run_worker(project: Project, *, concurrency: int | None, queues: Sequence[str], debug: bool = False,
-               log_format: str = "text", pool: str | None = None) -> None:
-    """Serve ``project``'s chunks until stopped (returns after a warm shutdown)."""
+               log_format: str = "text", pool: str | None = None, triggers: bool = True) -> None:
+    """Serve ``project``'s chunks (and its triggered operations) until stopped (returns after a warm shutdown)."""
     require_shared_state(project)
     app = build_app(project)
-    set_worker_context(WorkerContext(project.path))
+    context = WorkerContext(project.path)
+    set_worker_context(context)
     install_worker_logging(debug=debug, log_format=log_format)
+    if triggers:
+        install_triggers(context)
     argv = ["worker", "--loglevel", "DEBUG" if debug else "INFO", "--queues", ",".join(queues or [QUEUE]),
             "--hostname", f"mailconnector-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
     if concurrency:
