@@ -69,6 +69,7 @@ _EXPORTS: dict[str, str] = {
     "MessageError": "errors",
     "StateError": "errors",
     "LeaseBusyError": "errors",
+    "LimitError": "errors",
 }
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "Criteria",
     "ImapSession",
     "LeaseBusyError",
+    "LimitError",
     "MailConnectorError",
     "MessageError",
     "OAuth2Settings",
@@ -140,6 +142,7 @@ if TYPE_CHECKING:
         AuthenticationError,
         ConfigError,
         LeaseBusyError,
+        LimitError,
         MailConnectorError,
         MessageError,
         ProtocolTimeoutError,

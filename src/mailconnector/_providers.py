@@ -24,6 +24,9 @@ class Provider:
     smtp_password_refused: str = ""  # what to add to it for SMTP
     oauth2: str | None = None  # the `auth.oauth2.provider` name for its token endpoint
     oauth2_scopes: tuple[str, ...] = field(default=())
+    # Its documented sending limits per mailbox (the connection's `limits:` defaults): a big run paces itself
+    # to them instead of being throttled or blocked for a day.
+    limits: dict[str, float] = field(default_factory=dict)
 
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (
@@ -37,6 +40,8 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
         smtp_password_refused=", and make sure SMTP AUTH is enabled for the mailbox",
         oauth2="microsoft365",
         oauth2_scopes=("https://outlook.office365.com/.default",),
+        # Exchange Online: 30 messages a minute, 10,000 recipients a day, 500 recipients a message.
+        limits={"messages_per_minute": 30, "recipients_per_day": 10_000, "recipients_per_message": 500},
     ),
     Provider(
         "gmail",
@@ -47,6 +52,9 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (
         password_refused="Google needs an app password (with 2-step verification) or OAuth2",
         oauth2="google",
         oauth2_scopes=("https://mail.google.com/",),
+        # Google Workspace: 2,000 messages a day per user (a free account: 500), at most 100 recipients per
+        # message sent over SMTP. Counted here as recipients, which is the stricter reading.
+        limits={"recipients_per_day": 2_000, "recipients_per_message": 100},
     ),
     Provider(
         "icloud",

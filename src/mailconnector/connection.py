@@ -37,6 +37,7 @@ __all__ = [
     "AuthSettings",
     "Connection",
     "OAuth2Settings",
+    "SendingLimits",
     "ServerSettings",
     "Timeouts",
     "TlsSettings",
@@ -222,6 +223,16 @@ class AuthSettings(_Model):
         return self
 
 
+class SendingLimits(_Model):
+    """What the account may send, held across every process and worker that sends as it (the state store)."""
+
+    messages_per_minute: float | None = Field(None, gt=0, description="messages a minute, all senders together")
+    recipients_per_day: int | None = Field(None, gt=0, description="recipients a day (UTC), all senders together; "
+                                           "past it a record fails, to be sent by a rerun the next day")
+    recipients_per_message: int | None = Field(None, gt=0, description="a record with more recipients fails "
+                                               "(split it)")
+
+
 class Connection(_Model):
     """A named, validated Email connection (SPEC section 1)."""
 
@@ -242,6 +253,8 @@ class Connection(_Model):
         "can look for an uncertain send there")
     sent_folder: str | None = Field(None, description="where the server files sent mail (default: the folder "
                                     "marked \\Sent)")
+    limits: SendingLimits | None = Field(None, description="sending limits of the account (default: the "
+                                         "provider's documented ones for Microsoft 365 and Gmail, else none)")
 
     @property
     def files_sent_mail(self) -> bool:
@@ -327,6 +340,13 @@ class Connection(_Model):
     def imap_login(self) -> str:
         assert self.imap is not None
         return self.imap.username or self.auth.username
+
+    def sending_limits(self) -> SendingLimits:
+        """``limits:``, each field not given taken from the provider's documented limits."""
+        provider = self.known_provider()
+        preset: dict[str, Any] = dict(provider.limits) if provider is not None else {}
+        given = self.limits.model_dump(exclude_none=True) if self.limits is not None else {}
+        return SendingLimits.model_validate({**preset, **given})
 
     def known_provider(self) -> Provider | None:
         """The big provider behind this connection: named (``provider:``, ``auth.oauth2.provider``) or told

@@ -10,7 +10,8 @@
     │   └── ProtocolTimeoutError (TimeoutError)
     ├── ServerResponseError              exit 6   the server said no; retryable iff 4xx
     │   ├── SenderRefusedError
-    │   └── RecipientsRefusedError
+    │   ├── RecipientsRefusedError
+    │   └── LimitError                            the account's own sending limit, reached (not sent)
     ├── MessageError (ValueError)        exit 7   a record or message cannot be composed / parsed
     └── StateError                       exit 8   the local store, a lease, a checkpoint
 
@@ -28,6 +29,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "LeaseBusyError",
+    "LimitError",
     "MailConnectorError",
     "MessageError",
     "ProtocolTimeoutError",
@@ -136,6 +138,15 @@ class RecipientsRefusedError(ServerResponseError):
         code = max(codes) if codes else 550
         super().__init__(message, code=code, text="; ".join(t for _, t in refused.values()), hint=hint)
         self.refused = refused
+
+
+class LimitError(ServerResponseError):
+    """A sending limit of the account (its provider's, or ``limits:``) was reached: nothing was sent, and a
+    later run sends it. Raised here, before the server would refuse or block the account."""
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return True
 
 
 class MessageError(MailConnectorError, ValueError):

@@ -126,6 +126,8 @@ class _Handler:
             for name in mechanisms if name.startswith("SCRAM-")}
         self.received: list[Received] = []
         self.lock = threading.Lock()
+        self.throttle = 0  # this many MAIL commands (from now on, any connection) get a 451 "slow down"
+        self.throttled_at: list[float] = []  # when each of those was answered (time.monotonic())
         self.connections: set[_Connection] = set()  # touched only in the loop thread
 
     def drop_connections(self) -> None:
@@ -229,6 +231,14 @@ class _Connection(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        handler = self.event_handler
+        with handler.lock:
+            throttle, handler.throttle = handler.throttle > 0, max(0, handler.throttle - 1)
+            if throttle:
+                handler.throttled_at.append(time.monotonic())
+        if throttle:  # as Exchange Online and Gmail ask a sender to slow down
+            await self.push("451 4.7.0 Rate limit exceeded, slow down and try again later")
+            return
         if self.max_messages is not None and self.accepted >= self.max_messages:
             await self.push(TOO_MANY)
             assert self.transport is not None
@@ -321,6 +331,16 @@ class SmtpServer:
     @property
     def users(self) -> dict[str, str]:
         return dict(self._handler.users)
+
+    def throttle(self, count: int) -> None:
+        """Answer the next ``count`` MAIL commands with ``451 4.7.0 Rate limit exceeded``."""
+        with self._handler.lock:
+            self._handler.throttle = count
+
+    @property
+    def throttled_at(self) -> list[float]:
+        with self._handler.lock:
+            return list(self._handler.throttled_at)
 
     def set_password(self, login: str, password: str) -> None:
         """Give ``login`` another password (or add the user), for the next logins."""

@@ -397,6 +397,50 @@ def test_the_last_chunks_finishing_at_once_end_the_run_exactly_once(open_store: 
         assert run["records_written"] == 8 and run["chunks_done"] == 8
 
 
+# -------------------------------------------------------------------------------------------- send pace
+def test_send_slots_are_spaced_across_threads_and_store_objects(open_store: Opener) -> None:
+    stores = [open_store(), open_store()]
+    interval = 0.05
+    taken: list[float] = []
+    lock = threading.Lock()
+
+    def take(n: int) -> None:
+        for _ in range(5):
+            wait = stores[n % 2].reserve_send("send:a@example.test", interval)
+            with lock:
+                taken.append(time.monotonic() + wait)  # when this slot comes, on one clock
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    slots = sorted(taken)
+    assert len(slots) == 20
+    # Twenty slots a twentieth of a second apart: the last is at least ~0.95 s after the first, whatever the
+    # threads' order (measured on this process's clock; each wait was computed on the store's).
+    assert slots[-1] - slots[0] >= 19 * interval - 0.2
+    assert stores[0].reserve_send("send:other@example.test", interval) == 0.0  # another account: no wait
+
+
+def test_a_slow_down_pushes_every_later_slot(store: StateStore) -> None:
+    assert store.reserve_send("send:b", 0.01) == 0.0
+    store.slow_down("send:b", 2.0)
+    assert 1.5 < store.reserve_send("send:b", 0.01) <= 2.0
+    store.slow_down("send:b", 0.0)  # never brings a slot forward
+    assert store.reserve_send("send:b", 0.01) > 1.5
+
+
+def test_a_days_recipients_are_counted_up_to_the_limit(store: StateStore) -> None:
+    assert store.count_recipients("send:c", 3, per_day=5)
+    assert store.count_recipients("send:c", 2, per_day=5)
+    assert not store.count_recipients("send:c", 1, per_day=5)  # 6 > 5: refused, nothing counted
+    assert not store.count_recipients("send:d", 6, per_day=5)
+    assert store.count_recipients("send:d", 5, per_day=5)
+    store._w("UPDATE send_pace SET day = '2000-01-01' WHERE name = 'send:c'")  # type: ignore[attr-defined]
+    assert store.count_recipients("send:c", 5, per_day=5)  # a new day starts at zero
+
+
 # ------------------------------------------------------------------------------------------ migrations
 def test_reopening_is_idempotent_and_a_newer_store_is_refused(open_store: Opener) -> None:
     store = open_store()

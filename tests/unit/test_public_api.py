@@ -24,7 +24,7 @@ PUBLIC = {
     # errors
     "MailConnectorError", "ConfigError", "AuthenticationError", "TransportError", "TLSSecurityError",
     "ProtocolTimeoutError", "ServerResponseError", "SenderRefusedError", "RecipientsRefusedError",
-    "MessageError", "StateError", "LeaseBusyError",
+    "MessageError", "StateError", "LeaseBusyError", "LimitError",
     "__version__",
 }
 

@@ -3,7 +3,8 @@
 - At most ``concurrency`` SMTP connections, each reused for many messages (PIPELINING where offered; a
   reconnect when the server closed one). ``concurrency + 1`` worker threads share them, taking one only
   to talk to the server, so composing the next message overlaps with the server's work on the current
-  one. An optional ``rate_limit`` is shared by all.
+  one. An optional ``rate_limit`` and the connection's sending limits are shared by all, and by every other
+  process sending as the same account (``_pace.py``).
 - Temporary failures (421, 450, 451, 452, a drop before the data was accepted) are retried with
   exponential backoff and jitter (a connection kept from an earlier message that turns out closed is
   replaced at once, without a backoff); permanent ones are not. After a refused login no other login
@@ -60,6 +61,7 @@ from ..records.send import (
 )
 from ..smtp import MayHaveBeenDelivered, NotCommitted, SmtpSession, TransactionResult
 from ..state import LedgerEntry, SenderIdentity, StateStore, holder_alive
+from ._pace import Pace, throttled
 from ._record_keys import RecordKeys
 from ._sent_copy import SentCopies
 
@@ -92,23 +94,6 @@ class SendSettings(BaseModel):
         False, description="after the server accepted a message, put a copy (flagged \\Seen) into the Sent folder "
                            "over IMAP (the connection's sent_folder, else the one marked \\Sent), for servers that "
                            "do not file submitted mail themselves; a failed copy is logged and never fails the send")
-
-
-class _RateLimiter:
-    def __init__(self, per_second: float | None) -> None:
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self, stop: threading.Event) -> None:
-        if not self._interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-        if slot > now and stop.wait(slot - now):
-            raise _Interrupted
 
 
 class _Turns:
@@ -259,7 +244,7 @@ class SendEmail:
         # Who claims Message-IDs in the ledger: kept alive by a lease, so a claim it leaves when killed
         # is known to be abandoned.
         self._identity = SenderIdentity(store) if store is not None else None
-        self._rate = _RateLimiter(self.settings.rate_limit)
+        self._pace = Pace(connection, self.settings.rate_limit, store)
         self._stop = threading.Event()
         self._sent_copies = SentCopies(connection) if self.settings.save_to_sent else None
 
@@ -462,12 +447,17 @@ class SendEmail:
         failures = 0
         stale_retried = False
         delay = self.settings.backoff
+        try:
+            self._pace.check_recipients(len(composed.recipients))
+        except MailConnectorError as over:  # past the account's limits: not sent (nothing was claimed)
+            return self._failed(index, rid, composed, started, over, attempts)
         while True:
             if self._pool.auth_failure is not None:
                 return self._failed(index, rid, composed, started, self._pool.auth_failure, attempts)
             if self._stop.is_set():
                 raise _Interrupted
-            self._rate.wait(self._stop)
+            if self._pace.wait(self._stop):
+                raise _Interrupted
             try:
                 result, exc, reused = self._attempt(composed, data, turn)
             except _Stopped as stopped:  # another worker's login was refused meanwhile: no attempt made
@@ -500,6 +490,8 @@ class SendEmail:
                     refused = exc.refused if isinstance(exc, RecipientsRefusedError) else {}
                     return self._failed(index, rid, composed, started, exc, attempts, refused=refused)
                 pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
+                if throttled(exc):  # the server asks this account to slow down: every sender of it waits
+                    self._pace.slow_down(pause)
                 log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, failures,
                          pause)
                 if self._stop.wait(pause):  # holding no connection

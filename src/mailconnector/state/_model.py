@@ -224,7 +224,20 @@ class RunLog(Protocol):
     def prune_runs(self, *, max_age_days: float | None = None, max_count: int | None = None) -> int: ...
 
 
-class StateStore(SendLedger, ReadState, Leases, TokenCache, RunLog, Protocol):
+class SendPace(Protocol):
+    """How fast an account may send, shared by every process that sends as it (one row per name)."""
+
+    def reserve_send(self, name: str, interval: float) -> float:
+        """Take the next slot, ``interval`` seconds after the one before it: the seconds to wait for it."""
+
+    def slow_down(self, name: str, seconds: float) -> None:
+        """No slot before ``seconds`` from now (the server asked to slow down)."""
+
+    def count_recipients(self, name: str, count: int, *, per_day: int) -> bool:
+        """Count ``count`` more recipients for today (UTC); False, counting nothing, past ``per_day``."""
+
+
+class StateStore(SendLedger, ReadState, Leases, TokenCache, RunLog, SendPace, Protocol):
     """Every role in one object: what ``Store(...)`` opens."""
 
     @property

@@ -4,7 +4,7 @@ written by a newer one instead of misreading it.
 Version 1 is the layout of the first release (SQLite only, keyed by connection name); version 2 the
 shared store's; version 3 keeps a run's skipped and uncertain records apart from the written ones and names
 the process that runs it (so that a run its process left behind shows as interrupted); version 4 notes a
-watcher's polls and releases; version 5 records the chunks of distributed runs.
+watcher's polls and releases; version 5 records the chunks of distributed runs and the sending pace.
 SQL here is written once for both dialects: ``{serial}`` and ``{real}`` are filled per dialect.
 """
 
@@ -94,7 +94,8 @@ ALTER TABLE leases ADD COLUMN released_at {real}
 """
 
 # Distributed runs: a run cut into chunks that workers finish in any order, each recorded once (a chunk
-# delivered twice by the broker is counted once), the run ended by whichever records the last one.
+# delivered twice by the broker is counted once), the run ended by whichever records the last one; and the
+# sending pace of each account, shared by every process that sends as it (rate limits, a day's recipients).
 _V5 = """
 ALTER TABLE runs ADD COLUMN chunks BIGINT;
 ALTER TABLE runs ADD COLUMN records_submitted BIGINT;
@@ -109,6 +110,12 @@ CREATE TABLE IF NOT EXISTS run_chunks (
     error TEXT,
     finished_at {real} NOT NULL,
     PRIMARY KEY (run_id, chunk)
+);
+CREATE TABLE IF NOT EXISTS send_pace (
+    name TEXT PRIMARY KEY,
+    next_at {real} NOT NULL DEFAULT 0,
+    day TEXT NOT NULL DEFAULT '',
+    day_count BIGINT NOT NULL DEFAULT 0
 )
 """
 

@@ -352,6 +352,28 @@ class SqlStore:
                 "records_failed = ?, records_skipped = ?, records_uncertain = ?, error = ? WHERE run_id = ?",
                 (status, read, written, failed, skipped, uncertain, error, run_id))
 
+    # ---------------------------------------------------------- send pace
+    def reserve_send(self, name: str, interval: float) -> float:
+        rows = self._q("INSERT INTO send_pace (name, next_at) VALUES (?, {now} + ?) ON CONFLICT (name) DO UPDATE "
+                       "SET next_at = {greatest}(send_pace.next_at, {now}) + ? RETURNING next_at - {now}",
+                       (name, interval, interval))
+        return max(0.0, float(rows[0][0]) - interval)
+
+    def slow_down(self, name: str, seconds: float) -> None:
+        self._w("INSERT INTO send_pace (name, next_at) VALUES (?, {now} + ?) ON CONFLICT (name) DO UPDATE "
+                "SET next_at = {greatest}(send_pace.next_at, excluded.next_at)", (name, seconds))
+
+    def count_recipients(self, name: str, count: int, *, per_day: int) -> bool:
+        if count > per_day:
+            return False
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        return bool(self._w(
+            "INSERT INTO send_pace (name, day, day_count) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+            "SET day_count = CASE WHEN send_pace.day = excluded.day THEN send_pace.day_count ELSE 0 END "
+            "+ excluded.day_count, day = excluded.day "
+            "WHERE send_pace.day <> excluded.day OR send_pace.day_count + excluded.day_count <= ?",
+            (name, day, count, per_day), durable=True))
+
     # -------------------------------------------------- distributed runs
     def set_run_chunks(self, run_id: str, chunks: int, records: int) -> None:
         """The run is wholly queued: ``chunks`` chunks holding ``records`` records. From now on no single
