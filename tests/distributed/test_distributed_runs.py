@@ -372,3 +372,23 @@ def test_the_consoles_run_button_queues_for_the_workers_and_follows_the_run(
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == 12 and all(len(c) == 1 for c in box.values())
+
+
+def test_a_connections_rate_holds_for_all_workers_together(cluster: Cluster, sandbox: Sandbox) -> None:
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["connections"]["mail"]["limits"] = {"messages_per_minute": 600}  # one every 0.1 s, all workers
+    cluster.path.write_text(yaml.safe_dump(doc))
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 20)
+    cluster.start_worker()
+    cluster.start_worker()
+    started = time.monotonic()
+    res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
+    elapsed = time.monotonic() - started
+    assert res.returncode == 0 and json.loads(res.stdout)["written"] == 20, res.stderr
+    # Twenty slots 0.1 s apart, whichever worker took each: no less than 1.9 s from submit to the end.
+    # (Two workers with two connections each send twenty messages on loopback in well under a second.)
+    assert elapsed >= 1.9
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == 20
