@@ -10,7 +10,7 @@ the connection is back in the pool); and once per send it takes a sender lease. 
    PLAIN, as in ``bench_send.py``), 2,000 messages of about 5 KB, at 4 connections and at 1, for each
    contender: ``store=None`` (no ledger: the floor), a SQLite store (WAL; each claim synced to disk, settles
    not, on this machine's disk under /tmp) and a PostgreSQL store on a throwaway server started here with the test
-   suite's ``tests/services/postgres.py``. That server runs with ``fsync=off`` (and
+   suite's (``mailconnector/_cluster/postgres.py``). That server runs with ``fsync=off`` (and
    ``synchronous_commit=off``), so its figure excludes the disk flush; a second PostgreSQL server with
    ``fsync``, ``synchronous_commit`` and ``full_page_writes`` back on gives the durable figure
    (``--no-pg-fsync`` skips it). Every record has an ``id`` naming the round, so every Message-ID is new
@@ -59,10 +59,10 @@ from mailconnector.state import StateStore, Store
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import bench_send  # noqa: E402  (bench/ is no package)
-from services.postgres import PostgresServer  # noqa: E402  (the test suite's throwaway server)
+
+from mailconnector._cluster import PostgresServer  # noqa: E402  (the test suite's throwaway server)
 
 SENDER = bench_send.SENDER
 RECIPIENT = bench_send.RECIPIENT

@@ -33,12 +33,10 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 from bench_send import delay_proxy  # noqa: E402  (the same proxy as the send benchmark)
-from services.postgres import PostgresServer  # noqa: E402  (the tests' throwaway servers)
-from services.redis import RedisServer  # noqa: E402
 
+from mailconnector._cluster import PostgresServer, RedisServer  # noqa: E402  (throwaway servers)
 from mailconnector.sandbox import Sandbox  # noqa: E402
 
 PW_VAR = "MC_BENCH_SCALE_PASSWORD"

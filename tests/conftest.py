@@ -17,10 +17,9 @@ import pytest
 from services.cluster import PW_VAR, Cluster, flush, write_cluster_project
 from services.console import TOKEN, ConsoleProject, RunningConsole, start_console, stop_console, write_console_project
 from services.cyrus import CyrusNotInstalled, CyrusServer
-from services.postgres import PostgresNotInstalled, PostgresServer
-from services.redis import RedisNotInstalled, RedisServer
 from starlette.testclient import TestClient
 
+from mailconnector._cluster import PostgresNotInstalled, PostgresServer, RedisNotInstalled, RedisServer
 from mailconnector.connection import Connection
 from mailconnector.console import create_app
 from mailconnector.imap import ImapSession

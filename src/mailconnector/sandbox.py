@@ -56,6 +56,13 @@ class SandboxInfo:
     oauth_key_file: str
     pids: dict[str, int] = field(default_factory=dict)
     project_file: str | None = None
+    # With --with-cluster: the passwords of its PostgreSQL role and its Redis (ports and pids beside the others).
+    state_password: str = field(default="", repr=False)
+    broker_password: str = field(default="", repr=False)
+
+    @property
+    def cluster(self) -> bool:
+        return "postgres" in self.ports
 
     def password(self, user: str) -> str:
         for u in self.users:
@@ -92,6 +99,22 @@ def check_installed() -> None:
         raise ConfigError(f"the sandbox needs {', '.join(missing)}, which is not installed", hint=INSTALL_HINT)
 
 
+def check_cluster_installed() -> None:
+    from ._cluster.postgres import PostgresNotInstalled, find_bindir
+
+    missing = []
+    try:
+        find_bindir()
+    except PostgresNotInstalled:
+        missing.append("the PostgreSQL server")
+    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        missing.append("redis-server")
+    if missing:
+        raise ConfigError(f"--with-cluster needs {' and '.join(missing)}, which is not installed",
+                          hint="install the Debian packages: apt-get install -y --no-install-recommends "
+                          "postgresql redis-server  (or run ./dev setup)")
+
+
 def _dovecot_bin() -> str:
     return shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -110,8 +133,11 @@ class Sandbox:
     # ----------------------------------------------------------------- start
     @classmethod
     def start(cls, rundir: Path | None = None, *, users: tuple[str, ...] = DEFAULT_USERS,
-              timeout: float = 15.0) -> Sandbox:
+              timeout: float = 15.0, cluster: bool = False) -> Sandbox:
+        """``cluster``: also a PostgreSQL (the shared state) and a Redis (the broker), for distributed runs."""
         check_installed()
+        if cluster:
+            check_cluster_installed()
         if rundir is None:
             # Not pytest's tmp_path: the daemons run as unprivileged users and need to traverse it.
             rundir = Path(tempfile.mkdtemp(prefix="mc-sbx-"))
@@ -135,6 +161,8 @@ class Sandbox:
             sbx._write_dovecot()
             sbx._write_postfix()
             sbx._launch(timeout)
+            if cluster:
+                sbx._launch_cluster()
         except BaseException:
             sbx.stop()
             raise
@@ -277,6 +305,29 @@ class Sandbox:
         self.info.pids["postfix"] = self._procs["postfix"].pid
         self._wait_ports([p["smtp"], p["submission"], p["smtps"], p["smtp_notls"]], timeout, "postfix")
 
+    def _launch_cluster(self) -> None:
+        """PostgreSQL and Redis with their data in the run directory, left running for ``stop()`` (from this
+        process or another: by pid), each with a password of its own."""
+        from ._cluster import PostgresError, PostgresServer, RedisServer
+
+        rundir = Path(self.info.rundir)
+        self.info.state_password = secrets.token_urlsafe(16)
+        self.info.broker_password = secrets.token_urlsafe(16)
+        pg = PostgresServer(parent=rundir, stop_at_exit=False)
+        try:
+            pg.start()
+            self.info.pids["postgres"], self.info.ports["postgres"] = pg.pid, pg.port
+            pg.create_database("mailconnector", owner="mailconnector", password=self.info.state_password)
+        except PostgresError as exc:
+            raise StateError(f"the sandbox's PostgreSQL did not start: {exc}",
+                             hint="see its server.log in the run directory") from None
+        redis = RedisServer(parent=rundir, password=self.info.broker_password, persist=True, stop_at_exit=False)
+        try:
+            redis.start()
+        except RuntimeError as exc:
+            raise StateError(f"the sandbox's Redis did not start: {exc}") from None
+        self.info.pids["redis"], self.info.ports["redis"] = redis.pid, redis.port
+
     def _wait_ports(self, ports: list[int], timeout: float, name: str) -> None:
         deadline = time.monotonic() + timeout
         pending = list(ports)
@@ -300,7 +351,14 @@ class Sandbox:
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:
-        """Stop both servers (TERM to their process groups) and wait for them."""
+        """Stop the servers (TERM to their process groups; PostgreSQL: a fast shutdown) and wait for them."""
+        for name, sig in (("redis", signal.SIGTERM), ("postgres", signal.SIGINT)):
+            server_pid = self.info.pids.pop(name, 0)
+            if server_pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(server_pid, sig)
+                _wait_gone(server_pid, timeout=30)
+                _wait_group_gone(server_pid)
         for name in ("postfix", "dovecot"):
             pid = self.info.pids.get(name)
             if not pid:
@@ -412,7 +470,23 @@ class Sandbox:
             "# Written by `mailconnector sandbox`: connections to the local sandbox mail server.\n"
             "# Passwords are read from files (${file:...}); they are never written here in clear.\n"
         )
-        path.write_text(header + yaml.safe_dump({"connections": connections}, sort_keys=False))
+        data: dict[str, Any] = {"connections": connections}
+        if self.info.cluster:
+            header += ("# With its PostgreSQL (settings.state) and Redis (settings.broker): start workers with\n"
+                       "# `mailconnector worker`, then `mailconnector run send-outbox --distributed --wait`.\n")
+            for name, secret in (("state", self.info.state_password), ("broker", self.info.broker_password)):
+                pw_file = secrets_dir / f"{name}.password"
+                pw_file.write_text(secret)
+                os.chmod(pw_file, 0o600)
+            p = self.info.ports
+            data["activities"] = {"outbox": {"type": "file", "path": "outbox.jsonl"},
+                                  "mail-out": {"type": "send-email", "connection": "sandbox"}}
+            data["operations"] = {"send-outbox": {"source": "outbox", "target": "mail-out"}}
+            data["settings"] = {
+                "state": f"postgresql://mailconnector:${{file:{secrets_dir / 'state.password'}}}@127.0.0.1:"
+                         f"{p['postgres']}/mailconnector",
+                "broker": f"redis://:${{file:{secrets_dir / 'broker.password'}}}@127.0.0.1:{p['redis']}/0"}
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False))
         self.info.project_file = str(path)
         self.save()
         return path

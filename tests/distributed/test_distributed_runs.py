@@ -17,8 +17,8 @@ import pytest
 import yaml
 from services.cluster import Cluster, write_outbox
 from services.copies import delivered, mailbox
-from services.redis import RedisServer
 
+from mailconnector._cluster import RedisServer
 from mailconnector.sandbox import Sandbox
 from mailconnector.state import Store
 

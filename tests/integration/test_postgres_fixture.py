@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from services.postgres import PostgresServer
+
+from mailconnector._cluster import PostgresServer
 
 
 def test_table_round_trip(postgres_url: str) -> None:

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mailconnector._cluster import RedisServer
 from mailconnector.sandbox import Sandbox
-
-from .redis import RedisServer
 
 __all__ = ["PW_VAR", "Cluster", "Worker", "flush", "write_cluster_project", "write_outbox"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from services.postgres import PostgresServer
 
+from mailconnector._cluster import PostgresServer
 from mailconnector.errors import StateError
 from mailconnector.imap import ImapSession
 from mailconnector.project import Project

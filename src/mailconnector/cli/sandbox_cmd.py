@@ -26,6 +26,7 @@ sandbox_app = typer.Typer(help=(
     "Examples:\n"
     "  mailconnector sandbox --background && mailconnector test sandbox\n"
     "  mailconnector sandbox --background --write-project sandbox.yaml --json\n"
+    "  mailconnector sandbox --background --with-cluster   (PostgreSQL and Redis too)\n"
     "  mailconnector sandbox stop"))
 
 
@@ -51,6 +52,10 @@ def sandbox_start(
         "or ./mailconnector.sandbox.yaml when a project file of yours is already there).")] = None,
     background: Annotated[bool, typer.Option("--background", help="Start, print, and return; stop it later "
                                              "with `mailconnector sandbox stop`.")] = False,
+    with_cluster: Annotated[bool, typer.Option("--with-cluster", help="Also start a PostgreSQL (the shared "
+                                               "state) and a Redis (the broker) on loopback, and write them into "
+                                               "the project file with an example operation, for trying "
+                                               "`mailconnector worker` and `run --distributed`.")] = False,
     json_output: JsonOpt = False,
     debug: DebugOpt = False,
     log_format: LogFormatOpt = "text",
@@ -74,7 +79,7 @@ def sandbox_start(
         if previous is not None and previous.running():
             raise StateError(f"a sandbox is already running here ({old})",
                              hint="stop it first: mailconnector sandbox stop")
-    sbx = Sandbox.start()
+    sbx = Sandbox.start(cluster=with_cluster)
     target = _project_target(write_project)
     sbx.write_project(target)
     POINTER.parent.mkdir(exist_ok=True)
@@ -102,7 +107,8 @@ def _describe(sbx: Sandbox, project_file: Path, json_output: bool) -> None:
     info = sbx.info
     if json_output:
         emit_json({"rundir": info.rundir, "host": info.host, "ports": info.ports, "ca_file": info.ca_file,
-                   "project_file": str(project_file), "users": [u["address"] for u in info.users]})
+                   "project_file": str(project_file), "users": [u["address"] for u in info.users],
+                   "cluster": info.cluster})
         return
     from rich.table import Table
 
@@ -113,11 +119,17 @@ def _describe(sbx: Sandbox, project_file: Path, json_output: bool) -> None:
     table.add_row("SMTP", f"127.0.0.1:{p['submission']} starttls · {p['smtps']} ssl · {p['smtp']} plain/starttls")
     table.add_row("IMAP", f"127.0.0.1:{p['imaps']} ssl · {p['imap']} starttls")
     table.add_row("users", ", ".join(u["address"] for u in info.users) + " (passwords in the run directory)")
+    if info.cluster:
+        table.add_row("PostgreSQL", f"127.0.0.1:{p['postgres']} (settings.state)")
+        table.add_row("Redis", f"127.0.0.1:{p['redis']} (settings.broker)")
     table.add_row("CA certificate", info.ca_file)
     table.add_row("project file", str(project_file))
     table.add_row("run directory", info.rundir)
     out_console.print(table)
     out_console.print(f"try: mailconnector test sandbox --project {project_file}")
+    if info.cluster:
+        out_console.print("then: mailconnector worker & mailconnector worker &  (with an outbox.jsonl here) "
+                          "mailconnector run send-outbox --distributed --wait")
 
 
 @sandbox_app.command("stop")

@@ -1,8 +1,9 @@
-"""A real, throwaway Redis server for tests: Debian's ``redis-server`` on a free loopback port, in a temporary
-directory, with nothing saved to disk (``--save '' --appendonly no``), gone again after ``stop()``.
+"""A real, throwaway Redis server: Debian's ``redis-server`` on a free loopback port, in a temporary
+directory, gone again after ``stop()``. The sandbox's broker (``sandbox --with-cluster``: a password, and its
+queues kept on disk), and the tests' (nothing saved: ``--save '' --appendonly no``).
 
-``restart()`` keeps the port (a broker that went away and came back, with its queues lost, as a Redis without
-persistence does). Only the standard library is used.
+``restart()`` keeps the port (a broker that went away and came back; without persistence, its queues lost).
+Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -33,14 +34,23 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *, parent: Path | None = None, password: str | None = None, persist: bool = False,
+                 stop_at_exit: bool = True) -> None:
         self.port = 0
         self.directory: Path | None = None
+        self.parent = parent
+        self.password = password
+        self.persist = persist
+        self.stop_at_exit = stop_at_exit
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else 0
 
     @property
     def running(self) -> bool:
@@ -52,8 +62,9 @@ class RedisServer:
         if binary is None:
             raise RedisNotInstalled(f"redis-server not found; {INSTALL_HINT}")
         if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="mc-redis-"))
-            atexit.register(self.stop)
+            self.directory = Path(tempfile.mkdtemp(prefix="mc-redis-", dir=str(self.parent) if self.parent else None))
+            if self.stop_at_exit:
+                atexit.register(self.stop)
         for attempt in range(3):
             if not self.port or attempt:
                 self.port = _free_port()
@@ -64,10 +75,12 @@ class RedisServer:
     def _launch(self, binary: str) -> bool:
         assert self.directory is not None
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115  (the child keeps it)
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--dir", str(self.directory), "--daemonize", "no",
+                "--protected-mode", "yes"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -75,8 +88,15 @@ class RedisServer:
                 return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                    sock.sendall(auth + b"PING\r\n")
+                    answer = b""
+                    while answer.count(b"\r\n") < (2 if self.password else 1):
+                        chunk = sock.recv(64)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    if answer.endswith(b"+PONG\r\n"):
                         return True
             except OSError:
                 time.sleep(0.05)

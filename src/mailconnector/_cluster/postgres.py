@@ -1,5 +1,5 @@
-"""A real, throwaway PostgreSQL server for tests: its own cluster in a temporary directory, on a free
-loopback port, gone again after ``stop()``.
+"""A real, throwaway PostgreSQL server: its own cluster in a temporary directory, on a free loopback port,
+gone again after ``stop()``. The sandbox's shared state (``sandbox --with-cluster``), and the tests'.
 
 Why a real server: connection handling, authentication, restarts and SQL behaviour are what the tests
 are about, and a fake would only test the fake. Why this shape:
@@ -92,8 +92,13 @@ class PostgresServer:
     socket the superuser connects through.
     """
 
-    def __init__(self, *, startup_timeout: float = 30.0, durable: bool = False) -> None:
+    def __init__(self, *, startup_timeout: float = 30.0, durable: bool = False, parent: Path | None = None,
+                 stop_at_exit: bool = True) -> None:
+        """``parent``: where its directory is made (default /tmp); ``stop_at_exit`` False: it outlives this
+        process (the sandbox started with --background), stopped later by ``stop_pid``."""
         self.startup_timeout = startup_timeout
+        self.parent = parent
+        self.stop_at_exit = stop_at_exit
         # Throwaway data: durability is only lost time. ``durable=True`` puts it back (for benchmarks).
         flag = "on" if durable else "off"
         self.settings = {name: flag for name in ("fsync", "synchronous_commit", "full_page_writes")}
@@ -114,6 +119,11 @@ class PostgresServer:
         return self._dir / "server.log"
 
     @property
+    def pid(self) -> int:
+        """The postmaster's: SIGINT to it is a fast shutdown (how the sandbox stops one it left running)."""
+        return self._proc.pid if self._proc is not None else 0
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -125,7 +135,7 @@ class PostgresServer:
         created = self.directory is None
         if created:
             self._create_cluster()
-        if not self._atexit_registered:
+        if not self._atexit_registered and self.stop_at_exit:
             atexit.register(self._stop_at_exit)
             self._atexit_registered = True
         try:
@@ -247,7 +257,7 @@ class PostgresServer:
 
     def _create_cluster(self) -> None:
         run_as = self._run_as()
-        directory = Path(tempfile.mkdtemp(prefix="mc-pg-", dir="/tmp"))
+        directory = Path(tempfile.mkdtemp(prefix="mc-pg-", dir=str(self.parent or "/tmp")))
         self.directory = directory
         try:
             if run_as:
