@@ -392,3 +392,25 @@ def test_a_connections_rate_holds_for_all_workers_together(cluster: Cluster, san
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == 20
+
+
+def test_a_record_whose_transformation_raises_fails_alone_in_its_chunk(cluster: Cluster, sandbox: Sandbox) -> None:
+    (cluster.directory / "picky.py").write_text(
+        "def check(record):\n    if record['subject'].endswith(' 3'):\n        raise ValueError('no third one')\n"
+        "    return record\n")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["transformation"] = "picky:check"
+    cluster.path.write_text(yaml.safe_dump(doc))
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 8)
+    cluster.start_worker()
+    res = cluster.run("run", "send-outbox", "--distributed", "--wait", "--json")
+    summary = json.loads(res.stdout)
+    assert res.returncode == 1 and summary["status"] == "partial", res.stderr
+    assert (summary["written"], summary["failed"]) == (7, 1)
+    [error] = cluster.run_info(summary["run_id"])["errors"]
+    assert error["record"] == "record 3" and error["error"]["type"] == "TransformationError"
+    assert "ValueError: no third one" in error["error"]["message"]
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == 7
