@@ -145,6 +145,9 @@ def test_the_broker_away_at_submit_time_is_a_clear_error_and_starts_nothing(clus
     ({"broker": None}, "no broker configured"),
     ({"state": "state.db"}, "needs a shared state store"),
     ({"broker": "http://127.0.0.1:6379"}, "is not a redis:// or amqp:// URL"),
+    ({"broker": "redis://:s3cret-pw@127.0.0.1:99999/0"}, "has a port that is not a number from 1 to 65535"),
+    ({"broker": "redis://127.0.0.1:6379/0\n<script>"}, "holds a space or a control character"),
+    ({"broker": "redis://127.0.0.1:6379/<script>"}, "a Redis database is a number"),
 ])
 def test_distributed_mode_without_what_it_needs_says_so(cluster: Cluster, settings: dict[str, object],
                                                         message: str) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from .. import __version__
 from ..errors import ConfigError, MailConnectorError, TransportError
@@ -52,24 +53,33 @@ def broker_url(project: Project) -> str:
     try:
         url = resolve_in_url(configured, base_dir=project.directory)
     except SecretReferenceError as exc:
-        raise ConfigError(f"settings.broker: {exc}", source=project.source, field="settings.broker") from None
+        raise ConfigError(str(exc), source=project.source, field="settings.broker") from None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise ConfigError("the URL holds a space or a control character",
+                          source=project.source, field="settings.broker",
+                          hint="percent-encode it (a password is best given as ${env:...} or ${file:...})")
     parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigError(f"{shown_url(url)!r}: a Redis database is a number",
+                          source=project.source, field="settings.broker", hint="e.g. redis://127.0.0.1:6379/0")
     if parts.scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
-        raise ConfigError(f"settings.broker: {shown_url(url)!r} is not a redis:// or amqp:// URL",
+        raise ConfigError(f"{shown_url(url)!r} is not a redis:// or amqp:// URL",
                           source=project.source, field="settings.broker",
                           hint="for example redis://127.0.0.1:6379/0 or amqp://user:password@host:5672//")
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number in range)
+    except ValueError:
+        raise ConfigError(f"{shown_url(url)!r} has a port that is not a number from 1 to 65535",
+                          source=project.source, field="settings.broker",
+                          hint="e.g. redis://127.0.0.1:6379/0") from None
     if parts.password:
         register_secret(parts.password)
     return url
 
 
 def shown_url(url: str) -> str:
-    """The URL with its password replaced, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL with its password replaced, for messages (whatever else is wrong with it)."""
+    return re.sub(r"^([a-z]+://[^:@/]*):[^@/]*@", r"\1:***@", url)
 
 
 def require_shared_state(project: Project) -> None:
