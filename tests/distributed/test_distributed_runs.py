@@ -390,8 +390,17 @@ def test_a_connections_rate_holds_for_all_workers_together(cluster: Cluster, san
     elapsed = time.monotonic() - started
     assert res.returncode == 0 and json.loads(res.stdout)["written"] == 20, res.stderr
     # Twenty slots 0.1 s apart, whichever worker took each: no less than 1.9 s from submit to the end.
-    # (Two workers with two connections each send twenty messages on loopback in well under a second.)
     assert elapsed >= 1.9
+    # And the slots were the account's, shared: its next free slot is at least twenty intervals after the
+    # submit, on the store's clock (each worker pacing only itself would have left it about ten after).
+    store = Store(cluster.state)
+    try:
+        [(next_at, now)] = store._q(  # type: ignore[attr-defined]
+            "SELECT next_at, EXTRACT(EPOCH FROM clock_timestamp()) FROM send_pace WHERE name = ?",
+            ("send:alice@example.test",))
+    finally:
+        store.close()
+    assert float(next_at) - (float(now) - (time.monotonic() - started)) >= 20 * 0.1
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == 20
@@ -417,3 +426,40 @@ def test_a_record_whose_transformation_raises_fails_alone_in_its_chunk(cluster: 
     ledger = _ledger(cluster)
     box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
     assert len(box) == 7
+
+
+@pytest.mark.parametrize("url", ["REDIS://:Top/Secret-99@127.0.0.1:99999/0",
+                                 "redis+socket://:TopSecret-99@/tmp/sock",
+                                 "redis://:Top/Secret-99@127.0.0.1:6379/zero"])
+def test_a_hostile_broker_url_from_the_environment_never_shows_its_password(cluster: Cluster, url: str) -> None:
+    write_outbox(cluster.directory, "env", 1)
+    for argv in (["run", "send-outbox", "--distributed", "--json"], ["worker"]):
+        res = cluster.run(*argv, timeout=60, env={"MAILCONNECTOR_BROKER": url})
+        assert res.returncode == 3, (argv, res.stderr)
+        assert "MAILCONNECTOR_BROKER" in res.stderr and "Secret-99" not in res.stdout + res.stderr
+
+
+def test_a_worker_whose_project_file_is_broken_for_a_while_runs_the_chunk_once_it_is_whole(
+        cluster: Cluster, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A deploy that writes the file in two steps: a chunk that meets the half-written file is queued again,
+    not dropped (its run would never end)."""
+    other = tmp_path_factory.mktemp("deploying-worker")
+    whole = cluster.path.read_text()
+    (other / "mailconnector.yaml").write_text(whole)
+    worker = cluster.start_worker(directory=other)
+    (other / "mailconnector.yaml").write_text("connections: [half written\n")
+    tok = uuid.uuid4().hex[:8]
+    write_outbox(cluster.directory, tok, 3)
+    res = cluster.run("run", "send-outbox", "--distributed", "--json")
+    run_id = json.loads(res.stdout)["run_id"]
+    deadline = time.monotonic() + 30
+    while "queued again" not in worker.text():
+        assert time.monotonic() < deadline, worker.text()[-2000:]
+        time.sleep(0.1)  # poll interval
+    assert cluster.run_info(run_id)["status"] == "running"
+    (other / "mailconnector.yaml").write_text(whole)
+    info = cluster.wait_for_end(run_id, timeout=60)
+    assert info["status"] == "success" and info["records_written"] == 3
+    ledger = _ledger(cluster)
+    box, _ = delivered(sandbox, USERS, tok, set(ledger), must=set(ledger))
+    assert len(box) == 3 and all(len(c) == 1 for c in box.values())

@@ -130,3 +130,19 @@ def test_a_watch_trigger_on_a_file_source_is_refused_with_its_line(cluster: Clus
     res = cluster.run("run", "send-outbox")
     assert res.returncode == 3 and "operations.send-outbox.trigger" in res.stderr
 
+
+
+def test_a_trigger_the_file_gets_wrong_is_reported_once_and_the_others_run(
+        cluster: Cluster, sandbox: Sandbox, fresh_folder: object) -> None:
+    folder = fresh_folder(USER)  # type: ignore[operator]
+    _setup(cluster, sandbox, folder, "watch")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["trigger"] = "watch"  # a file source: cannot be watched
+    cluster.path.write_text(yaml.safe_dump(doc))
+    worker = cluster.start_worker()
+    ids = _append(sandbox, folder, "good", 2)
+    assert Counter(_wait_taken(cluster, 2)) == Counter(ids)  # the good trigger runs
+    time.sleep(3)  # a few turns of the trigger loop
+    text = worker.text()
+    assert text.count("the triggered operation send-outbox cannot run") == 1, text[-3000:]
+    assert "watch needs a read-email source" in text and "Traceback" not in text

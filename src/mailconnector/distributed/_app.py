@@ -18,10 +18,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .. import __version__
-from ..errors import ConfigError, MailConnectorError, TransportError
+from ..errors import ConfigError, MailConnectorError, StateError, TransportError
 from ..secrets import SecretReferenceError, register_secret, resolve_in_url
 
 if TYPE_CHECKING:
@@ -44,42 +44,58 @@ _INSTALL_HINT = "pip install 'mailconnector[celery]'"
 def broker_url(project: Project) -> str:
     """``$MAILCONNECTOR_BROKER``, else ``settings.broker``, its secret references resolved (and registered,
     so that no log line or error shows the password)."""
-    configured = os.environ.get(BROKER_ENV) or project.settings.broker
+    from_env = os.environ.get(BROKER_ENV)
+    configured = from_env or project.settings.broker
     if not configured:
         raise ConfigError("no broker configured: distributed runs and workers need a Celery broker",
                           source=project.source, field="settings.broker",
                           hint=f"set settings.broker: redis://HOST:6379/0 (or amqp://...) in the project file, "
                           f"or {BROKER_ENV}; see docs/scaling.md")
+    where: dict[str, str | None] = ({"source": None, "field": BROKER_ENV} if from_env
+                                    else {"source": project.source, "field": "settings.broker"})
     try:
         url = resolve_in_url(configured, base_dir=project.directory)
     except SecretReferenceError as exc:
-        raise ConfigError(str(exc), source=project.source, field="settings.broker") from None
+        raise ConfigError(str(exc), **where) from None
+    password = _password_of(url)
+    if password:  # before any check below can name the URL; as written and percent-decoded
+        register_secret(password)
+        register_secret(unquote(password))
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise ConfigError("the URL holds a space or a control character",
-                          source=project.source, field="settings.broker",
+        raise ConfigError("the URL holds a space or a control character", **where,
                           hint="percent-encode it (a password is best given as ${env:...} or ${file:...})")
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise ConfigError(f"{shown_url(url)!r}: a Redis database is a number",
-                          source=project.source, field="settings.broker", hint="e.g. redis://127.0.0.1:6379/0")
+                          **where, hint="e.g. redis://127.0.0.1:6379/0")
     if parts.scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
-        raise ConfigError(f"{shown_url(url)!r} is not a redis:// or amqp:// URL",
-                          source=project.source, field="settings.broker",
+        raise ConfigError(f"{shown_url(url)!r} is not a redis:// or amqp:// URL", **where,
                           hint="for example redis://127.0.0.1:6379/0 or amqp://user:password@host:5672//")
     try:
         parts.port  # noqa: B018  (raises on a port that is not a number in range)
     except ValueError:
-        raise ConfigError(f"{shown_url(url)!r} has a port that is not a number from 1 to 65535",
-                          source=project.source, field="settings.broker",
+        raise ConfigError(f"{shown_url(url)!r} has a port that is not a number from 1 to 65535", **where,
                           hint="e.g. redis://127.0.0.1:6379/0") from None
-    if parts.password:
-        register_secret(parts.password)
     return url
+
+
+# Greedy: up to the last @, so that a raw / or @ in a password stays inside it.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)@")
+
+
+def _password_of(url: str) -> str | None:
+    m = _USERINFO.match(url)
+    if m is None or ":" not in m.group(2):
+        return None
+    return m.group(2).split(":", 1)[1]
 
 
 def shown_url(url: str) -> str:
     """The URL with its password replaced, for messages (whatever else is wrong with it)."""
-    return re.sub(r"^([a-z]+://[^:@/]*):[^@/]*@", r"\1:***@", url)
+    m = _USERINFO.match(url)
+    if m is None or ":" not in m.group(2):
+        return url
+    return f"{m.group(1)}{m.group(2).split(':', 1)[0]}:***@{url[m.end():]}"
 
 
 def require_shared_state(project: Project) -> None:
@@ -143,22 +159,42 @@ class WorkerContext:
     _digest: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        # A pool process forked while another thread (a trigger's) held the lock would wait on it for ever.
+        os.register_at_fork(after_in_child=self._fresh_lock)
+
+    def _fresh_lock(self) -> None:
+        self._lock = threading.Lock()
+
+    @property
+    def stamp(self) -> tuple[int, int, int] | None:
+        """Which reading of the project file the last ``project()`` gave (it changes when the file does)."""
+        return self._stamp
+
     def project(self) -> tuple[Project, str]:
         from ..project import Project
 
         with self._lock:
-            st = self.path.stat()
-            stamp = (os.getpid(), st.st_mtime_ns, st.st_size)
+            stamp = self._stat()
             if self._project is None or stamp != self._stamp:
-                fresh = Project.load(self.path)
+                for _ in range(3):  # the digest must be of the bytes loaded: read again if the file moved
+                    digest = project_digest(self.path)
+                    fresh = Project.load(self.path)
+                    if self._stat() == stamp:
+                        break
+                    stamp = self._stat()
                 if self._project is not None and self._stamp is not None and self._stamp[0] == stamp[0]:
                     fresh.keep_store_of(self._project)
                 if fresh.uses_oauth2:
                     from ..auth.oauth2 import use_store
 
                     use_store(fresh.store())
-                self._project, self._stamp, self._digest = fresh, stamp, project_digest(self.path)
+                self._project, self._stamp, self._digest = fresh, stamp, digest
             return self._project, self._digest
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = self.path.stat()
+        return os.getpid(), st.st_mtime_ns, st.st_size
 
 
 _context: WorkerContext | None = None
@@ -179,7 +215,22 @@ def worker_context() -> WorkerContext:
 
 def _run_chunk_task(task: Task[Any, Any], run_id: str, operation: str, chunk: int, items: list[Any] | None,
                     batch_key: str | None, project: str, version: str) -> str:
-    """One chunk of a distributed run (``items``: its records; None: the operation's own source, a mailbox)."""
+    """One chunk of a distributed run (``items``: its records; None: the operation's own source, a mailbox).
+
+    A task that raised would be acknowledged (and its chunk never recorded): what cannot be done now (the
+    store away, the project file half-written by a deploy) is queued again for later instead."""
+    try:
+        return _run_chunk(task, run_id, operation, chunk, items, batch_key, project, version)
+    except (StateError, ConfigError) as exc:
+        # Within the redelivery time: a task a worker holds longer is given out once more meanwhile.
+        visibility = float(task.app.conf.broker_transport_options.get("visibility_timeout", 60.0))
+        wait = min(30.0, visibility / 2)
+        log.warning("run %s chunk %d: %s; queued again for %.0f s from now", run_id, chunk, exc.message, wait)
+        raise task.retry(countdown=wait, max_retries=None) from None
+
+
+def _run_chunk(task: Task[Any, Any], run_id: str, operation: str, chunk: int, items: list[Any] | None,
+               batch_key: str | None, project: str, version: str) -> str:
     from ..operations import run_chunk
     from ..state import LeaseKeeper
 
@@ -214,19 +265,24 @@ def _run_chunk_task(task: Task[Any, Any], run_id: str, operation: str, chunk: in
                                failed=len(items or []))
         keeper.stop(forget=True)
         return "given up"
+    recorded = False
     try:
         run_chunk(proj, operation, run_id=run_id, chunk=chunk, items=items, batch_key=batch_key,
                   stop=context.stop, worker=_worker_name())
+        recorded = True
+    except StateError:
+        raise  # the store: queued again (above); the ledger makes the next attempt send only the rest
     except MailConnectorError as exc:
         if not store.chunk_done(run_id, chunk):  # it failed before its run could record it
             store.finish_chunk(run_id, chunk, status="error", error=exc.message, worker=_worker_name(),
                                errors=[(f"chunk {chunk}", {"type": exc.kind, "message": exc.message,
                                                            "hint": exc.hint, "stage": "worker"})],
                                failed=len(items or []))
+        recorded = True
         log.error("run %s chunk %d: %s", run_id, chunk, exc.message)
         return "error"
     finally:
-        keeper.stop(forget=store.chunk_done(run_id, chunk))
+        keeper.stop(forget=recorded)
     return "done"
 
 

@@ -37,6 +37,9 @@ class Triggers:
         self.stop = threading.Event()
         self._held: dict[str, _Held] = {}
         self._thread: threading.Thread | None = None
+        # Triggered operations the project file gets wrong, with the reading of the file that said so: told
+        # once, and not tried again until the file changes.
+        self._broken: dict[str, object] = {}
 
     def start(self) -> None:
         self.stop.clear()
@@ -75,6 +78,15 @@ class Triggers:
             held = self._held.get(name)
             if held is not None and held.thread.is_alive():
                 continue
+            if self._broken.get(name) == self.context.stamp:
+                continue
+            try:
+                project.operation(name)
+            except MailConnectorError as exc:
+                self._broken[name] = self.context.stamp
+                log.error("the triggered operation %s cannot run: %s", name, exc.message)
+                continue
+            self._broken.pop(name, None)
             keeper = LeaseKeeper(project.store(), f"trigger:{name}", project.settings.lease_seconds)
             if not keeper.take():
                 continue  # another worker runs it
@@ -95,8 +107,12 @@ class Triggers:
         try:
             log.info("this worker runs the triggered operation %s", name)
             while not stop.is_set():
-                project, _ = self.context.project()
-                trigger = project.operation(name).trigger
+                try:
+                    project, _ = self.context.project()
+                    trigger = project.operation(name).trigger
+                except MailConnectorError as exc:  # the file changed under it: the loop looks at it again
+                    log.error("the triggered operation %s cannot run: %s", name, exc.message)
+                    return
                 if trigger is None:
                     return  # the trigger was removed from the project file
                 try:
