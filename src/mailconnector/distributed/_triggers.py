@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import MailConnectorError
 from ..logs import in_this_run
+from ..state import LeaseKeeper
 from ._app import WorkerContext
 
 __all__ = ["Triggers"]
@@ -47,17 +48,15 @@ class Triggers:
         self._thread.start()
 
     def shutdown(self, timeout: float = 60.0) -> None:
-        """Stop every trigger this worker holds (each after the record in hand) and give their leases back."""
+        """Stop every trigger this worker holds (each after the record in hand) and give their leases back.
+        The loop is stopped first, so that it takes no trigger up while the others are being stopped."""
         self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
         for held in list(self._held.values()):
             held.stop.set()
         for held in list(self._held.values()):
             held.thread.join(timeout)
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def held(self) -> list[str]:
-        return [name for name, h in self._held.items() if h.thread.is_alive()]
 
     def _loop(self) -> None:
         while not self.stop.is_set():
@@ -71,8 +70,6 @@ class Triggers:
             self.stop.wait(wait)
 
     def _take_free_ones(self) -> None:
-        from ..state import LeaseKeeper
-
         project, _ = self.context.project()
         for name in project.triggered_operations():
             held = self._held.get(name)
@@ -96,11 +93,9 @@ class Triggers:
             self._held[name] = _Held(thread, stop)
             thread.start()
 
-    def _run(self, name: str, keeper: object, stop: threading.Event) -> None:
+    def _run(self, name: str, keeper: LeaseKeeper, stop: threading.Event) -> None:
         from ..operations import run_operation, watch_operation
-        from ..state import LeaseKeeper
 
-        assert isinstance(keeper, LeaseKeeper)
         lost = threading.Thread(target=self._watch_lease, args=(keeper, stop), daemon=True)
         lost.start()
         backoff = 1.0
@@ -132,11 +127,8 @@ class Triggers:
             stop.set()
             keeper.stop()
 
-    def _watch_lease(self, keeper: object, stop: threading.Event) -> None:
+    def _watch_lease(self, keeper: LeaseKeeper, stop: threading.Event) -> None:
         """The trigger stops when this worker stops, or when its lease was lost (another worker took over)."""
-        from ..state import LeaseKeeper
-
-        assert isinstance(keeper, LeaseKeeper)
         while not stop.wait(0.5):
             if self.stop.is_set() or keeper.lost.is_set():
                 stop.set()
