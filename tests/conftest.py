@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from services.cluster import PW_VAR, Cluster, flush, write_cluster_project
@@ -119,16 +119,15 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A started PostgreSQL server on 127.0.0.1 (stopped and its directory removed at session end).
+S = TypeVar("S", PostgresServer, RedisServer)
 
-    Missing binaries fail the tests in CI (the machine was set up wrong) and skip them locally.
-    """
-    server = PostgresServer()
+
+def _session_server(server: S, not_installed: type[Exception]) -> Iterator[S]:
+    """Start a throwaway server for the session and stop it after. Missing binaries fail the tests in CI (the
+    machine was set up wrong) and skip them locally."""
     try:
         server.start()
-    except PostgresNotInstalled as exc:
+    except not_installed as exc:
         if _in_ci():
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
@@ -136,6 +135,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A started PostgreSQL server on 127.0.0.1 (stopped and its directory removed at session end).
+
+    Missing binaries fail the tests in CI (the machine was set up wrong) and skip them locally.
+    """
+    yield from _session_server(PostgresServer(), PostgresNotInstalled)
 
 
 @pytest.fixture
@@ -212,17 +220,8 @@ def running_console(console_project: ConsoleProject) -> Iterator[RunningConsole]
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-    except RedisNotInstalled as exc:
-        if _in_ci():
-            pytest.fail(str(exc), pytrace=False)
-        pytest.skip(str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A started Redis on 127.0.0.1, nothing saved to disk (missing: fails in CI, skips locally)."""
+    yield from _session_server(RedisServer(), RedisNotInstalled)
 
 
 @pytest.fixture

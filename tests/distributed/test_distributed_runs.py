@@ -33,6 +33,14 @@ def _ledger(cluster: Cluster) -> dict[str, str]:
         store.close()
 
 
+def _transform_with(cluster: Cluster, module: str, body: str) -> None:
+    """The operation's transformation becomes ``MODULE:check``, a function written in the project directory."""
+    (cluster.directory / f"{module}.py").write_text(f"import os\nimport time\n\n\ndef check(record):\n{body}")
+    doc = yaml.safe_load(cluster.path.read_text())
+    doc["operations"]["send-outbox"]["transformation"] = f"{module}:check"
+    cluster.path.write_text(yaml.safe_dump(doc))
+
+
 def _subjects(sandbox: Sandbox, tok: str) -> list[str]:
     from mailconnector.connection import Connection
     from mailconnector.imap import ImapSession
@@ -193,12 +201,8 @@ def test_a_worker_with_another_project_file_refuses_the_chunks_and_the_run_says_
 
 def test_a_chunk_that_kills_its_worker_each_time_is_given_up_and_the_rest_is_sent(
         cluster: Cluster, sandbox: Sandbox) -> None:
-    (cluster.directory / "poison.py").write_text(
-        "import os\n\n\ndef check(record):\n    if record.get('poison'):\n        os._exit(1)  # the process dies\n"
-        "    return record\n")
-    doc = yaml.safe_load(cluster.path.read_text())
-    doc["operations"]["send-outbox"]["transformation"] = "poison:check"
-    cluster.path.write_text(yaml.safe_dump(doc))
+    _transform_with(cluster, "poison", "    if record.get('poison'):\n        os._exit(1)  # the process dies\n"
+                    "    return record\n")
     tok = uuid.uuid4().hex[:8]
     write_outbox(cluster.directory, tok, 10)
     lines = (cluster.directory / "outbox.jsonl").read_text().splitlines()
@@ -239,11 +243,7 @@ def test_a_broker_lost_mid_run_ends_the_run_with_the_reason_and_a_rerun_sends_th
     count = 40
     write_outbox(cluster.directory, tok, count)
     # 50 ms per record, so that the broker goes while most chunks are still queued.
-    (cluster.directory / "slow.py").write_text("import time\n\n\ndef pause(record):\n    time.sleep(0.05)\n"
-                                               "    return record\n")
-    doc = yaml.safe_load(cluster.path.read_text())
-    doc["operations"]["send-outbox"]["transformation"] = "slow:pause"
-    cluster.path.write_text(yaml.safe_dump(doc))
+    _transform_with(cluster, "slow", "    time.sleep(0.05)\n    return record\n")
     cluster.start_worker()
     follower = subprocess.Popen([sys.executable, "-m", "mailconnector", "run", "send-outbox", "--distributed",
                                  "--wait", "--json"], cwd=cluster.directory, env=cluster.env,
@@ -293,11 +293,7 @@ def test_sigterm_stops_a_worker_after_its_chunk_and_celerys_own_command_takes_th
     tok = uuid.uuid4().hex[:8]
     count = 30
     write_outbox(cluster.directory, tok, count)
-    (cluster.directory / "slow.py").write_text("import time\n\n\ndef pause(record):\n    time.sleep(0.1)\n"
-                                               "    return record\n")
-    doc = yaml.safe_load(cluster.path.read_text())
-    doc["operations"]["send-outbox"]["transformation"] = "slow:pause"
-    cluster.path.write_text(yaml.safe_dump(doc))
+    _transform_with(cluster, "slow", "    time.sleep(0.1)\n    return record\n")
     worker = cluster.start_worker()
     res = cluster.run("run", "send-outbox", "--distributed", "--json")
     run_id = json.loads(res.stdout)["run_id"]
@@ -407,12 +403,8 @@ def test_a_connections_rate_holds_for_all_workers_together(cluster: Cluster, san
 
 
 def test_a_record_whose_transformation_raises_fails_alone_in_its_chunk(cluster: Cluster, sandbox: Sandbox) -> None:
-    (cluster.directory / "picky.py").write_text(
-        "def check(record):\n    if record['subject'].endswith(' 3'):\n        raise ValueError('no third one')\n"
-        "    return record\n")
-    doc = yaml.safe_load(cluster.path.read_text())
-    doc["operations"]["send-outbox"]["transformation"] = "picky:check"
-    cluster.path.write_text(yaml.safe_dump(doc))
+    _transform_with(cluster, "picky", "    if record['subject'].endswith(' 3'):\n"
+                    "        raise ValueError('no third one')\n    return record\n")
     tok = uuid.uuid4().hex[:8]
     write_outbox(cluster.directory, tok, 8)
     cluster.start_worker()

@@ -19,18 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from .postgres import free_port
+
 INSTALL_HINT = "run `./dev setup` (it installs Debian's `redis-server` package) or `apt-get install redis-server`"
 
 
 class RedisNotInstalled(RuntimeError):
     """The server binary is missing: the machine was not set up, which is not a test failure of the code."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -67,7 +62,7 @@ class RedisServer:
                 atexit.register(self.stop)
         for attempt in range(3):
             if not self.port or attempt:
-                self.port = _free_port()
+                self.port = free_port()
             if self._launch(binary):
                 return self
         raise RuntimeError(f"redis-server did not start; its log:\n{self.log_tail()}")
