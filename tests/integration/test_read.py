@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import os
 import socket
+import threading
 import tracemalloc
 import uuid
 from collections.abc import Callable
@@ -22,9 +23,9 @@ import pytest
 from _mail import append_all, fill_by_copy, folder_state, make_message, message_id, unseen
 from conftest import wait_for
 
-from mailconnector.activities.read import Criteria, ReadEmail
+from mailconnector.activities.read import Criteria, ReadEmail, _slug
 from mailconnector.connection import Connection
-from mailconnector.errors import ConfigError
+from mailconnector.errors import ConfigError, MessageError
 from mailconnector.imap import ImapSession
 from mailconnector.sandbox import Sandbox
 from mailconnector.smtp import SmtpSession
@@ -199,17 +200,70 @@ def test_move_to_a_missing_folder_is_refused_before_reading(make_conn: MakeConn,
         ReadEmail(conn, folder=folder, after_read="move:NoSuchFolder-" + uuid.uuid4().hex[:6]).open()
 
 
+def _append_plain(conn: Connection, folder: str, prefix: str, count: int) -> list[str]:
+    """``count`` small messages appended to ``folder``; their Message-IDs in order."""
+    raws = [make_message(f"{prefix}{n}") for n in range(count)]
+    append_all(conn, folder, raws)
+    return [message_id(r) for r in raws]
+
+
 def test_records_acks_each_record_when_the_next_is_asked_for(make_conn: MakeConn, fresh_folder: FreshFolder) -> None:
     conn = make_conn("bob")
     folder = fresh_folder("bob")
-    raws = [make_message(f"r{n}") for n in range(3)]
-    mids = [message_id(r) for r in raws]
-    append_all(conn, folder, raws)
+    mids = _append_plain(conn, folder, "r", 3)
     with ReadEmail(conn, folder=folder, batch_size=2) as reader:
         for record in reader.records():
             if record.message_id == mids[1]:
                 break  # the caller stopped while holding the second record: it was not taken
     assert unseen(conn, folder) == {mids[1], mids[2]}
+
+
+def _reading_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("mailconnector-parse", "mailconnector-fetch"))]
+
+
+def test_a_reader_stopped_early_stops_its_threads_and_the_next_run_takes_the_rest(
+        make_conn: MakeConn, fresh_folder: FreshFolder) -> None:
+    conn = make_conn("bob")
+    folder = fresh_folder("bob")
+    mids = _append_plain(conn, folder, "s", 9)
+    with ReadEmail(conn, folder=folder, batch_size=2) as reader:
+        for n, item in enumerate(reader.items()):
+            item.ack()
+            if n == 2:
+                break  # parsing ran ahead of the taker: what it parsed and nobody took is not delivered
+    assert wait_for(lambda: not _reading_threads(), timeout=10)
+    assert unseen(conn, folder) == set(mids[3:])
+    with ReadEmail(conn, folder=folder) as reader:
+        assert [item.record.message_id for item in reader.items()] == mids[3:]
+
+
+def test_a_message_that_cannot_be_delivered_stops_the_run_at_its_place(
+        make_conn: MakeConn, fresh_folder: FreshFolder, tmp_path: Path) -> None:
+    conn = make_conn("carol")
+    folder = fresh_folder("carol")
+    raws = [make_message(f"f{n}", attachments=[("a.txt", b"content %d" % n)]) for n in range(6)]
+    mids = [message_id(r) for r in raws]
+    uids = append_all(conn, folder, raws)
+    with ImapSession(conn) as imap:
+        uidvalidity = imap.select(folder).uidvalidity
+    out = tmp_path / "files"
+    out.mkdir()
+    # A file where the fourth message's attachment directory goes: its attachment cannot be written.
+    blocker = out / f"{_slug(folder)}-{uidvalidity}-{uids[3]}"
+    blocker.write_bytes(b"")
+    taken: list[str] = []
+    with pytest.raises(MessageError, match="cannot create the directory"), \
+            ReadEmail(conn, folder=folder, attachments="directory", directory=out, batch_size=2) as reader:
+        for item in reader.items():
+            taken.append(item.record.message_id or "")
+            item.ack()
+    # Raised in its place, after the three before it were taken (the reading thread had gone past them).
+    assert taken == mids[:3]
+    assert unseen(conn, folder) == set(mids[3:])
+    blocker.unlink()
+    with ReadEmail(conn, folder=folder, attachments="directory", directory=out) as reader:
+        assert [item.record.message_id for item in reader.items()] == mids[3:]
 
 
 # ------------------------------------------------------------------------------------------- Postfix

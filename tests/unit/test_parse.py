@@ -487,3 +487,34 @@ def test_base64_decoder_handles_concatenated_blobs_and_chunks() -> None:
     data = b"SGk=SGk=\r\nSGVsbG8="
     out = decoder.feed(data, 0, 10) + decoder.feed(data, 10, len(data)) + decoder.finish()
     assert out == b"HiHiHello"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), width=st.integers(1, 120), damage=st.none() | st.tuples(st.integers(0, 10**6),
+       st.sampled_from(list(b"=*. \t-_\x00\xff\r\nA"))))
+def test_the_fast_base64_path_agrees_with_the_standard_library(data: bytes, width: int,
+                                                                damage: tuple[int, int] | None) -> None:
+    """The well-formed path (pybase64) takes exactly the well-formed parts (whole groups of four, the
+    alphabet, padding only at the end) and decodes them as binascii does; anything else goes to the careful
+    path, which lists the repairs."""
+    import binascii
+    import re
+
+    from mailconnector.mime._parse_decode import base64_as_is, decode_all
+
+    text = base64.b64encode(data)
+    encoded = bytearray(b"\r\n".join(text[i:i + width] for i in range(0, len(text), width)) + b"\r\n")
+    if damage is not None and encoded:
+        encoded[damage[0] % len(encoded)] = damage[1]
+    buf = bytes(encoded)
+    cleaned = buf.replace(b"\r", b"").replace(b"\n", b"")
+    well_formed = len(cleaned) % 4 == 0 and re.fullmatch(rb"[A-Za-z0-9+/]*={0,2}", cleaned) is not None
+    expected = binascii.a2b_base64(cleaned) if well_formed else None
+    as_is = base64_as_is(buf, 0, len(buf))
+    if expected is None:
+        assert as_is is None
+    else:
+        assert as_is == (cleaned.decode("ascii"), len(expected))
+        defects = Defects()
+        assert decode_all(buf, 0, len(buf), "base64", False, "part", defects) == expected
+        assert defects.result() == []

@@ -16,9 +16,9 @@ Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
 - ``keep_unread`` relies on the store alone; a changed UIDVALIDITY falls back to Message-IDs, so a
   recreated folder neither loses nor repeats a message that has one.
 
-Speed and memory: the next batch is fetched (in a thread) while this one is parsed; a batch holds at most
-``batch_size`` messages and ``BATCH_BYTES`` (sizes are asked first), so memory does not grow with the
-folder, and a message is let go as soon as its record is made.
+Speed and memory: a thread fetches and parses ahead while the taker writes and acks; a fetch batch holds at
+most ``batch_size`` messages and ``BATCH_BYTES`` (sizes are asked first), and so does the hand-off between
+the two threads, so memory does not grow with the folder; a message is let go as soon as its record is made.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from ..state import (
     lease_busy_error,
     normalize_folder,
 )
+from ._handoff import Handoff
 from ._search import Criteria
 
 __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
@@ -62,6 +63,10 @@ log = logging.getLogger("mailconnector.read")
 
 _AFTER_READ = re.compile(r"mark_read|keep_unread|delete|move:.+")  # fullmatch: no trailing newline
 BATCH_BYTES = 16 * 1024 * 1024  # most bytes one fetch brings in (a single bigger message comes alone)
+# What the reading thread hands over: (record, UID), one of these markers (a fetch batch is all handed over;
+# the last one is), or the exception that stopped it.
+_BATCH_END = object()
+_END = object()
 
 
 class ReadSettings(BaseModel):
@@ -267,25 +272,63 @@ class ReadEmail:
         batches = self._batches(uids)
         if not batches:
             return
+        # Fetching and parsing run ahead in threads of their own, so that what the taker does with each
+        # record (write it, ack it: file and store I/O, done without the interpreter lock) overlaps them.
+        handoff: Handoff[object] = Handoff(max(self.settings.batch_size, 1), BATCH_BYTES)
+        producer = threading.Thread(target=in_this_run(self._read_ahead), args=(batches, handoff),
+                                    name="mailconnector-parse", daemon=True)
+        producer.start()
+        try:
+            while True:
+                entry = handoff.get()
+                if isinstance(entry, BaseException):
+                    raise entry
+                if entry is _BATCH_END:
+                    self.flush()  # every ack of the batch is in: apply their after-read action
+                    continue
+                if entry is _END:
+                    break
+                assert isinstance(entry, tuple)
+                record, uid = entry
+                del entry
+                self._check_lease()
+                self.yielded += 1
+                yield ReadItem(record, uid, self)
+                del record
+            self.flush()
+        finally:
+            handoff.close()
+            producer.join()
+
+    def _read_ahead(self, batches: list[list[int]], handoff: Handoff[object]) -> None:
+        """The producer: parse each message and hand the records over in order, while the next batch is
+        fetched in a thread of its own (reading from the socket and decrypting leave the interpreter lock
+        to the parsing). Stops at the first error, handed over in its place, or when the taker closes."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailconnector-fetch")
         fetch = in_this_run(self._fetch_with_retry)
         try:
             ahead = pool.submit(fetch, batches[0])
             for number in range(len(batches)):
                 messages = ahead.result()
-                self.flush()  # the connection is idle: apply what the previous batch's acks asked for
-                if number + 1 < len(batches):
+                if number + 1 < len(batches) and not handoff.closed:
                     ahead = pool.submit(fetch, batches[number + 1])
                 messages.reverse()
                 while messages:
                     msg = messages.pop()  # not held once parsed: the raw bytes go as soon as they can
-                    record = self._record(msg)
-                    uid = msg.uid
+                    if handoff.closed:
+                        return
+                    self._check_lease()  # a consumer that lost the folder writes no more attachments
+                    size = len(msg.raw)
+                    entry = (self._record(msg), msg.uid)
                     del msg
-                    self._check_lease()
-                    self.yielded += 1
-                    yield ReadItem(record, uid, self)
-            self.flush()
+                    if not handoff.put(entry, size):
+                        return
+                    del entry
+                if not handoff.put(_BATCH_END):
+                    return
+            handoff.put(_END)
+        except BaseException as exc:  # handed to the taker, raised there at this message's place
+            handoff.put(exc)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

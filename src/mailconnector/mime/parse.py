@@ -3,7 +3,7 @@
 Why a scanner of our own rather than the standard library's parser: ``policy.default`` is several
 times slower than the usual readers and the legacy parser still splits every line in Python. Here the structure
 is found with ``bytes.find`` on the message buffer (boundaries, blank lines), parts are never copied
-until they are decoded, transfer decoding is done by ``binascii`` in C, and only the top-level headers
+until they are decoded, transfer decoding is done in C (``pybase64``, ``binascii``), and only the top-level headers
 and the few part headers that matter are decoded. ``bench/bench_parse.py`` measures the result.
 
 The promise is total: any input gives a record, and whatever had to be repaired is listed in
@@ -14,7 +14,6 @@ there, and the message must stay unread until it can be delivered whole.
 
 from __future__ import annotations
 
-import binascii
 import logging
 import os
 import re
@@ -22,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import pybase64
 
 from mailconnector.errors import MessageError
 from mailconnector.mime._parse_decode import (
@@ -32,7 +33,7 @@ from mailconnector.mime._parse_decode import (
     decode_all,
     decode_text,
     decode_words,
-    estimate_decoded_size,
+    exceeds,
     line_chunks,
     make_decoder,
     parse_params,
@@ -85,7 +86,7 @@ def _size(raw: object) -> int:
 
 
 def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
+    return pybase64.b64encode(data).decode("ascii")
 
 
 @dataclass(slots=True)
@@ -525,7 +526,7 @@ class _Parser:
         mode = self.options.attachments
         too_big = f"larger than max_attachment_bytes ({self.limit})"
         # Judged on the encoded bytes before anything is decoded: a huge part is never held decoded.
-        if self.limit is not None and (estimate := estimate_decoded_size(buf, start, end, cte)) > self.limit:
+        if (estimate := exceeds(buf, start, end, cte, self.limit)) is not None:
             info.size = estimate
             info.skipped = too_big
         elif mode == "inline":
