@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from imapclient import IMAPClient, SocketTimeout
-from imapclient import exceptions as imap_exc
+from imapclient import IMAPClient, SocketTimeout, exceptions as imap_exc
 from imapclient.imap4 import IMAP4WithTimeout
 
 from ._imap_fetch import FETCH_ITEMS, FetchedMessage, parse_fetch, parse_fetch_slowly, uid_and_size, uid_sets

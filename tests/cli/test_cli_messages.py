@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_harness.commands import commands
-from cli_harness.runner import Result
-from cli_harness.runner import cli as run_cli
+from cli_harness.runner import Result, cli as run_cli
 from typer.testing import CliRunner
 
 from mailconnector import secrets as secret_registry

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cli_harness.runner import Result
-from cli_harness.runner import cli as run_cli
+from cli_harness.runner import Result, cli as run_cli
 
 from mailconnector.project import Project
 from mailconnector.state import Store

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from _mail import append_all, make_message
-from cli_harness.runner import Result
-from cli_harness.runner import cli as run_cli
+from cli_harness.runner import Result, cli as run_cli
 from conftest import wait_for
 
 from mailconnector.connection import Connection

@@ -17,8 +17,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mailconnector.mime.parse import parse_message
 from mailconnector.records.read import ParseOptions, ReadRecord

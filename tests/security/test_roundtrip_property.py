@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mailconnector.activities.read import ReadEmail
 from mailconnector.activities.send import SendEmail

@@ -11,8 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from mailconnector.errors import ConfigError, MessageError
 from mailconnector.mime._parse_decode import Base64Decoder, Defects, decode_words, parse_params

@@ -86,3 +86,20 @@ def test_sessions_load_no_login_library_they_may_not_need() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_typing_block_matches_the_table() -> None:
+    """``__all__`` comes from one table (``_EXPORTS``); type checkers read the typing block instead, so the two
+    must name the same things from the same modules, each re-exported as ``import X as X``."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(mailconnector.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    typed: dict[str, str] = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name} is not re-exported explicitly"
+            typed[alias.name] = node.module
+    assert typed == mailconnector._EXPORTS

@@ -7,8 +7,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from mailconnector.mime._safe_names import MAX_NAME_BYTES, MAX_NAME_CHARS, extension_for, safe_filename, unique_path
 

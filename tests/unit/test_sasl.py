@@ -6,8 +6,7 @@ import base64
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from mailconnector.auth.sasl import decode_oauth_error, oauthbearer_string, token_refused, xoauth2_string
 

@@ -40,8 +40,7 @@ from ._google import (
 )
 from ._login_flows import LoginRequest, google_authorization_request, google_exchange_code, microsoft_device_login
 from ._microsoft import MICROSOFT_HOST, _MicrosoftSource, requests_session
-from ._refusals import _microsoft_error as _microsoft_error
-from ._refusals import explain_refusal
+from ._refusals import _microsoft_error as _microsoft_error, explain_refusal
 
 if TYPE_CHECKING:
     from ..connection import Connection
