@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from jinja2.sandbox import SandboxedEnvironment
 
+from ._backoff import Backoff
 from .activities.endpoints import (
     Delivery,
     FileSource,
@@ -485,7 +486,7 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
             return
     log.info("watching %s", lease.split(":", 1)[1])
     waiter = _MailWaiter(connection, folder, keeper)
-    backoff = 1.0
+    backoff = Backoff(1.0, max_backoff)
     try:
         while not stop.is_set():
             try:
@@ -494,14 +495,14 @@ def watch_operation(project: Project, name: str, *, stop: threading.Event, inter
                 keeper.polled(next_within=interval if not waiter.idle else keeper.ttl / 3)
                 if on_run is not None:
                     on_run(result)
-                backoff = 1.0
+                backoff.reset()
                 waiter.wait(mark, interval, stop)
             except TransportError as exc:
                 waiter.reset()
-                log.warning("connection problem (%s); reconnecting in %.0f s", exc.message, backoff)
-                if _sleep_checking(stop, backoff, keeper):
+                delay = backoff.next()
+                log.warning("connection problem (%s); reconnecting in %.0f s", exc.message, delay)
+                if _sleep_checking(stop, delay, keeper):
                     break
-                backoff = min(backoff * 2, max_backoff)
     finally:
         waiter.close()
         keeper.stop()

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._backoff import Backoff
 from .._validation import config_error_from_validation
 from ..connection import Connection
 from ..errors import ConfigError, TransportError
@@ -426,7 +427,7 @@ class ReadEmail:
 
     def _fetch_with_retry(self, batch: Sequence[int]) -> list[FetchedMessage]:
         assert self._session is not None
-        delay = 0.5
+        backoff = Backoff(0.5, 4.0)
         with self._io:
             for attempt in range(1, 5):
                 try:
@@ -435,8 +436,7 @@ class ReadEmail:
                     if attempt == 4:
                         raise
                     log.warning("fetch failed (%s); reconnecting (attempt %d of 3)", exc.message, attempt)
-                    time.sleep(delay)
-                    delay *= 2
+                    time.sleep(backoff.next())
                     self._reconnect()
         return []
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 import re
 import sys
 import threading
@@ -38,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._backoff import Backoff
 from ..connection import Connection
 from ..errors import (
     AuthenticationError,
@@ -446,7 +446,7 @@ class SendEmail:
         attempts = 0
         failures = 0
         stale_retried = False
-        delay = self.settings.backoff
+        backoff = Backoff(self.settings.backoff, self.settings.max_backoff, jitter=True)
         try:
             self._pace.check_recipients(len(composed.recipients))
         except MailConnectorError as over:  # past the account's limits: not sent (nothing was claimed)
@@ -489,14 +489,13 @@ class SendEmail:
                 if not temporary or failures > self.settings.retries:
                     refused = exc.refused if isinstance(exc, RecipientsRefusedError) else {}
                     return self._failed(index, rid, composed, started, exc, attempts, refused=refused)
-                pause = min(delay, self.settings.max_backoff) * (0.5 + random.random())
+                pause = backoff.next()
                 if throttled(exc):  # the server asks this account to slow down: every sender of it waits
                     self._pace.slow_down(pause)
                 log.info("record %d: temporary failure (%s); retry %d in %.2f s", index, exc.message, failures,
                          pause)
                 if self._stop.wait(pause):  # holding no connection
                     raise _Interrupted
-                delay *= 2
                 continue
             assert result is not None
             status: Literal["sent", "partial"] = "partial" if result.refused else "sent"

@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from .._backoff import Backoff
 from ..errors import MailConnectorError
 from ..logs import in_this_run
 from ..state import LeaseKeeper
@@ -98,7 +99,7 @@ class Triggers:
 
         lost = threading.Thread(target=self._watch_lease, args=(keeper, stop), daemon=True)
         lost.start()
-        backoff = 1.0
+        backoff = Backoff(1.0, 60.0)
         try:
             log.info("this worker runs the triggered operation %s", name)
             while not stop.is_set():
@@ -116,11 +117,11 @@ class Triggers:
                     else:
                         run_operation(project, name, stop=stop, log_empty=False)
                         stop.wait(trigger.every)
-                    backoff = 1.0
+                    backoff.reset()
                 except MailConnectorError as exc:
-                    log.warning("triggered operation %s: %s; again in %.0f s", name, exc.message, backoff)
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 60.0)
+                    delay = backoff.next()
+                    log.warning("triggered operation %s: %s; again in %.0f s", name, exc.message, delay)
+                    stop.wait(delay)
         except BaseException:
             log.exception("triggered operation %s stopped", name)
         finally:
