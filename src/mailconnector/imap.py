@@ -10,7 +10,6 @@ import contextlib
 import imaplib
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,10 +18,22 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from imapclient import IMAPClient, SocketTimeout, exceptions as imap_exc
-from imapclient.imap4 import IMAP4WithTimeout
 
 from ._imap_fetch import FETCH_ITEMS, FetchedMessage, parse_fetch, parse_fetch_slowly, uid_and_size, uid_sets
-from ._net import WrongProtocol, await_greeting, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._imap_lib import (
+    Client,
+    authenticate,
+    clean as _clean,
+    during_tcp_connect,
+    forget_capabilities,
+    login_with_literal,
+    readable,
+    set_line_hook,
+    uid_fetch,
+    unexpected,
+    unrepr,
+)
+from ._net import WrongProtocol, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
 from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth._password import CHALLENGE_RESPONSE, ExchangeFailed, choose_mechanism, exchange_error, start_exchange
@@ -136,18 +147,18 @@ class ImapSession:
         try:
             with step(recorder, "greeting") as st, self._translate("connect"):
                 try:
-                    client = _Client(self.server.host, self.server.port, ssl=self.server.security == "ssl",
+                    client = Client(self.server.host, self.server.port, ssl=self.server.security == "ssl",
                                      ssl_context=ctx, timeout=timeout)
                 except TimeoutError as exc:
                     # The constructor opens the TCP connection and reads the greeting: tell the two apart.
-                    phase = "connect" if _during_tcp_connect(exc) else "greeting"
+                    phase = "connect" if during_tcp_connect(exc) else "greeting"
                     raise transport_error(exc, self.connection, "imap", phase=phase,
                                           waited=self.connection.timeouts.connect) from exc
                 except WrongProtocol as exc:  # seen on a plain connection before imaplib read a byte
                     raise wrong_protocol(self.connection, "imap", exc.protocol, exc.greeting) from exc
                 except imap_exc.IMAPClientError as exc:
                     # Over TLS, imaplib: "unexpected response: b'220 ...'" (an abort), or the greeting as the error
-                    said = _unexpected(str(exc))
+                    said = unexpected(str(exc))
                     other = greeting_protocol(said)
                     if other is not None and other != "IMAP":
                         raise wrong_protocol(self.connection, "imap", other, said) from exc
@@ -172,7 +183,7 @@ class ImapSession:
                     assert ctx is not None
                     with self._translate("STARTTLS"):
                         client.starttls(ctx)
-                        client._cached_capabilities = None
+                        forget_capabilities(client)
                     sock = client.socket()
                     st.detail = f"{sock.version()}" if hasattr(sock, "version") else ""
                 # What the Test shows is what the session works with: the list the server gives over TLS.
@@ -188,29 +199,25 @@ class ImapSession:
         return self
 
     def _setup_wire_log(self, client: IMAPClient) -> None:
-        imap = client._imap
         if not wire.isEnabledFor(logging.DEBUG):
-            imap.debug = 0  # imaplib formats every line when debugging: costly on large fetches
+            set_line_hook(client, None)
             return
-        imap.debug = 4  # the lines sent and received; 5 adds imaplib's own parsing notes
         state = {"auth": False}
 
-        def mesg(text: Any, secs: Any = None) -> None:
-            line = text.decode("ascii", "replace") if isinstance(text, bytes) else str(text)
-            if line.startswith("> ") or line.startswith("write literal"):
-                body = line[2:] if line.startswith("> ") else line
-                body = _unrepr(body)
+        def line(text: str) -> None:
+            if text.startswith("> ") or text.startswith("write literal"):
+                body = unrepr(text[2:] if text.startswith("> ") else text)
                 if " AUTHENTICATE " in body.upper():
                     state["auth"] = True
                 shown = redact_imap_line(body, in_auth=False)
                 wire.debug("C: %s", shown[:2000])
             else:
-                body = _unrepr(line[2:] if line.startswith("< ") else line)
+                body = unrepr(text[2:] if text.startswith("< ") else text)
                 if state["auth"] and not body.startswith("+"):
                     state["auth"] = False
                 wire.debug("S: %s", body[:2000] + (" ..." if len(body) > 2000 else ""))
 
-        imap._mesg = mesg
+        set_line_hook(client, line)
 
     @property
     def client(self) -> IMAPClient:
@@ -260,7 +267,7 @@ class ImapSession:
             self._password_login("PLAIN", user, password)  # RFC 4616 is UTF-8 throughout
         else:
             self._utf8_login(user, password)
-        client._cached_capabilities = None
+        forget_capabilities(client)
 
     def _password_login(self, mechanism: str, user: str, password: str) -> None:
         exchange = start_exchange("IMAP", mechanism, user, password)
@@ -293,16 +300,10 @@ class ImapSession:
                 "user name (no AUTH=PLAIN)", hint="use the account's ASCII login name (imap.username)",
             )
         self.auth_mechanism = "LOGIN"
-        imap = self.client._imap
         with self._translate("LOGIN"):
-            imap.literal = password.encode("utf-8")  # imaplib sends it as {n} after the other arguments
-            try:
-                typ, data = imap._simple_command("LOGIN", imap._quote(user))
-            finally:
-                imap.literal = None
+            typ, data = login_with_literal(self.client, user, password.encode("utf-8"))
             if typ != "OK":
                 raise imap_exc.LoginError(_clean(data[-1] if data else typ))
-            imap.state = "AUTH"
 
     def _oauth_login(self, user: str, *, retried: bool = False) -> None:
         client = self.client
@@ -324,7 +325,7 @@ class ImapSession:
         try:
             with self._translate("AUTHENTICATE"):
                 try:
-                    client._imap.authenticate(mech, respond)
+                    authenticate(client, mech, respond)
                 except imap_exc.IMAPClientError as exc:
                     raise imap_exc.LoginError(str(exc)) from exc
         except AuthenticationError as exc:
@@ -333,8 +334,6 @@ class ImapSession:
                 return self._oauth_login(user, retried=True)
             why, hint = explain_refusal(self.connection, token, exc.message, login=user)
             raise AuthenticationError(f"{exc.message} ({detail or 'no detail'}){why}", hint=hint) from exc
-        client._imap.state = "AUTH"
-        client._cached_capabilities = None
 
     # ----------------------------------------------------------------- folders
     def list_folders(self, *, with_counts: bool = False) -> list[FolderInfo]:
@@ -493,14 +492,11 @@ class ImapSession:
     def _uid_fetch(self, uid_set: str, items: str) -> list[Any]:
         """``UID FETCH`` through imaplib, the way IMAPClient sends it, but without IMAPClient's response
         parser: a tokenizer written in Python, which costs a quarter of a millisecond per message."""
-        imap = self.client._imap
         with self._translate("UID FETCH"):
-            tag = imap._command("UID", "FETCH", uid_set, items)
-            typ, data = imap._command_complete("FETCH", tag)
+            typ, data = uid_fetch(self.client, uid_set, items)
             if typ != "OK":
                 raise imap_exc.IMAPClientError(f"UID FETCH failed: {_clean(data)}")
-            _, data = imap._untagged_response(typ, data, "FETCH")
-        return [d for d in data if d is not None]
+        return data
 
     # ------------------------------------------------------------ after read
     def add_flags(self, uids: Iterable[int], flags: Sequence[str]) -> None:
@@ -564,7 +560,7 @@ class ImapSession:
                         wait = min(1.0, max(0.05, renew_at - time.monotonic()))
                         started = time.monotonic()
                         responses = self.client.idle_check(timeout=wait)
-                        if not responses and time.monotonic() - started < wait / 2 and _readable(self.client):
+                        if not responses and time.monotonic() - started < wait / 2 and readable(self.client):
                             # idle_check swallows EOF and returns nothing at once: the server has gone.
                             raise EOFError("the server closed the connection during IDLE")
                         if _new_mail(responses):
@@ -663,64 +659,3 @@ def _folder_order(info: FolderInfo) -> tuple[int, list[str], str]:
 def _new_mail(responses: Iterable[Any]) -> bool:
     """Whether IDLE responses announce a new message (EXISTS or RECENT)."""
     return any(isinstance(r, tuple) and len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
-
-
-def _readable(client: IMAPClient) -> bool:
-    """The socket has something to read right now (after a read found nothing: the peer closed it)."""
-    import select
-
-    try:
-        return bool(select.select([client.socket()], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
-class _PlainIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
-    """imaplib over a plain socket that waits for the greeting itself, to tell an implicit-TLS port at once."""
-
-    def _create_socket(self, timeout: float | None = None) -> socket.socket:
-        sock: socket.socket = super()._create_socket(timeout)
-        try:
-            await_greeting(sock, self.host, self.port, self._timeout or 60.0, "IMAP")
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-
-class _Client(IMAPClient):  # type: ignore[misc]
-    def _create_IMAP4(self) -> imaplib.IMAP4:
-        if self.ssl or self.stream:
-            created: imaplib.IMAP4 = super()._create_IMAP4()
-            return created
-        return _PlainIMAP4(self.host, self.port, getattr(self._timeout, "connect", None))
-
-
-def _unexpected(text: str) -> str:
-    """The line imaplib could not take as a greeting: ``unexpected response: b'220 ...'``, or (a line starting
-    with ``+``, as POP3's ``+OK``) the greeting's repr as the whole error."""
-    m = re.match(r"(?:unexpected response: )?b?(['\"])(.*)\1$", text, re.DOTALL)
-    return _unrepr(m.group(2)) if m else text
-
-
-def _during_tcp_connect(exc: BaseException) -> bool:
-    """True when the exception was raised while opening the TCP connection (``socket.create_connection``)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "create_connection":
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def _clean(exc: object) -> str:
-    text = str(exc)
-    if text.startswith("b'") or text.startswith('b"'):
-        text = text[2:-1]
-    return text
-
-
-def _unrepr(text: str) -> str:
-    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
-        return text[2:-1]
-    return text
