@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
 import json
 import logging
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -41,6 +43,7 @@ __all__ = [
     "progress",
     "report_failure",
     "start",
+    "with_session",
 ]
 
 ProjectOpt = Annotated[
@@ -117,6 +120,8 @@ class Session:
 
     project_path: Path | None
     json: bool = False
+    debug: bool = False
+    log_format: str = "text"
     _project: Project | None = None
 
     @property
@@ -138,7 +143,49 @@ def start(project: Path | None = None, *, debug: bool = False, verbose_protocol:
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
     configure_logging(debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
     MODE.json_logs, MODE.json_result = log_format == "json", json_output
-    return Session(project, json=json_output)
+    return Session(project, json=json_output, debug=debug, log_format=log_format)
+
+
+R = TypeVar("R")
+# The options every command that reads the project shares, in the order its --help lists them (last).
+_COMMON: dict[str, tuple[Any, Any]] = {
+    "project": (ProjectOpt, None),
+    "json_output": (JsonOpt, False),
+    "debug": (DebugOpt, False),
+    "verbose_protocol": (VerboseOpt, False),
+    "log_format": (LogFormatOpt, "text"),
+}
+
+
+def with_session(*, json: bool = False, verbose: bool = True, log_format: bool = True
+                 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command the common options (--project, --debug, and --json, --verbose-protocol, --log-format as
+    asked) and call it with its started :class:`Session` first: written once here, not in every command.
+
+    typer reads the command's parameters from the returned function's signature: the command's own ones
+    (without the session), then the common ones.
+    """
+    names = [name for name, wanted in (("project", True), ("json_output", json), ("debug", True),
+                                       ("verbose_protocol", verbose), ("log_format", log_format)) if wanted]
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]  # the session goes
+
+        @functools.wraps(command)
+        def run(**options: Any) -> R:
+            common = {name: options.pop(name) for name in names}
+            session = start(common.get("project"), debug=common["debug"],
+                            verbose_protocol=common.get("verbose_protocol", False),
+                            log_format=common.get("log_format", "text"), json_output=common.get("json_output", False))
+            return command(session, **options)
+
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_COMMON[name][1],
+                                   annotation=_COMMON[name][0]) for name in names]
+        run.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in [*own, *extra]}
+        return run
+
+    return decorate
 
 
 def emit_json(data: Any) -> None:

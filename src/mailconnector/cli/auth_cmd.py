@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, StateError
-from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, emit_json, err_console, out_console, start
+from ._common import Session, emit_json, err_console, out_console, with_session
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -35,7 +35,9 @@ def register(app: typer.Typer) -> None:
 
 
 @auth_app.command("login")
+@with_session(json=True, verbose=False)
 def login_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Where to write the refresh token (default: "
@@ -46,10 +48,6 @@ def login_cmd(
     redirect_uri: Annotated[str, typer.Option(
         help="Google: where the browser is sent after consent (a loopback address of a Desktop app client).")
     ] = "http://localhost",
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Sign in interactively and save the connection's refresh token in a file (mode 0600).
 
@@ -67,7 +65,6 @@ def login_cmd(
         microsoft_device_login,
     )
 
-    s = start(project, debug=debug, log_format=log_format, json_output=json_output)
     proj = s.project
     conn = _connection_for_login(proj, connection)
     oauth = conn.auth.oauth2
@@ -102,7 +99,7 @@ def login_cmd(
     reference = "${file:" + _relative_to(path, proj.directory) + "}"
     result: dict[str, Any] = {"connection": connection, "provider": oauth.provider, "file": str(path),
                               "reference": reference, "grant": "refresh_token"}
-    if json_output:
+    if s.json:
         emit_json(result)
         return
     out_console.print(f"Signed in. The refresh token is saved in {path} (mode 0600).", markup=False,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, out_console, start
+from ._common import Session, emit_json, out_console, with_session
 
 if TYPE_CHECKING:
     from ..imap import ImapSession
@@ -20,14 +20,11 @@ def register(app: typer.Typer) -> None:
     app.command("folders")(folders_cmd)
 
 
+@with_session(json=True)
 def test_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     folder: Annotated[str, typer.Option(help="IMAP folder the Test selects.")] = "INBOX",
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Test a connection step by step: DNS, TCP, TLS, STARTTLS, capabilities, login, folder / sender.
 
@@ -39,11 +36,9 @@ def test_cmd(
     """
     from ..diagnostics import run_test  # imported on use: keeps the CLI quick to start
 
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
-              json_output=json_output)
     conn = s.project.connection(connection)
     report = run_test(conn, folder=folder)
-    if json_output:
+    if s.json:
         emit_json(report.to_dict())
         raise typer.Exit(report.exit_code)
     from rich.table import Table
@@ -66,7 +61,9 @@ def test_cmd(
     raise typer.Exit(report.exit_code)
 
 
+@with_session(json=True)
 def folders_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     counts: Annotated[bool, typer.Option(help="Also count messages and unread messages (STATUS).")] = True,
     create: Annotated[list[str] | None, typer.Option(
@@ -76,11 +73,6 @@ def folders_cmd(
              "first if it is missing. Each folder created is subscribed. A folder that exists already is "
              "left as it is and the command still exits 0, so scripts can run it every time.",
         show_default=False)] = None,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """List the IMAP folders with their special-use flags (\\Sent, \\Trash, ...) and counts, INBOX first;
     or create folders with --create.
@@ -89,8 +81,6 @@ def folders_cmd(
       mailconnector folders sandbox
       mailconnector folders sandbox --create Processed --create Processed/2026
     """
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
-              json_output=json_output)
     conn = s.project.connection(connection)
     from ..imap import ImapSession, check_folder_name
 
@@ -102,11 +92,11 @@ def folders_cmd(
                 check_folder_name(name)  # every name checked before any is created
             except ConfigError as exc:
                 raise ConfigError(exc.message.split(": ", 1)[-1], field="--create", hint=exc.hint) from None
-        _create_folders(ImapSession(conn), create, json_output=json_output)
+        _create_folders(ImapSession(conn), create, json_output=s.json)
         return
     with ImapSession(conn) as imap:
         folders = imap.list_folders(with_counts=counts)
-    if json_output:
+    if s.json:
         # "unread" is the word of the table and of the rest of the program; "unseen" (the same number) is
         # kept for scripts written before.
         emit_json([{**f.__dict__, "unread": f.unseen} for f in folders])

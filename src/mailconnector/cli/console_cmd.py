@@ -15,7 +15,7 @@ from urllib.parse import quote
 import typer
 
 from ..errors import ConfigError
-from ._common import DebugOpt, LogFormatOpt, ProjectOpt, err_console, start
+from ._common import Session, err_console, with_session
 
 __all__ = ["TOKEN_ENV", "register"]
 
@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
     app.command("console")(console_cmd)
 
 
+@with_session(verbose=False)
 def console_cmd(
+    s: Session,
     host: Annotated[str, typer.Option(help="Address to listen on. Anything but a loopback address (127.0.0.1, "
                                       "::1, localhost) needs a token of your own (--token or "
                                       f"${TOKEN_ENV}).")] = "127.0.0.1",
@@ -38,9 +40,6 @@ def console_cmd(
              f"${TOKEN_ENV}, else a random one, printed in the URL at start.", show_default=False)] = None,
     no_token: Annotated[bool, typer.Option("--no-token", help="Ask for no token at all: only on a loopback "
                                            "address, on a machine whose other users you trust.")] = False,
-    project: ProjectOpt = None,
-    debug: DebugOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Serve the web console: connections with a Test button, operations with a Run button, the runs and
     their logs, the send ledger's uncertain sends, the health of watchers; and a JSON API under /api and
@@ -56,7 +55,6 @@ def console_cmd(
       mailconnector console --port 0 --token "$(cat ~/.console-token)"
       MAILCONNECTOR_CONSOLE_TOKEN=... mailconnector console --host 0.0.0.0
     """
-    s = start(project, debug=debug, log_format=log_format)
     chosen = token if token is not None else os.environ.get(TOKEN_ENV) or None
     loopback = _is_loopback(host)
     if no_token and chosen is not None:
@@ -93,7 +91,7 @@ def console_cmd(
     sys.stdout.flush()
     err_console.print(f"console of {s.project.path} at http://{shown}:{bound}/ (Ctrl-C stops it)")
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            log_level="debug" if debug else "warning")
+                            log_level="debug" if s.debug else "warning")
 
     def stopped(signum: int, frame: object) -> None:
         err_console.print("console stopped")

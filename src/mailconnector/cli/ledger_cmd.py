@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError, StateError
-from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, out_console, start
+from ._common import Session, emit_json, out_console, with_session
 
 __all__ = ["register"]
 
@@ -27,14 +27,13 @@ def register(app: typer.Typer) -> None:
 
 
 @ledger_app.command("list")
+@with_session(json=True, verbose=False, log_format=False)
 def list_cmd(
+    s: Session,
     status: Annotated[str | None, typer.Option(help="Only entries in this status: claimed, sent, partial or "
                                                     "uncertain.")] = None,
     search: Annotated[str | None, typer.Option(help="Only Message-IDs or recipients containing this text.")] = None,
     limit: Annotated[int, typer.Option(help="How many entries, newest first.", min=1)] = 100,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """List the send ledger's entries, newest first.
 
@@ -48,13 +47,12 @@ def list_cmd(
 
     if status is not None and status not in STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}", param_hint="--status")
-    s = start(project, debug=debug, json_output=json_output)
     store = s.project.store()
     for entry in store.ledger_entries(status="claimed", limit=10000):
         if entry.holder and not holder_alive(store, entry.holder):
             store.abandon(entry.message_id, holder=entry.holder)
     entries = store.ledger_entries(status=status, search=search, limit=limit)
-    if json_output:
+    if s.json:
         emit_json([asdict(e) for e in entries])
         return
     from rich.table import Table
@@ -71,13 +69,12 @@ def list_cmd(
 
 
 @ledger_app.command("resolve")
+@with_session(json=True, verbose=False, log_format=False)
 def resolve_cmd(
+    s: Session,
     message_id: Annotated[str, typer.Argument(help="The uncertain message's Message-ID (angle brackets optional).")],
     sent: Annotated[bool, typer.Option("--sent", help="It was delivered: never send it again.")] = False,
     not_sent: Annotated[bool, typer.Option("--not-sent", help="It was not delivered: the next run sends it.")] = False,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Say what happened to an uncertain send, after checking the recipient's mailbox.
 
@@ -87,7 +84,6 @@ def resolve_cmd(
     """
     if sent == not_sent:
         raise typer.BadParameter("give exactly one of --sent or --not-sent", param_hint="--sent/--not-sent")
-    s = start(project, debug=debug, json_output=json_output)
     store = s.project.store()
     mid = message_id.strip()
     if not mid.startswith("<"):
@@ -108,7 +104,7 @@ def resolve_cmd(
                          "resolving")
     after = store.resolve(mid, sent=sent, note="resolved by hand: " + ("sent" if sent else "not sent"))
     result = {"message_id": mid, "status": after.status if after else "not_sent"}
-    if json_output:
+    if s.json:
         emit_json(result)
     else:
         out_console.print(f"{mid}: " + ("recorded as sent; it is never sent again" if sent
@@ -116,13 +112,10 @@ def resolve_cmd(
 
 
 @ledger_app.command("reconcile")
+@with_session(json=True)
 def reconcile_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="The connection whose uncertain sends to look up.")],
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Look up each uncertain send in the Sent folder where the server files submitted mail itself
     (Microsoft 365, Gmail; `server_files_sent: true` on the connection for others), and resolve the ones
@@ -132,15 +125,13 @@ def reconcile_cmd(
     """
     from ..activities.reconcile import reconcile
 
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
-              json_output=json_output)
     conn = s.project.connection(connection)
     if conn.imap is None:
         raise ConfigError(f"connection {connection!r} has no imap settings: its Sent folder cannot be searched",
                           field=f"connections.{connection}.imap")
     results = reconcile(conn, s.project.store())
     found = [r for r in results if r.found]
-    if json_output:
+    if s.json:
         emit_json({"checked": len(results), "resolved_sent": [r.entry.message_id for r in found],
                    "still_uncertain": [r.entry.message_id for r in results if not r.found]})
         return

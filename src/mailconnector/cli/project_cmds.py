@@ -12,19 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, LeaseBusyError, StateError
-from ._common import (
-    DebugOpt,
-    JsonOpt,
-    LogFormatOpt,
-    ProjectOpt,
-    VerboseOpt,
-    emit_json,
-    err_console,
-    out_console,
-    print_table,
-    progress,
-    start,
-)
+from ._common import Session, emit_json, err_console, out_console, print_table, progress, with_session
 from ._signals import stop_on_signals
 
 if TYPE_CHECKING:
@@ -39,7 +27,9 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init_cmd)
 
 
+@with_session(json=True)
 def run_cmd(
+    s: Session,
     operation: Annotated[str, typer.Argument(help="Operation name from the project file.")],
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: IMAP IDLE where offered, else poll.")] = False,
     interval: Annotated[float | None, typer.Option(help="Watch: seconds between polls (default: the "
@@ -57,11 +47,6 @@ def run_cmd(
                                                    "settings.chunk_size, 100).", min=1, max=10000)] = None,
     queue: Annotated[str, typer.Option(help="--distributed: the queue to send the chunks to (workers take "
                                        "from theirs, `worker --queues`).")] = "mailconnector",
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run an operation (source → transformation → target) once, or keep it running with --watch.
 
@@ -88,17 +73,15 @@ def run_cmd(
                                  "(`trigger: watch` in the project file)", param_hint="--distributed")
     if (chunk_size is not None or queue != "mailconnector") and not distributed:
         raise typer.BadParameter("only with --distributed", param_hint="--chunk-size / --queue")
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
-              json_output=json_output)
     proj = s.project
     proj.operation(operation)  # validate before anything starts
     if distributed:
         _run_distributed(proj, operation, key=key, chunk_size=chunk_size, queue=queue, wait=wait,
-                         json_output=json_output)
+                         json_output=s.json)
         return
 
     def show(result: RunResult) -> None:
-        _show_result(result, json_output=json_output, watch=watch)
+        _show_result(result, json_output=s.json, watch=watch)
 
     with stop_on_signals("stopping after the record in hand") as stop:
         if watch:
@@ -193,26 +176,24 @@ def _flatten(result: Any) -> list[Any]:
     return out
 
 
+@with_session(json=True, verbose=False, log_format=False)
 def logs_cmd(
+    s: Session,
     run_id: Annotated[str | None, typer.Argument(help="Show this run in full (its failed records too).")] = None,
     operation: Annotated[str | None, typer.Option(help="Only runs of this operation (one of the project file, "
                                                   "or a removed one that still has runs in the logs).")] = None,
     limit: Annotated[int, typer.Option(help="How many runs to list.", min=1)] = 20,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """List operation runs (newest first), or show one run with each failed record's error.
 
     Example: mailconnector logs --operation send-outbox --json
     """
-    s = start(project, debug=debug, json_output=json_output)
     store = s.project.store()
     if run_id:
         run = store.get_run(run_id)
         if run is None:
             raise StateError(f"no run {run_id!r} in the operation logs", hint="list them with: mailconnector logs")
-        if json_output:
+        if s.json:
             emit_json(run)
             return
         for key in ("run_id", "operation", "status", "started_at", "ended_at", "records_read",
@@ -231,7 +212,7 @@ def logs_cmd(
             raise ConfigError(f"no operation named {operation!r} (defined: {', '.join(known) or 'none'}), and no "
                               "run of one in the operation logs", source=s.project.source,
                               hint="list the runs of every operation with: mailconnector logs")
-    if json_output:
+    if s.json:
         emit_json(runs)
         return
     from rich.table import Table

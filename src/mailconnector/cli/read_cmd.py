@@ -12,7 +12,7 @@ from typing import Annotated, BinaryIO, TextIO, cast
 import typer
 
 from ..errors import StateError
-from ._common import DebugOpt, LogFormatOpt, ProjectOpt, VerboseOpt, err_console, progress, start
+from ._common import Session, err_console, progress, with_session
 from ._usage import after_read_option, attachments_option, criteria_option, usage_error
 
 
@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
     app.command("read")(read_cmd)
 
 
+@with_session()
 def read_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSON Lines file (default: stdout). "
                                                 "Lines are appended.")] = None,
@@ -55,10 +57,6 @@ def read_cmd(
     max_attachment_bytes: Annotated[int | None, typer.Option(
         help="Larger attachments are listed as skipped, not delivered.")] = 25 * 1024 * 1024,
     batch_size: Annotated[int, typer.Option(help="Emails fetched per IMAP round trip.", min=1)] = 50,
-    project: ProjectOpt = None,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Read unread email from a folder and write one JSON record per email (JSON Lines).
 
@@ -78,7 +76,6 @@ def read_cmd(
 
     from ..activities.read import ReadEmail, ReadSettings, record_json  # imported on use: keeps the CLI quick to start
 
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format)
     conn = s.project.connection(connection)
     directory: Path | None = None
     mode = attachments

@@ -18,7 +18,7 @@ from ..errors import MailConnectorError
 
 if TYPE_CHECKING:
     from ..records.send import SendResponse
-from ._common import DebugOpt, JsonOpt, LogFormatOpt, ProjectOpt, VerboseOpt, emit_json, err_console, progress, start
+from ._common import Session, emit_json, err_console, progress, with_session
 from ._signals import stop_on_signals
 from ._usage import delimiter_option, encoding_option, format_option, rate_limit_option, usage_error
 
@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
     app.command("send")(send_cmd)
 
 
+@with_session(json=True)
 def send_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Records: a .json, .jsonl or .csv file, "
                                               "or - for stdin.")] = None,
@@ -78,11 +80,6 @@ def send_cmd(
     resend: Annotated[bool, typer.Option("--resend", help="Send records again that were sent before: a new "
                                          "batch key, printed so that an interrupted resend can be finished "
                                          "with --key.")] = False,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
-    verbose_protocol: VerboseOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Send email: each input record becomes one message.
 
@@ -117,8 +114,6 @@ def send_cmd(
     from ..activities.send import SendEmail, SendSettings
     from ..records.send import SendDefaults
 
-    s = start(project, debug=debug, verbose_protocol=verbose_protocol, log_format=log_format,
-              json_output=json_output)
     one = {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "text": text, "html": html, "attach": attach}
     if input is None and not (to or cc or bcc):
         raise typer.BadParameter("give --input FILE (or -), or --to/--cc/--bcc for one message",
@@ -127,7 +122,7 @@ def send_cmd(
         given = ", ".join(f"--{k}" for k, v in one.items() if v)
         raise typer.BadParameter(f"--input cannot be combined with the one-message flags ({given})",
                                  param_hint="--input")
-    if json_output and output is not None and str(output) == "-":
+    if s.json and output is not None and str(output) == "-":
         raise typer.BadParameter("--output - and --json would both write to stdout", param_hint="--output")
     conn = s.project.connection(connection)
     try:
@@ -161,7 +156,7 @@ def send_cmd(
         key = "resend-" + time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
         err_console.print(f"resending under the new key {key} (to finish it after an interruption: --key {key})")
     batch = key if key is not None else ("" if input is not None else None)  # one message from flags: new each time
-    tally = _Tally(len(records), json_output)
+    tally = _Tally(len(records), s.json)
     sink: TextIO | None = None
     if output is not None:
         sink = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, LeaseBusyError
-from ._common import DebugOpt, JsonOpt, ProjectOpt, emit_json, err_console, out_console, start
+from ._common import Session, emit_json, err_console, out_console, with_session
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -35,12 +35,11 @@ def _account(conn: Connection) -> str:
 
 
 @state_app.command("show")
+@with_session(json=True, verbose=False, log_format=False)
 def show_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     folder: Annotated[str | None, typer.Option(help="Only this folder.")] = None,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Show what the store remembers of the folders this connection's mailbox was read from.
 
@@ -50,7 +49,6 @@ def show_cmd(
     """
     from ..state import normalize_folder
 
-    s = start(project, debug=debug, json_output=json_output)
     account = _account(s.project.connection(connection))
     store = s.project.store()
     wanted = normalize_folder(folder) if folder is not None else None
@@ -59,7 +57,7 @@ def show_cmd(
         lease = store.lease_info(f"read:{account}/{row['folder']}")
         row["updated_at"] = _when(row["updated_at"])
         row["held_by"] = lease.holder if lease is not None else None
-    if json_output:
+    if s.json:
         emit_json(states)
         return
     if not states:
@@ -78,13 +76,12 @@ def show_cmd(
 
 
 @state_app.command("reset")
+@with_session(json=True, verbose=False, log_format=False)
 def reset_cmd(
+    s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
     folder: Annotated[str, typer.Option(help="The folder whose read state to forget.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")] = False,
-    project: ProjectOpt = None,
-    json_output: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Forget which emails of a folder were delivered: the next read delivers every email that matches
     its search again (unread ones, by default), and pending after-read actions are dropped.
@@ -97,13 +94,12 @@ def reset_cmd(
     """
     from ..state import lease_busy_error, normalize_folder
 
-    s = start(project, debug=debug, json_output=json_output)
     account = _account(s.project.connection(connection))
     name = normalize_folder(folder)
     store = s.project.store()
     known = [r for r in store.read_states(account) if r["folder"] == name]
     if not known:  # nothing to forget: done (a script may reset before every run)
-        if json_output:
+        if s.json:
             emit_json({"account": account, "folder": name, "forgotten": 0})
         else:
             err_console.print(f"nothing remembered for {name} of {account}: nothing to forget")
@@ -123,7 +119,7 @@ def reset_cmd(
         removed = store.reset_read_state(account, name)
     finally:
         keeper.stop()
-    if json_output:
+    if s.json:
         emit_json({"account": account, "folder": name, "forgotten": removed})
     else:
         err_console.print(f"forgot {removed} delivered email(s) of {name} ({account})")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import DebugOpt, LogFormatOpt, ProjectOpt, err_console, start
+from ._common import Session, err_console, with_session
 
 __all__ = ["register"]
 
@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
     app.command("worker")(worker_cmd)
 
 
+@with_session(verbose=False)
 def worker_cmd(
+    s: Session,
     concurrency: Annotated[int | None, typer.Option(help="Chunks run at once (worker processes). Default: the "
                                                     "number of CPUs.", min=1, max=256)] = None,
     queues: Annotated[str, typer.Option(help="Comma-separated queues to take chunks from "
@@ -23,9 +25,6 @@ def worker_cmd(
     pool: Annotated[str | None, typer.Option(help="Celery's pool: prefork (default), threads or solo.")] = None,
     triggers: Annotated[bool, typer.Option("--triggers/--no-triggers", help="Also run the project's triggered "
                                            "operations (`trigger:`), each by one worker at a time.")] = True,
-    project: ProjectOpt = None,
-    debug: DebugOpt = False,
-    log_format: LogFormatOpt = "text",
 ) -> None:
     """Run a worker: it takes chunks of distributed runs from the broker (settings.broker) and sends them,
     recording what it did in the shared state (settings.state, PostgreSQL).
@@ -45,7 +44,6 @@ def worker_cmd(
       mailconnector worker --concurrency 4 --log-format json
       MAILCONNECTOR_BROKER=redis://10.0.0.5:6379/0 mailconnector worker --queues statements
     """
-    s = start(project, debug=debug, log_format=log_format)
     from ..distributed._worker import run_worker
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -54,5 +52,5 @@ def worker_cmd(
     if pool is not None and pool not in ("prefork", "threads", "solo"):
         raise typer.BadParameter("must be prefork, threads or solo", param_hint="--pool")
     err_console.print(f"worker for {s.project.path}: queues {', '.join(names)} (Ctrl-C or SIGTERM stops it)")
-    run_worker(s.project, concurrency=concurrency, queues=names, debug=debug, log_format=log_format, pool=pool,
+    run_worker(s.project, concurrency=concurrency, queues=names, debug=s.debug, log_format=s.log_format, pool=pool,
                triggers=triggers)
