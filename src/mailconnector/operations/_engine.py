@@ -1,33 +1,15 @@
-"""Operations: source → [transformation] → target, with the commit/ack protocol end to end.
-
-A source item is acknowledged (for Read Email: marked read / moved / deleted) only once the target has
-taken every record the transformation made of it; an item the transformation drops (``None``, ``[]``) is
-acknowledged at once. A failed record is written to the operation log and leaves its source item
-unacknowledged, so the next run retries exactly it; so does an ``uncertain`` one (it may have been sent:
-the next run reports it again until the ledger is resolved). A record the target already had (``skipped``:
-sent by an earlier run) acknowledges its item. Each run writes one operation log entry, with the written,
-skipped, uncertain and failed records counted apart.
-
-Watch mode repeats the run, waiting with IMAP IDLE where offered (else polling), reconnecting with backoff
-after a dropped connection; one consumer per connection + folder at a time (a lease in the store).
-"""
+"""One run of an operation (or one chunk of a distributed run): the commit/ack protocol end to end."""
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jinja2.sandbox import SandboxedEnvironment
-
-from ._backoff import Backoff
-from .activities.endpoints import (
+from ..activities.endpoints import (
     Delivery,
     FileSource,
     FileTarget,
@@ -36,25 +18,22 @@ from .activities.endpoints import (
     build_source,
     build_target,
 )
-from .errors import ConfigError, MailConnectorError, TransportError
-from .logs import run_context
-from .project import OperationConfig, Project, Transformation
-from .records.excerpt import excerpt
-from .records.send import ErrorInfo
-from .state import LeaseKeeper, lease_busy_error
+from ..errors import ConfigError, MailConnectorError
+from ..logs import run_context
+from ..project import OperationConfig, Project
+from ..records.excerpt import excerpt
+from ..records.send import ErrorInfo
+from ..state import LeaseKeeper, lease_busy_error
+from ._transform import Transform, build_transformation
 
 if TYPE_CHECKING:
-    from .activities.endpoints import SendEmailTarget
-    from .connection import Connection
-    from .imap import ImapSession
+    from ..activities.endpoints import SendEmailTarget
 
-__all__ = ["RunResult", "build_transformation", "run_chunk", "run_operation", "watch_operation"]
+__all__ = ["MAX_CHAIN_DEPTH", "RunResult", "run_chunk", "run_operation"]
 
 log = logging.getLogger("mailconnector.operations")
 
 MAX_CHAIN_DEPTH = 10
-Transform = Callable[[dict[str, Any]], list[dict[str, Any]]]
-_env = SandboxedEnvironment(autoescape=False)
 
 
 @dataclass
@@ -85,69 +64,6 @@ class RunResult:
                 "chained": [c.to_dict() for c in self.chained]}
 
 
-# ---------------------------------------------------------------------------------------- transformations
-def build_transformation(spec: Transformation | None, project: Project, operation: str = "") -> Transform:
-    """The operation's transformation as ``record -> [records]`` (empty: drop the record)."""
-    if spec is None:
-        return lambda record: [record]
-    if spec.callable is not None:
-        return _callable_transform(spec.callable, project, operation)
-    assert spec.mapping is not None
-    compiled = {}
-    for out_field, expr in spec.mapping.items():
-        try:
-            compiled[out_field] = _env.compile_expression(expr, undefined_to_none=True)
-        except Exception as exc:  # jinja2.TemplateSyntaxError; the project check reports it with its line
-            where = project.locate("operations", operation, "transformation", "mapping", out_field)
-            raise ConfigError(f"{where}operations.{operation}.transformation.mapping.{out_field}: "
-                              f"invalid expression {expr!r}: {exc}", source=project.source) from None
-    keep = spec.keep
-
-    def mapping(record: dict[str, Any]) -> list[dict[str, Any]]:
-        out: dict[str, Any] = dict(record) if keep else {}
-        # Each field of the record is a variable, and `record` is the whole record (it wins a name clash).
-        context = {k: v for k, v in record.items() if isinstance(k, str) and k.isidentifier()}
-        context["record"] = record
-        for out_field, fn in compiled.items():
-            out[out_field] = fn(context)
-        return [out]
-
-    return mapping
-
-
-def _callable_transform(target: str, project: Project, operation: str) -> Transform:
-    """Only the declared ``module:function`` is imported (from the project directory first)."""
-    module_name, func_name = target.split(":", 1)
-    where = project.locate("operations", operation, "transformation")
-    field_name = f"operations.{operation}.transformation"
-    project_dir = str(project.directory)
-    if project_dir not in sys.path:
-        sys.path.insert(0, project_dir)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(f"{where}{field_name}: cannot import {module_name} ({type(exc).__name__}: {exc})",
-                          source=project.source,
-                          hint="the module must be importable from the project directory") from None
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise ConfigError(f"{where}{field_name}: module {module_name} has no function {func_name}",
-                          source=project.source)
-
-    def call(record: dict[str, Any]) -> list[dict[str, Any]]:
-        result = func(record)
-        if result is None:
-            return []
-        if isinstance(result, dict):
-            return [result]
-        if isinstance(result, list) and all(isinstance(r, dict) for r in result):
-            return result
-        raise TypeError(f"{target} returned {type(result).__name__}; expected a dict, a list of dicts or None")
-
-    return call
-
-
-# ------------------------------------------------------------------------------------------------- a run
 @dataclass
 class _Pending:
     remaining: int
@@ -451,136 +367,3 @@ def run_chunk(project: Project, name: str, *, run_id: str, chunk: int, items: li
     return run.execute()
 
 
-# ------------------------------------------------------------------------------------------------- watch
-def watch_operation(project: Project, name: str, *, stop: threading.Event, interval: float | None = None,
-                    wait_for_lease: bool = False, on_run: Callable[[RunResult], None] | None = None,
-                    max_backoff: float = 60.0) -> None:
-    """Keep an operation running until ``stop`` is set: run, wait for mail (IDLE or poll), run again.
-
-    The lease on the source folder is held for the whole watch (renewed as it goes), so a second watcher of
-    the same folder waits (``wait_for_lease``) or fails at once with a ``StateError``.
-    """
-    op = project.operation(name)
-    interval = interval or op.interval
-    ttl = project.settings.lease_seconds
-    source = build_source(project, op.source)
-    if not isinstance(source, ReadEmailSource):
-        raise ConfigError(f"operation {name!r} cannot be watched: its source {op.source!r} is a file, which has "
-                          "no new records to wait for (each run reads it whole)", source=project.source,
-                          hint="watch operations whose source is a read-email activity; run file sources once "
-                          "per input, or from a scheduler")
-    lease = source.lease_name
-    folder = source.settings.folder
-    connection = source.connection
-    source.close()
-    store = project.store()
-    keeper = LeaseKeeper(store, lease, ttl)
-    announced = False
-    while not keeper.take():
-        if not wait_for_lease:
-            raise lease_busy_error(store, lease)
-        if not announced:
-            log.warning("%s is being processed by another run; waiting for it to finish", lease.split(":", 1)[1])
-            announced = True
-        if stop.wait(min(5.0, ttl / 4)):
-            return
-    log.info("watching %s", lease.split(":", 1)[1])
-    waiter = _MailWaiter(connection, folder, keeper)
-    backoff = Backoff(1.0, max_backoff)
-    try:
-        while not stop.is_set():
-            try:
-                mark = waiter.mark()
-                result = run_operation(project, name, stop=stop, log_empty=False, _keeper=keeper)
-                keeper.polled(next_within=interval if not waiter.idle else keeper.ttl / 3)
-                if on_run is not None:
-                    on_run(result)
-                backoff.reset()
-                waiter.wait(mark, interval, stop)
-            except TransportError as exc:
-                waiter.reset()
-                delay = backoff.next()
-                log.warning("connection problem (%s); reconnecting in %.0f s", exc.message, delay)
-                if _sleep_checking(stop, delay, keeper):
-                    break
-    finally:
-        waiter.close()
-        keeper.stop()
-
-
-class _MailWaiter:
-    """Waits for new mail in one folder on its own IMAP connection, kept open between runs.
-
-    Before each run it notes the folder's UIDNEXT; after the run, if UIDNEXT moved, mail arrived while the
-    run was busy (maybe after its search), so the next run starts at once. Otherwise it waits with IDLE
-    (re-issued every third of the lease time, checking the lease is still ours) or, without IDLE, sleeps
-    ``interval`` seconds.
-    """
-
-    def __init__(self, connection: Connection, folder: str, keeper: LeaseKeeper) -> None:
-        self.connection = connection
-        self.folder = folder
-        self.keeper = keeper
-        self.session: ImapSession | None = None
-        self.idle: bool | None = None
-
-    def _session(self) -> ImapSession:
-        if self.session is None:
-            from .imap import ImapSession
-
-            session = ImapSession(self.connection)
-            try:
-                session.connect()
-            except BaseException:
-                session.close()
-                raise
-            self.session = session
-            self.idle = session.has_capability("IDLE")
-        return self.session
-
-    def _state(self) -> tuple[int | None, int]:
-        state = self._session().select(self.folder, readonly=True)
-        return (state.uidnext, 0) if state.uidnext is not None else (None, state.exists)
-
-    def mark(self) -> tuple[int | None, int] | None:
-        if self.idle is False:
-            return None  # polling: nothing to compare
-        return self._state()
-
-    def wait(self, mark: tuple[int | None, int] | None, interval: float, stop: threading.Event) -> None:
-        if not self.idle or mark is None:
-            self.reset()  # no connection held between polls
-            _sleep_checking(stop, interval, self.keeper)
-            return
-        if self._state() != mark:
-            log.debug("new mail arrived during the run; running again")
-            return
-        session = self._session()
-        deadline = time.monotonic() + 25 * 60  # re-run now and then even without news (a safety net)
-        while not stop.is_set() and time.monotonic() < deadline:
-            self.keeper.check()
-            if session.idle_wait(min(self.keeper.ttl / 3, max(0.0, deadline - time.monotonic())), stop=stop):
-                return
-            self.keeper.polled(next_within=self.keeper.ttl / 3)  # the IDLE connection still answers
-
-    def reset(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            try:
-                session.close()
-            except Exception as exc:  # closing a broken connection must not hide the real problem
-                log.debug("closing the IDLE connection: %s", exc)
-
-    def close(self) -> None:
-        self.reset()
-
-
-def _sleep_checking(stop: threading.Event, seconds: float, keeper: LeaseKeeper) -> bool:
-    """Sleep (True when stopped meanwhile), checking the lease is still ours every second."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        keeper.check()
-        if stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-            return True
-    keeper.check()
-    return False
