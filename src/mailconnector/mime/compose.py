@@ -53,6 +53,7 @@ from mailconnector.mime._addresses import (
     short,
     split_addresses,
 )
+from mailconnector.mime._header_fields import FOLD_AT, MAX_LINE_OCTETS, put_addresses, put_text
 from mailconnector.mime._templates import TemplateProblem, render_template
 from mailconnector.records.send import (
     MAX_FILENAME_CHARS,
@@ -70,8 +71,6 @@ __all__ = ["ComposedMessage", "PathPolicy", "compose"]
 _PART_POLICY = policy.SMTP.clone(cte_type="7bit", refold_source="none")
 _SMTP_POLICY = policy.SMTP.clone(refold_source="none")
 _SMTPUTF8_POLICY = policy.SMTPUTF8.clone(refold_source="none")
-_MAX_LINE_OCTETS = 998
-_FOLD_AT = 78
 _ASCII_BYTES = bytes(range(128))
 _NEWLINES = re.compile(r"\r\n|\r|\n")
 _CONTROL = re.compile("[^\t\n\x0c -~]")  # in ASCII text: what 7bit should not carry
@@ -366,7 +365,7 @@ def _seven_bit_message(data: bytes) -> str | None:
     if not data.isascii() or b"\x00" in data:
         return None
     lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    if any(len(line) > _MAX_LINE_OCTETS for line in lines):
+    if any(len(line) > MAX_LINE_OCTETS for line in lines):
         return None
     return b"\r\n".join(lines).decode("ascii")
 
@@ -454,7 +453,7 @@ def _body(content: str) -> tuple[str, str]:
     if (
         content.isascii()
         and not _CONTROL.search(content)
-        and max(map(len, content.split("\n"))) <= _MAX_LINE_OCTETS
+        and max(map(len, content.split("\n"))) <= MAX_LINE_OCTETS
     ):
         return content, "7bit"
     data = content.encode("utf-8")
@@ -520,111 +519,6 @@ def _fill_body(
     _multipart(root, "mixed", [*body, *regular])
 
 
-_PHRASE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*")
-_PLAIN_RE = re.compile(r"[ -~]*")
-_WORD_OVERHEAD = len("=?utf-8?b??=")
-_MAX_WORD = 75  # RFC 2047's limit for one encoded word
-
-
-def _encoded_words(text: str, first_room: int = _MAX_WORD) -> list[str]:
-    """RFC 2047 base64 words of whole characters; spaces travel inside the words.
-
-    The header registry folds long display names at their spaces and then loses a space that sits
-    between two encoded words (decoders ignore whitespace there), and it is slow; so we encode names
-    and subjects ourselves. ``first_room`` sizes the first word to fit after the header name.
-    """
-    def capacity(room: int) -> int:
-        return max((min(room, _MAX_WORD) - _WORD_OVERHEAD) // 4 * 3, 12)
-
-    words: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    limit = capacity(first_room)
-    for char in text:
-        data = char.encode("utf-8")
-        if size + len(data) > limit and chunk:
-            words.append(b"".join(chunk))
-            chunk, size, limit = [], 0, capacity(_MAX_WORD)
-        chunk.append(data)
-        size += len(data)
-    words.append(b"".join(chunk))
-    return [f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words]
-
-
-def _address_tokens(parsed: ParsedAddress, first_room: int) -> list[str]:
-    """The address as tokens that may be separated by folding whitespace."""
-    if not parsed.display_name:
-        return [parsed.addr_spec]
-    name = parsed.display_name
-    angle = f"<{parsed.addr_spec}>"
-    if name.isascii() and "=?" not in name:
-        if _PHRASE_RE.fullmatch(name) and all(len(w) <= _FOLD_AT - 2 for w in name.split(" ")):
-            return [*name.split(" "), angle]
-        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if len(quoted) + 1 + len(angle) <= _FOLD_AT - 2:
-            return [quoted, angle]
-    return [*_encoded_words(name, first_room), angle]
-
-
-def _put_addresses(msg: EmailMessage, name: str, parsed: Sequence[ParsedAddress]) -> None:
-    """An address list, formatted and folded here (greedy, at most 78 characters where possible)."""
-    out: list[str] = []
-    width = len(name) + 1
-    last = len(parsed) - 1
-    for i, address in enumerate(parsed):
-        tokens = _address_tokens(address, _FOLD_AT - width - 1 if i == 0 else _MAX_WORD)
-        if i < last:
-            tokens[-1] += ","
-        for token in tokens:
-            if out and width + 1 + len(token) > _FOLD_AT:
-                out.append("\n ")
-                width = 1
-            elif out:
-                out.append(" ")
-                width += 1
-            out.append(token)
-            width += len(token)
-    msg.set_raw(name, "".join(out))
-
-
-def _fold_plain(name: str, value: str) -> str | None:
-    """Fold plain ASCII at spaces only; None if a word cannot fit in a 998-octet line.
-
-    The header registry would turn a long unbreakable token into encoded words, which breaks values
-    that receivers read literally (a long List-Unsubscribe URL), so plain ASCII never goes there.
-    """
-    width = len(name) + 2
-    if width + len(value) <= _FOLD_AT:
-        return value
-    words = value.split(" ")
-    lines: list[str] = []
-    current = words[0]
-    for word in words[1:]:
-        if width + len(current) + 1 + len(word) > _FOLD_AT and current.strip():
-            lines.append(current)
-            current, width = " " + word, 0
-        else:
-            current += " " + word
-    lines.append(current)
-    if len(name) + 2 + len(lines[0]) > _MAX_LINE_OCTETS or any(len(x) > _MAX_LINE_OCTETS for x in lines):
-        return None
-    return "\n".join(lines)
-
-
-def _put_text(msg: EmailMessage, name: str, value: str, *, unstructured: bool = False) -> None:
-    """Plain ASCII is stored pre-folded. Other text: encoded words when the header is known to be
-    unstructured (Subject), else the header registry, which knows how each structured header encodes."""
-    if _PLAIN_RE.fullmatch(value) and "=?" not in value:
-        folded = _fold_plain(name, value)
-        if folded is not None:
-            msg.set_raw(name, folded)
-            return
-    if unstructured:
-        msg.set_raw(name, "\n ".join(_encoded_words(value, _FOLD_AT - len(name) - 2)))
-        return
-    msg[name] = value
-
-
 def compose(
     request: SendRequest,
     *,
@@ -674,27 +568,27 @@ def compose(
 
     needs_smtputf8 = any(a.smtputf8 for a in (sender, *to, *cc, *bcc, *reply_to))
     msg = EmailMessage(policy=_SMTPUTF8_POLICY if needs_smtputf8 else _SMTP_POLICY)
-    _put_addresses(msg, "From", [sender])
+    put_addresses(msg, "From", [sender])
     if to:
-        _put_addresses(msg, "To", to)
+        put_addresses(msg, "To", to)
     if cc:
-        _put_addresses(msg, "Cc", cc)
+        put_addresses(msg, "Cc", cc)
     if reply_to:
-        _put_addresses(msg, "Reply-To", reply_to)
+        put_addresses(msg, "Reply-To", reply_to)
     if subject is not None:
-        _put_text(msg, "Subject", subject, unstructured=True)
+        put_text(msg, "Subject", subject, unstructured=True)
     msg.set_raw("Date", format_datetime(datetime.now().astimezone()))
     msg.set_raw("Message-ID", message_id)  # ids are never folded: a fold inside one breaks threading
     if in_reply_to:
         msg.set_raw("In-Reply-To", in_reply_to)
     if references:
         joined = " ".join(references)
-        msg.set_raw("References", joined if len(joined) + 12 <= _FOLD_AT else "\n ".join(references))
+        msg.set_raw("References", joined if len(joined) + 12 <= FOLD_AT else "\n ".join(references))
     for name, value in _PRIORITY_HEADERS.get(request.priority or "", ()):
         msg.set_raw(name, value)
     for name, value in custom:
         try:
-            _put_text(msg, name, value)
+            put_text(msg, name, value)
         except (ValueError, TypeError, IndexError) as exc:
             raise MessageError(f"cannot be used as a header value: {exc}", field=f"headers.{name}") from None
 
