@@ -106,3 +106,38 @@ def test_no_import_cycle() -> None:
     if cycle:
         pytest.fail("import cycle: " + " -> ".join(cycle) + "\n(an import used for annotations belongs under "
                     "`if TYPE_CHECKING:`; otherwise move the code to the layer that owns it)", pytrace=False)
+
+
+# The layers, lowest first (docs/design.md draws them): a module may import its own layer and the ones below.
+LAYERS: list[set[str]] = [
+    {"errors", "secrets", "logs", "_backoff", "_validation", "_yaml", "_providers"},  # base
+    {"connection", "records", "mime", "state"},  # what is configured, sent, read and kept
+    {"_net", "_imap_lib", "_imap_fetch", "_steps", "auth", "smtp", "imap", "diagnostics"},  # the protocols
+    {"activities", "project"},  # Send Email, Read Email, files; the project file that configures them
+    {"operations"},  # source -> transformation -> target
+    {"distributed", "console", "cli", "sandbox", "_sandbox_config", "_cluster", "celery", "__init__", "__main__"},
+]
+# The one import that goes up: Connection.test(), public since the first release, runs the diagnostics when
+# it is called (the diagnostics take a Connection for annotations only, so there is no cycle).
+UPWARD_ALLOWED = {("mailconnector.connection", "mailconnector.diagnostics")}
+
+
+def _component(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_part_of_the_package_has_a_layer() -> None:
+    placed = set().union(*LAYERS)
+    unplaced = sorted({_component(m) for m in import_graph()} - placed)
+    assert not unplaced, f"give these a layer in LAYERS (and in docs/design.md): {unplaced}"
+
+
+def test_imports_go_down_the_layers() -> None:
+    layer = {name: number for number, names in enumerate(LAYERS) for name in names}
+    upward = sorted((a, b) for a, targets in import_graph().items() for b in targets
+                    if layer[_component(b)] > layer[_component(a)] and (a, b) not in UPWARD_ALLOWED)
+    if upward:
+        pytest.fail("imports that go up a layer (move the code to the layer that owns it, or the import under "
+                    "`if TYPE_CHECKING:` when it serves annotations only):\n"
+                    + "\n".join(f"  {a} -> {b}" for a, b in upward), pytrace=False)
