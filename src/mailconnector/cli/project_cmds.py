@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -83,7 +84,7 @@ def run_cmd(
     def show(result: RunResult) -> None:
         _show_result(result, json_output=s.json, watch=watch)
 
-    with stop_on_signals("stopping after the record in hand") as stop:
+    with stop_on_signals("stopping after the record in hand") as stop, _can_wait():
         if watch:
             watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
             return
@@ -146,6 +147,16 @@ def _run_distributed(proj: Project, operation: str, *, key: str | None, chunk_si
     _show_result(result, json_output=json_output)
     if not result.ok:
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _can_wait() -> Iterator[None]:
+    """The library's hint on a busy folder names no option (a worker or the console shows it too); this command
+    can wait, so its hint says how."""
+    try:
+        yield
+    except LeaseBusyError as exc:
+        raise LeaseBusyError(exc.message, hint=f"{exc.hint}, or run again with --wait") from None
 
 
 def _run_once(proj: Project, operation: str, stop: threading.Event, *, wait: bool, key: str | None) -> RunResult:

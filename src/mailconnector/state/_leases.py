@@ -141,7 +141,7 @@ def lease_busy_error(store: Leases, name: str) -> LeaseBusyError:
     info = store.lease_info(name)
     until = f" (its lease runs for up to {max(0.0, info.expires_in):.0f} s more)" if info else ""
     return LeaseBusyError(f"{name.split(':', 1)[-1]} is being processed by another run{until}",
-                      hint="only one consumer per mailbox folder at a time; wait for it, or use --wait")
+                      hint="only one consumer per mailbox folder at a time: wait for that run to finish")
 
 
 class SenderIdentity:
