@@ -13,21 +13,20 @@ import contextlib
 import logging
 import re
 import smtplib
-import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._net import (
     NoGreeting,
     WrongProtocol,
-    await_greeting,
     greeting_protocol,
     make_ssl_context,
     transport_error,
     wrong_protocol,
 )
+from ._smtp_lib import Client
 from ._steps import StepRecorder, shorten, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth._password import ExchangeFailed, choose_mechanism, exchange_error, start_exchange
@@ -79,64 +78,6 @@ class NotCommitted(TransportError):
     """The caller's ``commit`` refused the transaction before any data was sent: nothing was submitted."""
 
 
-class _SMTP(smtplib.SMTP):
-    """smtplib with a separate connect timeout, implicit TLS on the same code path, and a redacted wire log."""
-
-    def __init__(self, *, connect_timeout: float, command_timeout: float,
-                 implicit_tls: ssl.SSLContext | None) -> None:
-        self._connect_timeout = connect_timeout
-        self._command_timeout = command_timeout
-        self._implicit_tls = implicit_tls
-        self._in_auth = False
-        super().__init__(timeout=command_timeout)
-        if wire.isEnabledFor(logging.DEBUG):
-            self.set_debuglevel(1)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = socket.create_connection((host, port), self._connect_timeout)
-        try:
-            # Commands are written whole (a pipelined batch, the data, the final dot); Nagle would only
-            # hold the last small write back for the peer's delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._implicit_tls is not None:
-                sock.settimeout(self._command_timeout)
-                sock = self._implicit_tls.wrap_socket(sock, server_hostname=host)
-            else:
-                await_greeting(sock, host, port, self._command_timeout, "SMTP")
-            sock.settimeout(self._command_timeout)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _print_debug(self, *args: Any) -> None:
-        if not args:
-            return
-        kind = str(args[0])
-        text = " ".join(str(a) for a in args[1:])
-        if kind.startswith("send"):
-            line = _unrepr(text)
-            shown = redact_smtp_line(line.rstrip("\r\n"), in_auth=self._in_auth)
-            if re.match(r"\s*AUTH\s", line, re.IGNORECASE):
-                self._in_auth = True
-            wire.debug("C: %s", shown if len(shown) < 2000 else f"{shown[:200]}... ({len(shown)} chars)")
-        elif kind.startswith("reply:"):
-            if "retcode" in kind or not text:
-                return
-            line = _unrepr(text).rstrip("\r\n")
-            if self._in_auth and not line.startswith("334"):
-                self._in_auth = False
-            wire.debug("S: %s", line)
-
-
-def _unrepr(text: str) -> str:
-    if len(text) >= 2 and text[0] in "bB" and text[1] in "'\"":
-        text = text[1:]
-    if len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]:
-        text = text[1:-1]
-    return text.replace("\\r", "\r").replace("\\n", "\n")
-
-
 class SmtpSession:
     """One authenticated SMTP connection. Not thread-safe: the send activity gives each worker its own."""
 
@@ -148,8 +89,21 @@ class SmtpSession:
         self.connection = connection
         self.server = connection.smtp
         self._token_provider = token_provider
-        self._smtp: _SMTP | None = None
+        self._smtp: Client | None = None
         self.auth_mechanism: str | None = None
+        self._in_auth = False  # inside an AUTH exchange: the wire log hides what goes back and forth
+
+    def _wire_line(self, direction: str, line: str) -> None:
+        """One line of the conversation into the protocol log (--verbose-protocol), credentials redacted."""
+        if direction == "C":
+            shown = redact_smtp_line(line, in_auth=self._in_auth)
+            if re.match(r"\s*AUTH\s", line, re.IGNORECASE):
+                self._in_auth = True
+            wire.debug("C: %s", shown if len(shown) < 2000 else f"{shown[:200]}... ({len(shown)} chars)")
+            return
+        if self._in_auth and not line.startswith("334"):
+            self._in_auth = False
+        wire.debug("S: %s", line)
 
     # -------------------------------------------------------------- translate
     @contextlib.contextmanager
@@ -209,12 +163,13 @@ class SmtpSession:
     def connect(self, *, login: bool = True, recorder: StepRecorder | None = None) -> SmtpSession:
         """Connect, greet, secure (STARTTLS is required when the mode says so) and log in."""
         ctx = make_ssl_context(self.connection.tls) if self.server.security != "none" else None
-        smtp = _SMTP(
+        smtp = Client(
+            host=self.server.host,
             connect_timeout=self.connection.timeouts.connect,
             command_timeout=self.connection.timeouts.command,
             implicit_tls=ctx if self.server.security == "ssl" else None,
+            on_line=self._wire_line if wire.isEnabledFor(logging.DEBUG) else None,
         )
-        smtp._host = self.server.host  # type: ignore[attr-defined]  # smtplib's STARTTLS checks the certificate against this name
         self._smtp = smtp
         try:
             with step(recorder, "greeting") as st, self._translate("connect"):
@@ -310,7 +265,7 @@ class SmtpSession:
         smtp = self._require()
         exchange = start_exchange("SMTP", mechanism, user, password)
         with self._translate("AUTH"):
-            smtp._in_auth = True
+            self._in_auth = True
             try:
                 first = f" {_b64(exchange(b''))}" if exchange.has_initial_response else ""
                 code, resp = smtp.docmd("AUTH", mechanism + first)
@@ -324,7 +279,7 @@ class SmtpSession:
                         raise exchange_error("SMTP", user, exc) from exc
                     code, resp = smtp.docmd(_b64(answer))
             finally:
-                smtp._in_auth = False
+                self._in_auth = False
             if code != 235:
                 raise smtplib.SMTPAuthenticationError(code, resp)
             if not exchange.complete:  # SCRAM: accepted, yet the server never proved it knows the password
@@ -347,14 +302,14 @@ class SmtpSession:
                                                       self.server.port, force_refresh=retried)
         self.auth_mechanism = mech
         with self._translate("AUTH"):
-            smtp._in_auth = True
+            self._in_auth = True
             code, resp = smtp.docmd("AUTH", f"{mech} {_b64(payload)}")
             if code == 334:
                 # A failure challenge (base64 JSON); answer empty to get the final reply.
                 detail = decode_oauth_error(_text(resp))
                 code, resp = smtp.docmd("")
                 if code not in (235, 503):
-                    smtp._in_auth = False
+                    self._in_auth = False
                     if refresh_refused_token(provider, detail, retried=retried, log=log):
                         return self._oauth_login(user, offered, retried=True)
                     why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
@@ -362,7 +317,7 @@ class SmtpSession:
                         f"SMTP login as {user!r} refused: {code} {_text(resp)} ({detail or 'no detail'}){why}",
                         hint=hint,
                     )
-            smtp._in_auth = False
+            self._in_auth = False
             if code != 235:
                 # No challenge (Exchange Online answers 535 at once): the provider's usual causes.
                 why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
@@ -370,7 +325,7 @@ class SmtpSession:
             smtp.does_esmtp = True
 
     # ------------------------------------------------------------ properties
-    def _require(self) -> _SMTP:
+    def _require(self) -> Client:
         if self._smtp is None or self._smtp.sock is None:
             raise TransportError("SMTP session is not connected")
         return self._smtp

@@ -112,7 +112,7 @@ def test_no_import_cycle() -> None:
 LAYERS: list[set[str]] = [
     {"errors", "secrets", "logs", "_backoff", "_validation", "_yaml", "_providers"},  # base
     {"connection", "records", "mime", "state"},  # what is configured, sent, read and kept
-    {"_net", "_imap_lib", "_imap_fetch", "_steps", "auth", "smtp", "imap", "diagnostics"},  # the protocols
+    {"_net", "_imap_lib", "_imap_fetch", "_smtp_lib", "_steps", "auth", "smtp", "imap", "diagnostics"},  # protocols
     {"activities", "project"},  # Send Email, Read Email, files; the project file that configures them
     {"operations"},  # source -> transformation -> target
     {"distributed", "console", "cli", "sandbox", "_sandbox_config", "_cluster", "celery", "__init__", "__main__"},
