@@ -11,12 +11,11 @@ import re
 import selectors
 import socket
 import ssl
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._context import context
 from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, TransportError
 
 if TYPE_CHECKING:  # annotations only: what lies below the protocols does not import the connection model
@@ -27,23 +26,20 @@ __all__ = ["NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeti
 
 log = logging.getLogger("mailconnector.tls")
 _FileId = tuple[str, int, int, int] | None
-_contexts: OrderedDict[tuple[bool, _FileId, _FileId, _FileId], ssl.SSLContext] = OrderedDict()
-_contexts_lock = threading.Lock()
-_MAX_CONTEXTS = 32  # a long-running worker meets few distinct TLS settings; the cache stays small anyway
 
 
 def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     """A verifying TLS client context, cached: building one reads the CA bundle.
 
     The cache knows each file by its path, inode, size and modification time, so a renewed CA file or client
-    certificate is read again by a long-running process (a worker, a watcher) without a restart.
+    certificate is read again by a long-running process (a worker, a watcher) without a restart. The cache
+    is the process context's ``tls_contexts`` (bounded, least recently used first out).
     """
     key = (tls.verify, _file_id(tls.ca_file), _file_id(tls.client_cert), _file_id(tls.client_key))
-    with _contexts_lock:
-        ctx = _contexts.get(key)
-        if ctx is not None:
-            _contexts.move_to_end(key)
-            return ctx
+    cache = context().tls_contexts
+    ctx = cache.get(key)
+    if ctx is not None:
+        return ctx
     try:
         if tls.ca_file is not None:
             ctx = ssl.create_default_context(cafile=str(tls.ca_file))
@@ -60,10 +56,7 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
         log.warning("TLS certificate verification is OFF (tls.verify: false): the connection can be intercepted")
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    with _contexts_lock:
-        _contexts[key] = ctx
-        while len(_contexts) > _MAX_CONTEXTS:
-            _contexts.popitem(last=False)
+    cache.put(key, ctx)
     return ctx
 
 

@@ -23,10 +23,10 @@ class StepResult:
     error: str | None = None
     error_type: str | None = None
     hint: str | None = None
-    exit_code: int = 0
+    exception: MailConnectorError | None = field(default=None, repr=False, compare=False)  # why it failed
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None and k != "exit_code"}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "exception"}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class StepRecorder:
         except MailConnectorError as exc:
             result.status = "failed"
             result.error, result.error_type, result.hint = exc.message, exc.kind, exc.hint
-            result.exit_code = exc.exit_code
+            result.exception = exc
             raise
         finally:
             result.ms = round((time.perf_counter() - t0) * 1000, 1)

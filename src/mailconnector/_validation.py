@@ -44,24 +44,32 @@ def _message(err: Any) -> str:
     return msg
 
 
-def describe_validation_error(exc: ValidationError, *, prefix: str | None = None,
-                              locate: Locate | None = None) -> list[str]:
-    """One line per problem: ``[line N: ]path: what is wrong``."""
-    lines: list[str] = []
+def _problems(exc: ValidationError, prefix: str | None, locate: Locate | None) -> list[tuple[int | None, str, str]]:
+    """(line, path, what is wrong) for each problem pydantic found."""
+    found: list[tuple[int | None, str, str]] = []
     for err in exc.errors(include_input=False, include_url=False):
         loc: list[str | int] = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         full: list[str | int] = [*(prefix.split(".") if prefix else []), *loc]
-        path = loc_to_path(full)
         named = _LEADING_PATH.match(_message(err)) if not loc else None
         line = locate([*full, *named.group(1).split(".")] if named else full) if locate else None
-        where = f"line {line}: " if line else ""
-        lines.append(f"{where}{path}: {_message(err)}" if path else f"{where}{_message(err)}")
-    return lines
+        found.append((line, loc_to_path(full), _message(err)))
+    return found
+
+
+def describe_validation_error(exc: ValidationError, *, prefix: str | None = None,
+                              locate: Locate | None = None) -> list[str]:
+    """One line per problem: ``[line N: ]path: what is wrong``."""
+    return [": ".join(p for p in (f"line {line}" if line else "", path, message) if p)
+            for line, path, message in _problems(exc, prefix, locate)]
 
 
 def config_error_from_validation(exc: ValidationError, *, source: str | None = None,
                                  prefix: str | None = None, locate: Locate | None = None) -> ConfigError:
+    """One problem keeps its line and field apart (a console can point at them); several are listed."""
+    hint = "fix the field(s) named above; `mailconnector schema project` shows every field"
+    problems = _problems(exc, prefix, locate)
+    if len(problems) == 1:
+        line, path, message = problems[0]
+        return ConfigError(message, source=source, line=line, field=path or None, hint=hint)
     lines = describe_validation_error(exc, prefix=prefix, locate=locate)
-    head = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
-    return ConfigError(head, source=source, hint="fix the field(s) named above; `mailconnector schema project` "
-                       "shows every field")
+    return ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines), source=source, hint=hint)

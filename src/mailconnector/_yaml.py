@@ -49,7 +49,8 @@ def load_yaml(path: Path) -> LocatedYaml:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("project file not found", source=source,
-                          hint="create one with `mailconnector init`, or name it with --project") from None
+                          topic="project-file-missing",
+                          hint="create one with `mailconnector init`, or give the path of yours") from None
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path (from --project too)
         raise ConfigError(f"cannot read the project file: {exc}", source=source) from None
     try:
@@ -57,8 +58,9 @@ def load_yaml(path: Path) -> LocatedYaml:
         data = yaml.safe_load(text) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"{where}invalid YAML: {exc.problem or exc}", source=source,
+        at = f" at column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"invalid YAML{at}: {exc.problem or exc}", source=source,
+                          line=mark.line + 1 if mark is not None else None,
                           hint="check indentation and quoting around that line") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", source=source) from None

@@ -43,10 +43,6 @@ class TestReport:
     def ok(self) -> bool:
         return all(s.status == "passed" for s in self.steps)
 
-    @property
-    def exit_code(self) -> int:
-        return next((s.exit_code for s in self.steps if s.status == "failed"), 0)
-
     def first_failure(self) -> StepResult | None:
         return next((s for s in self.steps if s.status == "failed"), None)
 

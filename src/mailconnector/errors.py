@@ -2,20 +2,20 @@
 
 ::
 
-    MailConnectorError                   exit 10  (unexpected; a bug or an unhandled case)
-    ├── ConfigError                      exit 3   fix the project file, flags or record settings
-    ├── AuthenticationError              exit 4   fix the credentials; never retried
-    ├── TransportError (ConnectionError) exit 5   network, DNS, TLS, timeouts; retryable
-    │   ├── TLSSecurityError                      certificate or STARTTLS policy refused
+    MailConnectorError                   unexpected: a bug or an unhandled case
+    ├── ConfigError                      fix the project file, flags or record settings
+    ├── AuthenticationError              fix the credentials; never retried
+    ├── TransportError (ConnectionError) network, DNS, TLS, timeouts; retryable
+    │   ├── TLSSecurityError             certificate or STARTTLS policy refused
     │   └── ProtocolTimeoutError (TimeoutError)
-    ├── ServerResponseError              exit 6   the server said no; retryable iff 4xx
+    ├── ServerResponseError              the server said no; retryable iff 4xx
     │   ├── SenderRefusedError
     │   ├── RecipientsRefusedError
-    │   └── LimitError                            the account's own sending limit, reached (not sent)
-    ├── MessageError (ValueError)        exit 7   a record or message cannot be composed / parsed
-    └── StateError                       exit 8   the local store, a lease, a checkpoint
+    │   └── LimitError                   the account's own sending limit, reached (not sent)
+    ├── MessageError (ValueError)        a record or message cannot be composed / parsed
+    └── StateError                       the local store, a lease, a checkpoint
 
-Exit codes 0 (success), 1 (some records failed) and 2 (usage) are the CLI's own.
+The command line gives each family its exit code (``cli/_exit_codes.py``); the library knows none.
 Library exceptions (smtplib, imaplib, ssl, socket) are translated in one place per
 protocol (``smtp.py``, ``imap.py``) with the original chained as ``__cause__``.
 Messages never carry secrets: they are built from settings, not from credentials.
@@ -23,7 +23,7 @@ Messages never carry secrets: they are built from settings, not from credentials
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "AuthenticationError",
@@ -45,8 +45,12 @@ __all__ = [
 class MailConnectorError(Exception):
     """Root of every error this package raises on purpose."""
 
-    exit_code: ClassVar[int] = 10
     retryable: bool = False
+    # A stable name for the kind of problem (``folder-missing``, ``path-not-allowed``, ...): a program, the
+    # console or the command line can add its own advice without parsing the words.
+    topic: str | None = None
+    # The attributes that ``to_dict`` adds when they are set (where the error is, the server's reply code).
+    _details: tuple[str, ...] = ()
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -62,6 +66,9 @@ class MailConnectorError(Exception):
         data: dict[str, Any] = {"type": self.kind, "message": self.message, "retryable": self.retryable}
         if self.hint:
             data["hint"] = self.hint
+        if self.topic:
+            data["topic"] = self.topic
+        data.update({name: value for name in self._details if (value := getattr(self, name, None))})
         return data
 
     def __str__(self) -> str:
@@ -69,28 +76,32 @@ class MailConnectorError(Exception):
 
 
 class ConfigError(MailConnectorError):
-    """The configuration is wrong; nothing was tried on the network."""
+    """The configuration is wrong; nothing was tried on the network.
 
-    exit_code = 3
+    Where it is wrong is kept apart (``source`` file, ``line``, ``field``) so a console can point at it and
+    ``--json`` can carry it; ``reason`` is what is wrong, and the message says both.
+    """
+
+    _details = ("source", "line", "field")
 
     def __init__(self, message: str, *, hint: str | None = None, field: str | None = None,
-                 source: str | None = None) -> None:
-        where = ": ".join(p for p in (source, field) if p)
-        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+                 source: str | None = None, line: int | None = None, topic: str | None = None) -> None:
+        where = [p for p in (source, f"line {line}" if line else None, field) if p]
+        super().__init__(": ".join([*where, message]), hint=hint)
+        self.topic = topic
+        self.reason = message
         self.field = field
         self.source = source
+        self.line = line
 
 
 class AuthenticationError(MailConnectorError):
     """The server refused the credentials. Retrying cannot help."""
 
-    exit_code = 4
-
 
 class TransportError(MailConnectorError, ConnectionError):
     """The connection could not be made or was lost. Worth retrying."""
 
-    exit_code = 5
     retryable = True
 
 
@@ -107,7 +118,7 @@ class ProtocolTimeoutError(TransportError, TimeoutError):
 class ServerResponseError(MailConnectorError):
     """The server answered with a refusal; ``code`` is the SMTP reply code (0 for IMAP ``NO``/``BAD``)."""
 
-    exit_code = 6
+    _details = ("code",)
 
     def __init__(self, message: str, *, code: int = 0, text: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -118,11 +129,6 @@ class ServerResponseError(MailConnectorError):
     def retryable(self) -> bool:  # type: ignore[override]
         return 400 <= self.code < 500
 
-    def to_dict(self) -> dict[str, Any]:
-        data = super().to_dict()
-        if self.code:
-            data["code"] = self.code
-        return data
 
 
 class SenderRefusedError(ServerResponseError):
@@ -150,19 +156,21 @@ class LimitError(ServerResponseError):
 
 
 class MessageError(MailConnectorError, ValueError):
-    """A record cannot become an email, or an email cannot become a record."""
+    """A record cannot become an email, or an email cannot become a record; ``field`` names the record's
+    field, ``reason`` what is wrong with it."""
 
-    exit_code = 7
+    _details = ("field",)
 
-    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, hint: str | None = None,
+                 topic: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message, hint=hint)
+        self.topic = topic
+        self.reason = message
         self.field = field
 
 
 class StateError(MailConnectorError):
     """The local store (ledger, checkpoints, leases, logs) is unusable or held by another process."""
-
-    exit_code = 8
 
 
 class LeaseBusyError(StateError):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout, exceptions as imap_exc
 
@@ -34,27 +34,15 @@ from ._imap_lib import (
     unrepr,
 )
 from ._net import WrongProtocol, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._session import Session
 from ._steps import StepRecorder, shorten, step
-from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth._password import CHALLENGE_RESPONSE, ExchangeFailed, choose_mechanism, exchange_error, start_exchange
-from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
-from .errors import (
-    AuthenticationError,
-    ConfigError,
-    MailConnectorError,
-    ServerResponseError,
-    TLSSecurityError,
-    TransportError,
-)
+from .errors import AuthenticationError, ConfigError, MailConnectorError, ServerResponseError, TransportError
 from .logs import redact_imap_line
-
-if TYPE_CHECKING:  # annotations only: the sessions take a Connection, they need not import its module
-    from .connection import Connection
 
 __all__ = ["FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
 
-log = logging.getLogger("mailconnector.imap")
 wire = logging.getLogger("mailconnector.protocol.imap")
 
 
@@ -79,61 +67,36 @@ class FolderInfo:
 _SPECIAL = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 
 
-class ImapSession:
+class ImapSession(Session):
     """One authenticated IMAP connection; not thread-safe."""
 
-    def __init__(self, connection: Connection, *, token_provider: TokenProvider | None = None) -> None:
-        if connection.imap is None:
-            raise ConfigError("this connection has no imap settings", field=f"connections.{connection.name}.imap")
-        self.connection = connection
-        self.server = connection.imap
-        self._token_provider = token_provider
-        self._client: IMAPClient | None = None
-        self.auth_mechanism: str | None = None
-        self.selected: FolderState | None = None
+    protocol = "imap"
+    _client: IMAPClient | None = None
 
     # -------------------------------------------------------------- translate
-    @contextlib.contextmanager
-    def _translate(self, phase: str) -> Iterator[None]:
-        try:
-            yield
-        except MailConnectorError:
-            raise
-        except imap_exc.LoginError as exc:
+    def _translated(self, exc: Exception, phase: str) -> MailConnectorError | None:
+        if isinstance(exc, imap_exc.LoginError):
             if isinstance(exc.__context__, imap_exc.IMAPClientAbortError):
                 # IMAPClient wraps every failure of LOGIN, a dropped or garbled connection too: not a refusal.
-                raise TransportError(
-                    f"IMAP server {self.server.host}:{self.server.port} dropped the connection during {phase}: "
-                    f"{_clean(exc.__context__)}",
-                    hint="it is retried; if it keeps happening the server may limit connections",
-                ) from exc
+                return self._dropped(f"dropped the connection during {phase}: {_clean(exc.__context__)}",
+                                     "it is retried; if it keeps happening the server may limit connections")
             if "[UNAVAILABLE]" in str(exc):  # RFC 5530: the server cannot check credentials now
-                raise TransportError(
-                    f"IMAP server {self.server.host}:{self.server.port} could not check the login now: "
-                    f"{_clean(exc)}", hint="a temporary failure on the server's side; it is retried",
-                ) from exc
-            raise self._auth_error(str(exc)) from exc
-        except imap_exc.ProtocolError as exc:  # an answer that cannot be parsed: the connection is corrupt
-            raise TransportError(
-                f"IMAP server {self.server.host}:{self.server.port} sent a garbled answer during {phase}: "
-                f"{_clean(exc)}"[:300],
-                hint="it is retried on a new connection",
-            ) from exc
-        except imap_exc.IMAPClientAbortError as exc:
-            raise TransportError(
-                f"IMAP server {self.server.host}:{self.server.port} dropped the connection during {phase}: {exc}",
-                hint="it is retried; if it keeps happening the server may limit connections",
-            ) from exc
-        except imap_exc.IMAPClientReadOnlyError as exc:
-            raise ServerResponseError(f"IMAP {phase}: the folder is read-only: {exc}") from exc
-        except imap_exc.IMAPClientError as exc:
-            raise ServerResponseError(f"IMAP server refused {phase}: {_clean(exc)}", text=_clean(exc)) from exc
-        except (OSError, EOFError) as exc:
-            raise transport_error(exc, self.connection, "imap", phase=phase) from exc
+                return self._cannot_check_login(_clean(exc))
+            return self._auth_error(str(exc))
+        if isinstance(exc, imap_exc.ProtocolError):  # an answer that cannot be parsed: the connection is corrupt
+            return self._dropped(f"sent a garbled answer during {phase}: {_clean(exc)}"[:300],
+                                 "it is retried on a new connection")
+        if isinstance(exc, imap_exc.IMAPClientAbortError):
+            return self._dropped(f"dropped the connection during {phase}: {exc}",
+                                 "it is retried; if it keeps happening the server may limit connections")
+        if isinstance(exc, imap_exc.IMAPClientReadOnlyError):
+            return ServerResponseError(f"IMAP {phase}: the folder is read-only: {exc}")
+        if isinstance(exc, imap_exc.IMAPClientError):
+            return ServerResponseError(f"IMAP server refused {phase}: {_clean(exc)}", text=_clean(exc))
+        return None
 
     def _auth_error(self, text: str) -> AuthenticationError:
-        provider = self.connection.known_provider()
-        hint = provider.password_refused if provider is not None else "check the username and password"
+        hint = self._password_refused_hint()
         if "[PRIVACYREQUIRED]" in text or "LOGINDISABLED" in text:
             hint = "the server refuses logins without TLS: use security: starttls or ssl"
         return AuthenticationError(
@@ -173,26 +136,21 @@ class ImapSession:
                 caps = client.capabilities()
                 caps_step.detail = " ".join(sorted(c.decode() for c in caps))
             if self.server.security == "starttls":
-                with step(recorder, "STARTTLS offered and TLS certificate") as st:
-                    if b"STARTTLS" not in caps:
-                        raise TLSSecurityError(
-                            f"IMAP server {self.server.host}:{self.server.port} does not offer STARTTLS, and "
-                            "security is starttls: refusing to continue in plain text",
-                            hint="use the server's TLS port (security: ssl, port 993), or fix the server's TLS",
-                        )
-                    assert ctx is not None
+                assert ctx is not None
+                tls_context = ctx
+
+                def upgrade() -> object:
                     with self._translate("STARTTLS"):
-                        client.starttls(ctx)
+                        client.starttls(tls_context)
                         forget_capabilities(client)
-                    sock = client.socket()
-                    st.detail = f"{sock.version()}" if hasattr(sock, "version") else ""
+                    return client.socket()
+
+                self._starttls(recorder, offered=b"STARTTLS" in caps, tls_port=993, upgrade=upgrade)
                 # What the Test shows is what the session works with: the list the server gives over TLS.
                 caps_step.detail = "after STARTTLS: " + " ".join(self.capabilities())
             if login:
-                with step(recorder, "authentication") as st:
-                    offered = " ".join(self.auth_mechanisms()) or "no SASL mechanism (the LOGIN command only)"
-                    self.login()
-                    st.detail = f"offered: {offered}; used: {self.auth_mechanism}"
+                self._authenticate(recorder, lambda: " ".join(self.auth_mechanisms())
+                                   or "no SASL mechanism (the LOGIN command only)")
         except BaseException:
             self.close()
             raise
@@ -218,6 +176,10 @@ class ImapSession:
                 wire.debug("S: %s", body[:2000] + (" ..." if len(body) > 2000 else ""))
 
         set_line_hook(client, line)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
 
     @property
     def client(self) -> IMAPClient:
@@ -307,11 +269,7 @@ class ImapSession:
 
     def _oauth_login(self, user: str, *, retried: bool = False) -> None:
         client = self.client
-        provider = self._token_provider or token_provider_for(self.connection)
-        self._token_provider = provider
-        mech, token, payload = oauth_initial_response(self.connection, provider, user, self.server.host,
-                                                      self.server.port, force_refresh=retried)
-        self.auth_mechanism = mech
+        provider, mech, token, payload = self._initial_oauth_response(user, retried=retried)
         challenges: list[str] = []
 
         def respond(data: bytes) -> bytes:
@@ -330,10 +288,10 @@ class ImapSession:
                     raise imap_exc.LoginError(str(exc)) from exc
         except AuthenticationError as exc:
             detail = next((c for c in challenges if c), "")
-            if refresh_refused_token(provider, detail, retried=retried, log=log):
+            if self._token_is_worth_a_retry(provider, detail, retried=retried):
                 return self._oauth_login(user, retried=True)
-            why, hint = explain_refusal(self.connection, token, exc.message, login=user)
-            raise AuthenticationError(f"{exc.message} ({detail or 'no detail'}){why}", hint=hint) from exc
+            raise self._token_refused(exc.message, reply=exc.message, token=token, user=user,
+                                      detail=detail) from exc
 
     # ----------------------------------------------------------------- folders
     def list_folders(self, *, with_counts: bool = False) -> list[FolderInfo]:
@@ -356,14 +314,12 @@ class ImapSession:
     def select(self, folder: str, *, readonly: bool = False) -> FolderState:
         with self._translate(f"SELECT {folder}"), _folder_must_exist(folder):
             info = self.client.select_folder(folder, readonly=readonly)
-        state = FolderState(
+        return FolderState(
             name=folder,
             uidvalidity=int(info.get(b"UIDVALIDITY", 0)),
             uidnext=int(info[b"UIDNEXT"]) if b"UIDNEXT" in info else None,
             exists=int(info.get(b"EXISTS", 0)),
         )
-        self.selected = state
-        return state
 
     def create_folder(self, folder: str) -> None:
         with self._translate(f"CREATE {folder}"):
@@ -442,7 +398,8 @@ class ImapSession:
                 # The library appends a paragraph about its documentation: the server's words are the first line.
                 said = _clean(exc).split("\n", 1)[0].strip()
                 raise ConfigError(f"the server refused the search criteria: {said}", field="criteria",
-                                  hint="see `mailconnector read --help` for the search keys") from exc
+                                  topic="search-criteria",
+                                  hint="docs/operations.md lists the keys of read-email criteria") from exc
         return sorted(int(u) for u in uids)
 
     # ------------------------------------------------------------------ fetch
@@ -592,14 +549,6 @@ class ImapSession:
         except (OSError, EOFError, imaplib.IMAP4.error, AttributeError):
             with contextlib.suppress(Exception):
                 client.shutdown()
-
-    def __enter__(self) -> ImapSession:
-        if self._client is None:
-            self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # What servers say of a folder that is not there: the RFC 5530 codes first, then the words of servers that

@@ -289,15 +289,15 @@ class Project:
         for key in doc.data:
             if key not in _TOP_LEVEL and not str(key).startswith(_EXTENSION_PREFIX):
                 raise ConfigError(
-                    f"line {doc.line_of([key])}: {key}: unknown section (expected: {', '.join(sorted(_TOP_LEVEL))}; "
+                    f"unknown section (expected: {', '.join(sorted(_TOP_LEVEL))}; "
                     f"keys starting with {_EXTENSION_PREFIX} are ignored, e.g. for YAML anchors)",
-                    source=str(path),
+                    source=str(path), line=doc.line_of([key]), field=str(key),
                 )
         for section in ("connections", "activities", "operations", "settings"):
             value = doc.data.get(section)
             if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"line {doc.line_of([section])}: {section}: must be a mapping of names to entries",
-                                  source=str(path))
+                raise ConfigError("must be a mapping of names to entries", source=str(path),
+                                  line=doc.line_of([section]), field=section)
         return cls(path=path, doc=doc)
 
     @property
@@ -337,14 +337,13 @@ class Project:
         entries = self._section("connections")
         if name not in entries:
             known = ", ".join(entries) or "none"
-            line = self.doc.line_of(["connections"])
-            where = f"line {line}: " if line else ""
-            raise ConfigError(f"{where}no connection named {name!r} (defined: {known})", source=self.source,
+            raise ConfigError(f"no connection named {name!r} (defined: {known})", source=self.source,
+                              line=self.doc.line_of(["connections"]),
                               hint="add it under connections:, or run `mailconnector sandbox` for a local one")
         entry = entries[name]
         if not isinstance(entry, dict):
-            raise ConfigError(f"line {self.doc.line_of(['connections', name])}: connections.{name}: "
-                              "must be a mapping", source=self.source)
+            raise ConfigError("must be a mapping", source=self.source,
+                              line=self.doc.line_of(["connections", name]), field=f"connections.{name}")
         conn = Connection.from_dict(entry, name=name, source=self.source, base_dir=self.directory,
                                     locate=self.doc.line_of)
         self._connections[name] = conn
@@ -384,23 +383,24 @@ class Project:
                               source=self.source)
         entry = entries[name]
         if not isinstance(entry, dict):
-            raise ConfigError(f"{self.locate('activities', name)}activities.{name}: must be a mapping with a type",
-                              source=self.source)
+            raise ConfigError("must be a mapping with a type", source=self.source,
+                              line=self.doc.line_of(["activities", name]), field=f"activities.{name}")
         kind = entry.get("type")
         if kind not in ACTIVITY_TYPES:
             where = ("activities", name, "type") if "type" in entry else ("activities", name)
             what = f"unknown activity type {kind!r}" if "type" in entry else "type is required"
-            raise ConfigError(f"{self.locate(*where)}activities.{name}.type: {what} "
-                              f"(expected one of: {', '.join(ACTIVITY_TYPES)})", source=self.source)
+            raise ConfigError(f"{what} (expected one of: {', '.join(ACTIVITY_TYPES)})", source=self.source,
+                              line=self.doc.line_of(list(where)), field=f"activities.{name}.type")
         try:
             act: FileActivity | SendActivity | ReadActivity = _ACTIVITY_ADAPTER.validate_python(entry)
         except ValidationError as exc:
             raise config_error_from_validation(exc, source=self.source, prefix=f"activities.{name}",
                                                locate=self.doc.line_of) from None
         if isinstance(act, SendActivity | ReadActivity) and act.connection not in self.connection_names:
-            raise ConfigError(f"{self.locate('activities', name, 'connection')}activities.{name}.connection: "
-                              f"no connection named {act.connection!r} "
-                              f"(defined: {', '.join(self.connection_names) or 'none'})", source=self.source)
+            raise ConfigError(f"no connection named {act.connection!r} "
+                              f"(defined: {', '.join(self.connection_names) or 'none'})", source=self.source,
+                              line=self.doc.line_of(["activities", name, "connection"]),
+                              field=f"activities.{name}.connection")
         # The settings beside `type` and `connection` are checked here too, so that `validate_all()` (and every
         # command) reports a bad setting, with its line, before anything runs.
         if isinstance(act, SendActivity):
@@ -422,8 +422,8 @@ class Project:
             result.check()
         except ConfigError as exc:
             key = exc.field or "type"
-            raise ConfigError(f"{self.locate('activities', name, key)}activities.{name}.{key}: "
-                              f"{exc.message.split(': ', 1)[-1]}", source=self.source, hint=exc.hint) from None
+            raise ConfigError(exc.reason, source=self.source, line=self.doc.line_of(["activities", name, key]),
+                              field=f"activities.{name}.{key}", hint=exc.hint) from None
         return result
 
     def send_settings(self, name: str, config: SendActivity) -> SendSettings:
@@ -465,41 +465,42 @@ class Project:
             act_name = getattr(op, role)
             line = self.doc.line_of(["operations", name, role])
             if act_name not in self._section("activities"):
-                raise ConfigError(f"line {line}: operations.{name}.{role}: no activity named {act_name!r}",
-                                  source=self.source)
+                raise ConfigError(f"no activity named {act_name!r}", source=self.source, line=line,
+                                  field=f"operations.{name}.{role}")
             act = self.activity(act_name)
             acts[role] = act
             if (role == "target" and isinstance(act, FileActivity) and not act.append
                     and isinstance(acts["source"], ReadActivity)):
                 raise ConfigError(
-                    f"line {line}: operations.{name}.target: {act_name!r} has append: false, which would replace "
+                    f"{act_name!r} has append: false, which would replace "
                     "the file at each run and lose the records of earlier runs, whose emails were already "
-                    "marked read (or moved)", source=self.source,
+                    "marked read (or moved)", source=self.source, line=line, field=f"operations.{name}.target",
                     hint=f"remove append: false from activities.{act_name} (file targets append by default)")
             if act.type not in allowed:
                 kind = "a target-only" if role == "source" else "a source-only"
                 raise ConfigError(
-                    f"line {line}: operations.{name}.{role}: {act_name!r} is {kind} activity ({act.type}); "
-                    f"a {role} must be one of: {', '.join(allowed)}", source=self.source)
+                    f"{act_name!r} is {kind} activity ({act.type}); a {role} must be one of: {', '.join(allowed)}",
+                    source=self.source, line=line, field=f"operations.{name}.{role}")
         for key in ("on_success", "on_failure"):
             for i, chained in enumerate(getattr(op, key)):
                 if chained not in self._section("operations"):
                     value = (entries[name] or {}).get(key)
                     line = self.doc.line_of(["operations", name, key, *([i] if isinstance(value, list) else [])])
-                    raise ConfigError(f"line {line}: operations.{name}.{key}: no operation named {chained!r} "
-                                      f"(defined: {', '.join(self._section('operations'))})", source=self.source)
+                    raise ConfigError(f"no operation named {chained!r} "
+                                      f"(defined: {', '.join(self._section('operations'))})", source=self.source,
+                                      line=line, field=f"operations.{name}.{key}")
         if op.trigger == "watch" and not isinstance(acts["source"], ReadActivity):
             line = self.doc.line_of(["operations", name, "trigger"])
-            raise ConfigError(f"line {line}: operations.{name}.trigger: watch needs a read-email source, and "
-                              f"{op.source!r} is a file, which has no new records to wait for", source=self.source,
+            raise ConfigError(f"watch needs a read-email source, and {op.source!r} is a file, which has no new "
+                              "records to wait for", source=self.source, line=line, field=f"operations.{name}.trigger",
                               hint="use trigger: {every: SECONDS} to run it again and again")
         if op.transformation is not None and op.transformation.mapping is not None:
             for out_field, expr in op.transformation.mapping.items():
                 problem = mapping_expression_problem(expr)
                 if problem is not None:
                     line = self.doc.line_of(["operations", name, "transformation", "mapping", out_field])
-                    raise ConfigError(f"line {line}: operations.{name}.transformation.mapping.{out_field}: "
-                                      f"invalid Jinja expression {expr!r}: {problem}", source=self.source)
+                    raise ConfigError(f"invalid Jinja expression {expr!r}: {problem}", source=self.source, line=line,
+                                      field=f"operations.{name}.transformation.mapping.{out_field}")
         return op
 
     def triggered_operations(self) -> list[str]:
@@ -507,10 +508,9 @@ class Project:
         return [name for name, entry in self._section("operations").items()
                 if isinstance(entry, dict) and entry.get("trigger") is not None]
 
-    def locate(self, *path: str | int) -> str:
-        """``line N: `` for a place in the project file (empty when unknown), for error messages."""
-        line = self.doc.line_of(list(path))
-        return f"line {line}: " if line else ""
+    def line_of(self, *path: str | int) -> int | None:
+        """The line of a place in the project file (None when unknown), for errors that point at it."""
+        return self.doc.line_of(list(path))
 
     def validate_all(self) -> None:
         """Validate every entry (for `mailconnector init` checks and CI of projects)."""

@@ -517,46 +517,50 @@ def _run_quiet(cmd: list[str], *, ignore: bool = False) -> None:
         raise StateError(f"{' '.join(cmd)} failed: {res.stderr.decode(errors='replace')[:400]}")
 
 
-def _alive(pid: int) -> bool:
-    """Is ``pid`` running? A zombie (stopped, waiting for init to reap it) is not."""
+def _exists(target: int, *, group: bool = False) -> bool:
+    """Is there a process ``target`` (with ``group``: a process group)? Asked with signal 0, which says so
+    also for one that is not ours to signal, and for a zombie: the callers look at /proc for those."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(target, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, under another user
         return True
-    return not _is_zombie(pid)
+    return True
 
 
-def _is_zombie(pid: int) -> bool:
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, ...); None when it is gone.
+    Split after the last ")" because the command name may hold spaces and parentheses."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].startswith("Z")
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running? A zombie (stopped, waiting for init to reap it) is not."""
+    return _exists(pid) and not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return bool(fields and fields[0] == "Z")
 
 
 def _group_alive(pgid: int) -> bool:
     """Is any process of the group still running? Zombies waiting for init to reap them do not count."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if not _exists(pgid, group=True):
         return False
-    except PermissionError:
-        return True
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return True
     for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+        fields = _stat_fields(entry)  # state ppid pgrp ...
+        if fields is not None and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
 

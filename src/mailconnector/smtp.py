@@ -13,41 +13,20 @@ import contextlib
 import logging
 import re
 import smtplib
-import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from ._net import (
-    NoGreeting,
-    WrongProtocol,
-    greeting_protocol,
-    make_ssl_context,
-    transport_error,
-    wrong_protocol,
-)
+from ._net import NoGreeting, WrongProtocol, greeting_protocol, make_ssl_context, transport_error, wrong_protocol
+from ._session import Session
 from ._smtp_lib import Client
 from ._steps import StepRecorder, shorten, step
-from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth._password import ExchangeFailed, choose_mechanism, exchange_error, start_exchange
-from .auth.oauth2 import explain_refusal
 from .auth.sasl import decode_oauth_error
-from .errors import (
-    AuthenticationError,
-    MailConnectorError,
-    SenderRefusedError,
-    ServerResponseError,
-    TLSSecurityError,
-    TransportError,
-)
+from .errors import AuthenticationError, MailConnectorError, SenderRefusedError, ServerResponseError, TransportError
 from .logs import redact_smtp_line
-
-if TYPE_CHECKING:  # annotations only: the sessions take a Connection, they need not import its module
-    from .connection import Connection
 
 __all__ = ["MayHaveBeenDelivered", "NotCommitted", "SmtpSession", "TransactionResult"]
 
-log = logging.getLogger("mailconnector.smtp")
 wire = logging.getLogger("mailconnector.protocol.smtp")
 
 CRLF = b"\r\n"
@@ -78,20 +57,12 @@ class NotCommitted(TransportError):
     """The caller's ``commit`` refused the transaction before any data was sent: nothing was submitted."""
 
 
-class SmtpSession:
+class SmtpSession(Session):
     """One authenticated SMTP connection. Not thread-safe: the send activity gives each worker its own."""
 
-    def __init__(self, connection: Connection, *, token_provider: TokenProvider | None = None) -> None:
-        if connection.smtp is None:
-            from .errors import ConfigError
-
-            raise ConfigError("this connection has no smtp settings", field=f"connections.{connection.name}.smtp")
-        self.connection = connection
-        self.server = connection.smtp
-        self._token_provider = token_provider
-        self._smtp: Client | None = None
-        self.auth_mechanism: str | None = None
-        self._in_auth = False  # inside an AUTH exchange: the wire log hides what goes back and forth
+    protocol = "smtp"
+    _smtp: Client | None = None
+    _in_auth = False  # inside an AUTH exchange: the wire log hides what goes back and forth
 
     def _wire_line(self, direction: str, line: str) -> None:
         """One line of the conversation into the protocol log (--verbose-protocol), credentials redacted."""
@@ -106,38 +77,22 @@ class SmtpSession:
         wire.debug("S: %s", line)
 
     # -------------------------------------------------------------- translate
-    @contextlib.contextmanager
-    def _translate(self, phase: str) -> Iterator[None]:
-        try:
-            yield
-        except MailConnectorError:
-            raise
-        except smtplib.SMTPAuthenticationError as exc:
-            if exc.smtp_code == _GARBLED:  # not a refusal: the reply could not be read
-                raise self._garbled(phase) from exc
+    def _translated(self, exc: Exception, phase: str) -> MailConnectorError | None:
+        if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == _GARBLED:
+            return self._garbled(phase)  # not the server's answer: the reply could not be read
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
             if 400 <= exc.smtp_code < 500:  # 454: the server cannot check credentials now (its auth is down)
-                raise TransportError(
-                    f"SMTP server {self.server.host}:{self.server.port} could not check the login now: "
-                    f"{exc.smtp_code} {_text(exc.smtp_error)}",
-                    hint="a temporary failure on the server's side; it is retried",
-                ) from exc
-            raise self._auth_error(exc.smtp_code, _text(exc.smtp_error)) from exc
-        except smtplib.SMTPServerDisconnected as exc:
-            raise TransportError(
-                f"SMTP server {self.server.host}:{self.server.port} closed the connection during {phase}",
-                hint="the server may limit connections or idle time; it is retried",
-            ) from exc
-        except smtplib.SMTPResponseException as exc:
-            if exc.smtp_code == _GARBLED:
-                raise self._garbled(phase) from exc
-            raise ServerResponseError(
-                f"SMTP server refused {phase}: {exc.smtp_code} {_text(exc.smtp_error)}",
-                code=exc.smtp_code, text=_text(exc.smtp_error),
-            ) from exc
-        except smtplib.SMTPNotSupportedError as exc:
-            raise ServerResponseError(f"SMTP server does not support {phase}: {exc}", code=502) from exc
-        except (OSError, EOFError) as exc:  # socket, ssl, timeouts
-            raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+                return self._cannot_check_login(f"{exc.smtp_code} {_text(exc.smtp_error)}")
+            return self._auth_error(exc.smtp_code, _text(exc.smtp_error))
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return self._dropped(f"closed the connection during {phase}",
+                                 "the server may limit connections or idle time; it is retried")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return ServerResponseError(f"SMTP server refused {phase}: {exc.smtp_code} {_text(exc.smtp_error)}",
+                                       code=exc.smtp_code, text=_text(exc.smtp_error))
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return ServerResponseError(f"SMTP server does not support {phase}: {exc}", code=502)
+        return None
 
     def _garbled(self, phase: str) -> TransportError:
         """A reply without a reply code: the connection is corrupt, not the server's answer. The connection
@@ -149,9 +104,7 @@ class SmtpSession:
         )
 
     def _auth_error(self, code: int, text: str) -> AuthenticationError:
-        provider = self.connection.known_provider()
-        hint = (provider.password_refused + provider.smtp_password_refused if provider is not None
-                else "check the username and password")
+        hint = self._password_refused_hint()
         oauth_detail = decode_oauth_error(text) if self.auth_mechanism in ("XOAUTH2", "OAUTHBEARER") else None
         msg = f"SMTP login as {self.connection.smtp_login()!r} refused: {code} {text}"
         if oauth_detail:
@@ -202,28 +155,21 @@ class SmtpSession:
                     raise self._garbled("EHLO")
                 ehlo_step.detail = _extensions(smtp)
             if self.server.security == "starttls":
-                with step(recorder, "STARTTLS offered and TLS certificate") as st:
-                    if not smtp.has_extn("starttls"):
-                        raise TLSSecurityError(
-                            f"SMTP server {self.server.host}:{self.server.port} does not offer STARTTLS, "
-                            "and security is starttls: refusing to continue in plain text",
-                            hint="use the server's TLS port (security: ssl, port 465), or fix the server's TLS",
-                        )
-                    assert ctx is not None
+                assert ctx is not None
+                tls_context = ctx
+
+                def upgrade() -> object:
                     with self._translate("STARTTLS"):
-                        smtp.starttls(context=ctx)
+                        smtp.starttls(context=tls_context)
                         if smtp.ehlo()[0] == _GARBLED:
                             raise self._garbled("EHLO")
-                    st.detail = _tls_detail(smtp.sock)
+                    return smtp.sock
+
+                self._starttls(recorder, offered=smtp.has_extn("starttls"), tls_port=465, upgrade=upgrade)
                 ehlo_step.detail = "after STARTTLS: " + _extensions(smtp)
             if login:
-                with step(recorder, "authentication") as st:
-                    self.login()
-                    offered = " ".join(smtp.esmtp_features.get("auth", "").upper().split()) or "none"
-                    if self.connection.auth.type == "none":
-                        st.detail = f"no login (auth.type none); the server offers: {offered}"
-                    else:
-                        st.detail = f"offered: {offered}; used: {self.auth_mechanism}"
+                self._authenticate(recorder, lambda: " ".join(smtp.esmtp_features.get("auth", "").upper().split())
+                                   or "none")
         except BaseException:
             self.close()
             raise
@@ -296,11 +242,7 @@ class SmtpSession:
                 f"SMTP server does not offer {mech} (offers: {', '.join(offered) or 'none'})",
                 hint="choose auth.oauth2.mechanism from what the server offers",
             )
-        provider = self._token_provider or token_provider_for(self.connection)
-        self._token_provider = provider
-        mech, token, payload = oauth_initial_response(self.connection, provider, user, self.server.host,
-                                                      self.server.port, force_refresh=retried)
-        self.auth_mechanism = mech
+        provider, mech, token, payload = self._initial_oauth_response(user, retried=retried)
         with self._translate("AUTH"):
             self._in_auth = True
             code, resp = smtp.docmd("AUTH", f"{mech} {_b64(payload)}")
@@ -310,18 +252,17 @@ class SmtpSession:
                 code, resp = smtp.docmd("")
                 if code not in (235, 503):
                     self._in_auth = False
-                    if refresh_refused_token(provider, detail, retried=retried, log=log):
+                    if self._token_is_worth_a_retry(provider, detail, retried=retried):
                         return self._oauth_login(user, offered, retried=True)
-                    why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
-                    raise AuthenticationError(
-                        f"SMTP login as {user!r} refused: {code} {_text(resp)} ({detail or 'no detail'}){why}",
-                        hint=hint,
-                    )
+                    reply = f"{code} {_text(resp)}"
+                    raise self._token_refused(f"SMTP login as {user!r} refused: {reply}", reply=reply, token=token,
+                                              user=user, detail=detail or "")
             self._in_auth = False
             if code != 235:
                 # No challenge (Exchange Online answers 535 at once): the provider's usual causes.
-                why, hint = explain_refusal(self.connection, token, f"{code} {_text(resp)}", login=user)
-                raise AuthenticationError(f"SMTP login as {user!r} refused: {code} {_text(resp)}{why}", hint=hint)
+                reply = f"{code} {_text(resp)}"
+                raise self._token_refused(f"SMTP login as {user!r} refused: {reply}", reply=reply, token=token,
+                                          user=user)
             smtp.does_esmtp = True
 
     # ------------------------------------------------------------ properties
@@ -371,49 +312,58 @@ class SmtpSession:
         one way to leave a transaction that may be in DATA without submitting -- and ``NotCommitted`` (or
         its exception) is raised. A refusal after a granted commit is raised as usual: nothing was sent.
         """
-        from .errors import RecipientsRefusedError
-
         smtp = self._require()
+        self._check_fits(len(data), smtputf8=smtputf8)
+        payload = _wire_payload(data, crlf=crlf)
+        # Commands carry a non-ASCII address only with SMTPUTF8 (smtplib's non-pipelined path encodes them).
+        smtp.command_encoding = "utf-8" if smtputf8 else "ascii"
+        opts = [f"SIZE={len(data)}", *(["BODY=8BITMIME"] if "8bitmime" in self.extensions else []),
+                *(["SMTPUTF8"] if smtputf8 else [])]
+        mail_reply, rcpt_replies, data_reply = self._envelope(
+            f"MAIL FROM:<{envelope_from}> {' '.join(opts)}", [f"RCPT TO:<{r}>" for r in recipients], commit)
+        result = self._settle_envelope(envelope_from, recipients, mail_reply, rcpt_replies, data_reply)
+        result.data_reply = self._data(payload)
+        return result
+
+    def _check_fits(self, size: int, *, smtputf8: bool) -> None:
+        """Refuse before anything is sent what the server said it cannot take (EHLO: SMTPUTF8, SIZE)."""
         if smtputf8 and not self.supports_smtputf8:
             raise ServerResponseError(
                 "the message needs SMTPUTF8 (an internationalised address) and the server does not offer it",
                 code=553, hint="use ASCII addresses, or a server that supports SMTPUTF8",
             )
         limit = self.max_size
-        if limit is not None and len(data) > limit:  # checked before any copy of a message that big is made
+        if limit is not None and size > limit:  # checked before any copy of a message that big is made
             raise ServerResponseError(
-                f"message is {len(data):,} bytes; the server accepts at most {limit:,} (SIZE)", code=552,
+                f"message is {size:,} bytes; the server accepts at most {limit:,} (SIZE)", code=552,
                 hint="make the attachments smaller or send them as links",
             )
-        payload = _wire_payload(data, crlf=crlf)
-        trailer = (b"" if payload.endswith(CRLF) else CRLF) + b"." + CRLF
-        # Commands carry a non-ASCII address only with SMTPUTF8 (smtplib's non-pipelined path encodes them).
-        smtp.command_encoding = "utf-8" if smtputf8 else "ascii"
-        opts = [f"SIZE={len(data)}"]
-        if "8bitmime" in self.extensions:
-            opts.append("BODY=8BITMIME")
-        if smtputf8:
-            opts.append("SMTPUTF8")
-        mail_cmd = f"MAIL FROM:<{envelope_from}> {' '.join(opts)}"
-        rcpt_cmds = [f"RCPT TO:<{r}>" for r in recipients]
-        result = TransactionResult()
+
+    def _envelope(self, mail_cmd: str, rcpt_cmds: list[str], commit: Callable[[], bool] | None
+                  ) -> tuple[tuple[int, bytes], list[tuple[int, bytes]], tuple[int, bytes]]:
+        """MAIL, RCPT and DATA (pipelined where offered), with ``commit`` before any data: their replies."""
+        smtp = self._require()
         with self._translate("MAIL/RCPT"):
             if self.supports_pipelining:
-                batch = "".join(c + "\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA"))
-                smtp.send(batch.encode("utf-8"))
+                smtp.send("".join(c + "\r\n" for c in (mail_cmd, *rcpt_cmds, "DATA")).encode("utf-8"))
                 self._commit(commit)
                 mail_reply = smtp.getreply()
                 rcpt_replies = [smtp.getreply() for _ in rcpt_cmds]
-                data_reply = smtp.getreply()
-            else:
-                mail_reply = smtp.docmd(mail_cmd)
-                rcpt_replies = []
-                data_reply = (503, b"not sent")
-                if mail_reply[0] == 250:
-                    rcpt_replies = [smtp.docmd(c) for c in rcpt_cmds]
-                    if any(c in (250, 251) for c, _ in rcpt_replies):
-                        self._commit(commit)
-                        data_reply = smtp.docmd("DATA")
+                return mail_reply, rcpt_replies, smtp.getreply()
+            mail_reply = smtp.docmd(mail_cmd)
+            if mail_reply[0] != 250:
+                return mail_reply, [], (503, b"not sent")
+            rcpt_replies = [smtp.docmd(c) for c in rcpt_cmds]
+            if not any(c in (250, 251) for c, _ in rcpt_replies):
+                return mail_reply, rcpt_replies, (503, b"not sent")
+            self._commit(commit)
+            return mail_reply, rcpt_replies, smtp.docmd("DATA")
+
+    def _settle_envelope(self, envelope_from: str, recipients: list[str], mail_reply: tuple[int, bytes],
+                         rcpt_replies: list[tuple[int, bytes]], data_reply: tuple[int, bytes]) -> TransactionResult:
+        """Which recipients were taken; raise (after leaving DATA) when the message cannot go out at all."""
+        from .errors import RecipientsRefusedError
+
         if _GARBLED in (mail_reply[0], data_reply[0], *(c for c, _ in rcpt_replies)):
             # Which command the server took is unknown; DATA may even be open. Dropping the connection is
             # the one way out that cannot submit anything, and nothing of the message was sent: retryable.
@@ -427,6 +377,7 @@ class SmtpSession:
                 f"sender <{envelope_from}> refused: {mail_reply[0]} {_text(mail_reply[1])}",
                 code=mail_reply[0], text=_text(mail_reply[1]),
             )
+        result = TransactionResult()
         for rcpt, (code, text) in zip(recipients, rcpt_replies, strict=False):
             if code in (250, 251):
                 result.accepted.append(rcpt)
@@ -447,13 +398,19 @@ class SmtpSession:
             self._abort(data_reply)
             raise ServerResponseError(f"DATA refused: {data_reply[0]} {_text(data_reply[1])}",
                                       code=data_reply[0], text=_text(data_reply[1]))
+        return result
+
+    def _data(self, payload: bytes) -> tuple[int, str]:
+        """The message and its final dot, then the server's verdict. From the dot on, the server may have the
+        whole message: a failure is never reported as safe to retry."""
+        smtp = self._require()
+        trailer = (b"" if payload.endswith(CRLF) else CRLF) + b"." + CRLF
         with self._translate("DATA"):
             if len(payload) < 65536:
                 smtp.send(payload + trailer)
             else:  # no copy of a large message just to append three bytes
                 smtp.send(payload)
                 smtp.send(trailer)
-        # From here on the server may have the whole message: never report this as safe to retry.
         try:
             code, text = smtp.getreply()
         except (OSError, EOFError, smtplib.SMTPServerDisconnected) as exc:
@@ -462,7 +419,6 @@ class SmtpSession:
                 "connection lost after the message data was sent: it may have been delivered",
                 hint="check the recipient's mailbox before sending again; it is not retried automatically",
             ) from exc
-        result.data_reply = (code, _text(text))
         if code == _GARBLED:  # the server answered, but what? It may have queued the message.
             self.close(quit=False)
             raise MayHaveBeenDelivered(
@@ -472,7 +428,7 @@ class SmtpSession:
         if code != 250:
             raise ServerResponseError(f"message refused after DATA: {code} {_text(text)}", code=code,
                                       text=_text(text))
-        return result
+        return code, _text(text)
 
     def login_required_error(self, reply: str) -> AuthenticationError:
         """The error for a refusal that asks for a login (auth.type none, or a login that did not take)."""
@@ -552,14 +508,6 @@ class SmtpSession:
             with contextlib.suppress(OSError):
                 smtp.close()
 
-    def __enter__(self) -> SmtpSession:
-        if not self.connected:
-            self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _wire_payload(data: bytes, *, crlf: bool = False) -> bytes:
     """CRLF line ends and dot-stuffing (RFC 5321 4.5.2); copies the message only when something changes.
@@ -574,13 +522,6 @@ def _wire_payload(data: bytes, *, crlf: bool = False) -> bytes:
     if data.startswith(b".") or b"\n." in data:
         data = _DOT.sub(b"..", data)
     return data
-
-
-def _tls_detail(sock: object) -> str:
-    if isinstance(sock, ssl.SSLSocket):
-        cipher = sock.cipher()
-        return f"{sock.version()} {cipher[0] if cipher else ''}".strip()
-    return ""
 
 
 def needs_login(code: int, text: str) -> bool:

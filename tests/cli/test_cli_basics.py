@@ -193,6 +193,7 @@ def test_exit_code_3_without_a_project_file(tmp_path: Path) -> None:
     res = cli(["test", "good"], tmp_path)
     assert res.returncode == 3
     assert "not found" in res.stderr
+    assert "or name it with --project" in " ".join(res.stderr.split())  # the command line's own advice
 
 
 @pytest.mark.parametrize("args", [["test", "good", "--no-such-option"], ["no-such-command"], ["test"],

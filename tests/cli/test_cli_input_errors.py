@@ -170,8 +170,8 @@ def test_an_attachment_outside_names_the_allowed_directories_and_attachment_dir_
     assert res.returncode == 7, res.stderr  # both failed as messages
     flat = " ".join(res.stderr.split())
     assert f"is outside the directories attachments and templates may be read from ({project.resolve()})" in flat
-    hint = "hint: move the file into one of them, or allow its directory: --attachment-dir DIR on the command " \
-           "line, attachment_dirs: [DIR] on the send-email activity"
+    hint = "hint: move the file into one of them, or allow its directory: attachment_dirs: [DIR] on the " \
+           "send-email activity; or --attachment-dir DIR on the command line"  # the library's words, then the CLI's
     assert flat.count(hint) == 1, res.stderr  # two records, one hint
     assert flat.count("failed record") == 2
     assert count_in(sandbox, "dave", f"att {tok}") == 0

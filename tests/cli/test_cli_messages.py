@@ -25,6 +25,7 @@ from cli_harness.runner import Result, cli as run_cli
 from typer.testing import CliRunner
 
 from mailconnector import secrets as secret_registry
+from mailconnector._context import Context, swap_context
 from mailconnector.cli import _common, app
 from mailconnector.cli._common import MODE, report_failure
 from mailconnector.errors import ConfigError
@@ -136,7 +137,8 @@ def test_log_format_json_makes_the_error_a_json_record(project: Path) -> None:
     assert set(record) >= LOG_FIELDS
     assert record["level"] == "error"
     assert "no operation named 'nope' (defined: " in record["message"]
-    assert record["error"] == {"type": "ConfigError", "message": record["message"], "hint": None, "exit_code": 3}
+    assert record["error"] == {"type": "ConfigError", "message": record["message"], "hint": None, "exit_code": 3,
+                               "source": str(project / "mailconnector.yaml")}
 
 
 def test_log_format_json_records_have_the_fields_of_the_log_records(project: Path) -> None:
@@ -166,10 +168,21 @@ def test_a_failing_json_command_prints_a_json_error_document(project: Path) -> N
     assert res.returncode == 3
     doc = json.loads(res.stdout)
     assert doc["ok"] is False
-    assert set(doc["error"]) == {"type", "message", "hint", "exit_code"}
+    assert set(doc["error"]) == {"type", "message", "hint", "exit_code", "source"}
     assert doc["error"]["type"] == "ConfigError" and doc["error"]["exit_code"] == 3
     assert "no operation named 'nope' (defined: " in doc["error"]["message"]
     assert "error (ConfigError)" in res.stderr  # the words for a person are still on stderr
+
+
+def test_a_json_error_gives_the_line_and_field_apart(tmp_path: Path) -> None:
+    """A script or a console points at the place without parsing the message, which still names it."""
+    (tmp_path / "mailconnector.yaml").write_text("operations:\n  o:\n    source: a\n    target: b\n")
+    res = cli("run", "o", "--json", cwd=tmp_path)
+    assert res.returncode == 3, res.stderr
+    error = json.loads(res.stdout)["error"]
+    assert (error["line"], error["field"], error["source"]) == (3, "operations.o.source",
+                                                                 str(tmp_path / "mailconnector.yaml"))
+    assert error["message"] == f"{tmp_path / 'mailconnector.yaml'}: line 3: operations.o.source: no activity named 'a'"
 
 
 def test_a_json_error_document_of_the_real_script(project: Path) -> None:
@@ -211,7 +224,7 @@ def test_hostile_names_keep_the_json_valid(project: Path) -> None:
 def test_json_errors_never_carry_a_known_secret(capsys: pytest.CaptureFixture[str]) -> None:
     secret = "S3cret-for-the-json-error-test"
     saved_mode = (MODE.json_logs, MODE.json_result)
-    saved_secrets = (set(secret_registry._known), secret_registry._pattern)
+    saved_context = swap_context(Context())
     try:
         secret_registry.register_secret(secret)
         MODE.json_logs = MODE.json_result = True
@@ -221,9 +234,7 @@ def test_json_errors_never_carry_a_known_secret(capsys: pytest.CaptureFixture[st
             report_failure("ConfigError", f"bad value {secret}", f"not {secret}", 3)
     finally:
         MODE.json_logs, MODE.json_result = saved_mode
-        secret_registry._known.clear()
-        secret_registry._known.update(saved_secrets[0])
-        secret_registry._pattern = saved_secrets[1]
+        swap_context(saved_context)
     out, err = capsys.readouterr()
     assert out.count('"ok": false') == 2 and err.count("bad value") == 2 + 1 + 1  # JSON: message and error
     assert secret not in out + err

@@ -1,5 +1,6 @@
 """The program's entry point run in this process as a fresh run would see it: its own cwd, environment, streams,
-logging set-up and an empty secret registry (so redaction by value knows only what the run itself resolved)."""
+logging set-up and a fresh process context (so redaction by value knows only what the run itself resolved, and
+no TLS context, token provider or token store is left over from another run)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailconnector import secrets as secret_registry
+from mailconnector._context import Context, swap_context
 from mailconnector.cli import main
 
 __all__ = ["Result", "cli"]
@@ -37,11 +38,9 @@ def cli(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, *,
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     loggers = [logging.getLogger(n) for n in _LOGGERS]
     saved_logging = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in loggers]
-    saved_secrets = (set(secret_registry._known), secret_registry._pattern)
+    saved_context = swap_context(Context())  # a fresh process knows no secret until it resolves one
     os.environ.pop("MAILCONNECTOR_PROJECT", None)
     os.environ.update({"COLUMNS": str(columns), **(env or {})})
-    secret_registry._known.clear()  # a fresh process knows no secret until it resolves one
-    secret_registry._pattern = None
     code = 0
     try:
         os.chdir(cwd)
@@ -58,7 +57,5 @@ def cli(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None, *,
             lg.setLevel(level)
             lg.propagate = propagate
             lg.handlers[:] = handlers
-        secret_registry._known.clear()
-        secret_registry._known.update(saved_secrets[0])
-        secret_registry._pattern = saved_secrets[1]
+        swap_context(saved_context)
     return Result(code, out.getvalue(), err.getvalue())

@@ -37,6 +37,7 @@ from doc_examples import PYTHON, ROOT, SHELL, YAML, Block, DocError, blocks_of, 
 from markdown_it import MarkdownIt
 
 from mailconnector import ConfigError, Project
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.sandbox import Sandbox
 
 SECTIONS = frozenset({"connections", "activities", "operations", "settings"})
@@ -489,7 +490,7 @@ def test_project_load_refuses_a_bad_str_path_with_words(bad: str, tmp_path: Path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as caught:
         Project.load(bad)
-    assert caught.value.exit_code == 3
+    assert exit_code_for(caught.value) == 3
 
 
 def test_validate_all_checks_the_settings(tmp_path: Path) -> None:

@@ -13,14 +13,14 @@ import socket
 import ssl
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mailconnector import _net
+from mailconnector._context import context
+from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
 from mailconnector.diagnostics import run_test
 from mailconnector.errors import (
@@ -80,9 +80,9 @@ def mc_caplog(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.fixture
-def fresh_tls_contexts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fresh_tls_contexts() -> Iterator[None]:
     """TLS contexts are cached per settings; the verify-off warning is logged when one is built."""
-    monkeypatch.setattr(_net, "_contexts", OrderedDict())
+    context().tls_contexts.clear()
     yield
 
 
@@ -104,7 +104,7 @@ def test_smtp_security_mode_connects_logs_in_and_passes_the_test(sandbox: Sandbo
 
     report = run_test(conn)
     assert report.ok, [s.to_dict() for s in report.steps]
-    assert report.exit_code == 0
+    assert exit_code_of_test(report) == 0
     names = [s.name for s in report.steps]
     expected = ["DNS", "TCP connect", "greeting", "EHLO extensions", "authentication", "sender accepted"]
     if security == "ssl":
@@ -153,7 +153,7 @@ def test_wrong_password_smtp(sandbox: Sandbox) -> None:
     conn = smtp_conn(sandbox, "submission", "starttls", password="not-the-password-42")
     with pytest.raises(AuthenticationError) as ei:
         SmtpSession(conn).connect()
-    assert ei.value.exit_code == 4
+    assert exit_code_for(ei.value) == 4
     assert not ei.value.retryable
     assert "not-the-password-42" not in str(ei.value)
     assert "alice@example.test" in str(ei.value)
@@ -164,7 +164,7 @@ def test_wrong_password_imap(sandbox: Sandbox) -> None:
     conn = imap_conn(sandbox, "imaps", "ssl", password="not-the-password-42")
     with pytest.raises(AuthenticationError) as ei:
         ImapSession(conn).connect()
-    assert ei.value.exit_code == 4
+    assert exit_code_for(ei.value) == 4
     assert "not-the-password-42" not in str(ei.value)
     assert ei.value.hint
 
@@ -183,14 +183,14 @@ def test_tls_spoken_to_a_plain_port(sandbox: Sandbox, proto: str) -> None:
         session.connect()
     assert time.monotonic() - t0 < 3
     assert "starttls" in (ei.value.hint or "")
-    assert ei.value.exit_code == 5
+    assert exit_code_for(ei.value) == 5
 
     report = run_test(conn)
     step = report.first_failure()
     assert step is not None
     assert step.name == "TLS handshake and certificate"
     assert "starttls" in (step.hint or "")
-    assert report.exit_code == 5
+    assert exit_code_of_test(report) == 5
 
 
 @pytest.mark.parametrize(("proto", "security"), [("smtp", "none"), ("imap", "none")])
@@ -209,7 +209,7 @@ def test_plain_spoken_to_a_tls_port(sandbox: Sandbox, proto: str, security: str)
         session.connect()
     elapsed = time.monotonic() - t0
     assert elapsed < 6, elapsed
-    assert ei.value.exit_code == 5
+    assert exit_code_for(ei.value) == 5
     assert isinstance(ei.value, TLSSecurityError), ei.value.to_dict()
     assert "implicit TLS" in ei.value.message
     assert "security: ssl" in (ei.value.hint or "")
@@ -232,7 +232,7 @@ def test_plain_spoken_to_a_tls_port_in_the_test(sandbox: Sandbox, proto: str) ->
     assert step is not None and step.name == "greeting", [s.to_dict() for s in report.steps]
     assert step.error_type == "TLSSecurityError"
     assert "implicit TLS" in (step.error or "") and "security: ssl" in (step.hint or "")
-    assert report.exit_code == 5
+    assert exit_code_of_test(report) == 5
     statuses = {s.name: s.status for s in report.steps}
     assert statuses["TCP connect"] == "passed"
     assert statuses["authentication"] == "skipped"
@@ -385,7 +385,7 @@ def test_nothing_listens_on_the_port(sandbox: Sandbox, proto: str) -> None:
     with pytest.raises(TransportError) as ei:
         session.connect()
     assert time.monotonic() - t0 < timeouts["connect"] + 1
-    assert ei.value.exit_code == 5
+    assert exit_code_for(ei.value) == 5
     assert ei.value.retryable
     assert isinstance(ei.value, ConnectionError)
     assert "refused" in ei.value.message
@@ -395,7 +395,7 @@ def test_nothing_listens_on_the_port(sandbox: Sandbox, proto: str) -> None:
     assert time.monotonic() - t0 < timeouts["connect"] + 1
     failed = report.first_failure()
     assert failed is not None and failed.name == "TCP connect"
-    assert report.exit_code == 5
+    assert exit_code_of_test(report) == 5
     assert steps_of(report, proto)["DNS"].status == "passed"
     assert steps_of(report, proto)["greeting"].status == "skipped"
 
@@ -412,7 +412,7 @@ def test_host_does_not_resolve(sandbox: Sandbox, proto: str) -> None:
     failed = report.first_failure()
     assert failed is not None and failed.name == "DNS"
     assert "does not resolve" in (failed.error or "")
-    assert report.exit_code == 5
+    assert exit_code_of_test(report) == 5
     assert steps_of(report, proto)["TCP connect"].status == "skipped"
 
 
@@ -465,7 +465,7 @@ def test_connect_timeout_bounds_a_connect_that_hangs(sandbox: Sandbox, proto: st
     assert 0.4 < elapsed < timeouts["connect"] + 1, elapsed
     assert isinstance(ei.value, TimeoutError)
     assert "no connection within 0.5 s" in ei.value.message
-    assert ei.value.exit_code == 5
+    assert exit_code_for(ei.value) == 5
     assert ei.value.retryable
 
     if proto == "smtp":  # the Test's TCP probe is the same for both protocols
@@ -494,13 +494,13 @@ def test_another_protocol_on_the_port_is_named_at_once(sandbox: Sandbox, proto: 
     with pytest.raises(ConfigError) as ei:
         session.connect()
     assert time.monotonic() - t0 < 1.5  # no wait, no retry: the greeting said it
-    assert ei.value.exit_code == 3 and not ei.value.retryable
+    assert exit_code_for(ei.value) == 3 and not ei.value.retryable
     assert f"answered as an {answered} server" in ei.value.message
     assert f"this is not an {proto.upper()} port" in ei.value.message
     assert f"{proto}.port" in ei.value.message
     report = run_test(conn)
     failed = report.first_failure()
-    assert failed is not None and failed.name == "greeting" and report.exit_code == 3
+    assert failed is not None and failed.name == "greeting" and exit_code_of_test(report) == 3
 
 
 @pytest.mark.parametrize(("proto", "port_name", "security"), [("smtp", "smtps", "ssl"), ("imap", "imap", "starttls")])

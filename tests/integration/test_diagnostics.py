@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mailconnector.cli._exit_codes import exit_code_of_test
 from mailconnector.connection import Connection
 from mailconnector.diagnostics import TestReport, run_test
 from mailconnector.sandbox import Sandbox
@@ -43,7 +44,7 @@ def free_port() -> int:
 
 def test_a_good_connection_passes_every_step_with_times_and_details(sandbox: Sandbox) -> None:
     report = build(sandbox).test()
-    assert report.ok and report.exit_code == 0 and report.first_failure() is None
+    assert report.ok and exit_code_of_test(report) == 0 and report.first_failure() is None
     assert [s.name for s in report.steps if s.server == "smtp"] == SMTP_STEPS
     assert [s.name for s in report.steps if s.server == "imap"] == IMAP_STEPS
     # SMTP first, then IMAP.
@@ -79,7 +80,7 @@ def test_report_to_dict_is_json_ready(sandbox: Sandbox) -> None:
     assert statuses == {"passed", "failed", "skipped"}
     for s in back["steps"]:
         assert {"server", "name", "status", "ms", "detail"} <= set(s)
-        assert "exit_code" not in s
+        assert "exit_code" not in s and "exception" not in s  # the exception object stays in the report
     failed = [s for s in back["steps"] if s["status"] == "failed"]
     assert all({"error", "error_type", "hint"} <= set(s) for s in failed)
     assert "wrong-password-xyz" not in text
@@ -88,7 +89,7 @@ def test_report_to_dict_is_json_ready(sandbox: Sandbox) -> None:
 def test_wrong_password_fails_at_authentication_and_skips_the_rest(sandbox: Sandbox) -> None:
     report = build(sandbox, password="not-the-password-42").test()
     assert not report.ok
-    assert report.exit_code == 4
+    assert exit_code_of_test(report) == 4
     for server, later in (("smtp", "sender accepted"), ("imap", "folder can be selected")):
         steps = by_name(report, server)
         auth = steps["authentication"]
@@ -110,7 +111,7 @@ def test_one_server_failing_does_not_stop_the_other(sandbox: Sandbox) -> None:
     assert "nothing listens" in (smtp["TCP connect"].error or "")
     assert all(smtp[n].status == "skipped" for n in SMTP_STEPS[2:])
     assert all(imap[n].status == "passed" for n in IMAP_STEPS)
-    assert report.exit_code == 5
+    assert exit_code_of_test(report) == 5
 
 
 def test_dns_failure_is_said_in_words(sandbox: Sandbox) -> None:
@@ -139,7 +140,7 @@ def test_a_folder_that_does_not_exist(sandbox: Sandbox) -> None:
     assert failed is not None and failed.name == "folder can be selected"
     assert "No-Such-Folder" in (failed.error or "")
     assert "mailconnector folders" in (failed.hint or "")
-    assert report.exit_code == 3
+    assert exit_code_of_test(report) == 3
 
 
 def test_another_folder_can_be_selected(sandbox: Sandbox) -> None:
@@ -155,7 +156,7 @@ def test_a_refused_sender_fails_the_last_smtp_step(sandbox: Sandbox) -> None:
     assert failed is not None and failed.name == "sender accepted", [s.to_dict() for s in report.steps]
     assert failed.error_type == "SenderRefusedError"
     assert "from_address" in (failed.hint or "")
-    assert report.exit_code == 6
+    assert exit_code_of_test(report) == 6
     assert by_name(report, "smtp")["authentication"].status == "passed"
 
 

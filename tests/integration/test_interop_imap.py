@@ -21,6 +21,7 @@ from _mail import append_all, folder_state, make_message, message_id, unseen
 from services.cyrus import CyrusServer
 
 from mailconnector.activities.read import ReadEmail
+from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
 from mailconnector.diagnostics import run_test
 from mailconnector.errors import AuthenticationError, ConfigError
@@ -100,13 +101,13 @@ def test_a_missing_folder_is_a_configuration_error_on_every_server(server: ImapS
     missing = f"no-such-{uuid.uuid4().hex[:6]}"
     with ImapSession(server.connection("alice")) as imap, pytest.raises(ConfigError) as caught:
         imap.select(missing)
-    assert caught.value.exit_code == 3
+    assert exit_code_for(caught.value) == 3
     assert f"folder {missing!r} does not exist" in caught.value.message
     assert "mailconnector folders" in (caught.value.hint or "")
 
     report = run_test(server.connection("alice"), folder=missing)
     failed = report.first_failure()
-    assert failed is not None and failed.name == "folder can be selected" and report.exit_code == 3
+    assert failed is not None and failed.name == "folder can be selected" and exit_code_of_test(report) == 3
 
 
 # ------------------------------------------------------------------------------------------- passwords
@@ -131,7 +132,7 @@ def test_passwords_in_any_script_log_in_over_every_security_mode(server: ImapSer
                                                  "password": password + "x"})
     with pytest.raises(AuthenticationError) as caught:
         ImapSession(wrong).connect()
-    assert caught.value.exit_code == 4 and password not in str(caught.value.to_dict())
+    assert exit_code_for(caught.value) == 4 and password not in str(caught.value.to_dict())
 
 
 def test_a_login_literal_carries_a_utf8_password_where_plain_is_not_offered(server: ImapServer) -> None:

@@ -33,6 +33,7 @@ from mailconnector.auth import token_provider_for
 from mailconnector.auth.oauth2 import forget_providers, jwt_claims, provider_for
 from mailconnector.auth.sasl import xoauth2_string
 from mailconnector.cli import app
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.connection import Connection
 from mailconnector.errors import AuthenticationError, ConfigError, TLSSecurityError, TransportError
 from mailconnector.imap import ImapSession
@@ -389,7 +390,7 @@ def test_microsoft_errors_are_explained(idp: TokenServer, oauth_conn: Callable[.
         token_provider_for(conn).token()
     assert f"AADSTS{code}" in info.value.message and words in info.value.message
     assert info.value.hint and hint_words in info.value.hint
-    assert info.value.exit_code == 4
+    assert exit_code_for(info.value) == 4
 
 
 @pytest.mark.parametrize("proto", ["imap", "smtp"])
@@ -434,7 +435,7 @@ def test_an_unreachable_token_endpoint(idp: TokenServer, oauth_conn: Callable[..
     with pytest.raises(TransportError) as info:
         token_provider_for(conn).token()
     assert "unreachable: connection refused" in info.value.message and f"127.0.0.1:{port}" in info.value.message
-    assert info.value.retryable and info.value.exit_code == 5
+    assert info.value.retryable and exit_code_for(info.value) == 5
     with pytest.raises(TransportError, match="unreachable"):
         imap_login(conn)
 

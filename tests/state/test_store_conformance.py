@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.errors import StateError
 from mailconnector.state import Fence, StateStore, Store
 
@@ -152,7 +153,7 @@ def test_an_expired_lease_is_taken_over_and_fences_out_its_old_holder(open_store
     assert not a.renew_lease(fa, ttl=30) and not a.check_fence(fa) and b.check_fence(fb)
     with pytest.raises(StateError, match="lost the lease on acct/F") as ei:
         a.record_delivered("acct", "F", 1, 2, "<2@x>", "mark_read", fa)
-    assert ei.value.exit_code == 8
+    assert exit_code_for(ei.value) == 8
     for write in (lambda: a.move_checkpoint("acct", "F", 1, 9, fa),
                   lambda: a.actions_done("acct", "F", 1, [1], fa),
                   lambda: a.adopt_delivered("acct", "F", 2, [(5, "<1@x>")], fa)):
@@ -450,4 +451,4 @@ def test_reopening_is_idempotent_and_a_newer_store_is_refused(open_store: Opener
     again._w("INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)")  # type: ignore[attr-defined]
     with pytest.raises(StateError, match="newer release of mailconnector") as ei:
         open_store()
-    assert ei.value.exit_code == 8 and "settings.state" in (ei.value.hint or "")
+    assert exit_code_for(ei.value) == 8 and "settings.state" in (ei.value.hint or "")

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mailconnector._cluster import PostgresServer
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.errors import StateError
 from mailconnector.imap import ImapSession
 from mailconnector.project import Project
@@ -72,7 +73,7 @@ def test_a_store_that_cannot_be_opened_is_a_state_error_without_the_password(
     with pytest.raises(StateError) as ei:
         Store(url)
     text = f"{ei.value.message} {ei.value.hint}"
-    assert ei.value.exit_code == 8
+    assert exit_code_for(ei.value) == 8
     assert "mc-secret" not in text and "not-the-password" not in text
     expected = {"unresolvable-host": "does not resolve", "wrong-password": "password",
                 "missing-database": "CREATE DATABASE", "unknown-scheme": "postgresql://"}[case]
@@ -87,7 +88,7 @@ def test_a_read_only_database_is_refused_when_opened(postgres_server: PostgresSe
     postgres_server.psql(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
     with pytest.raises(StateError) as ei:
         Store(postgres_url)
-    assert ei.value.exit_code == 8 and "read-only" in (ei.value.hint or "")
+    assert exit_code_for(ei.value) == 8 and "read-only" in (ei.value.hint or "")
     postgres_server.psql(f"ALTER DATABASE {database} SET default_transaction_read_only = off")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.connection import PRESETS, Connection
 from mailconnector.errors import ConfigError
 
@@ -27,7 +28,7 @@ def refused(data: dict[str, Any], name: str = "support") -> ConfigError:
     with pytest.raises(ConfigError) as ei:
         Connection.from_dict(data, name=name)
     err = ei.value
-    assert err.exit_code == 3
+    assert exit_code_for(err) == 3
     assert PASSWORD not in str(err) and PASSWORD not in repr(err.to_dict())
     return err
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mailconnector import errors
+from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_kind
 from mailconnector.errors import (
     AuthenticationError,
     ConfigError,
@@ -28,17 +29,27 @@ from mailconnector.errors import (
     (RecipientsRefusedError, 6), (MessageError, 7), (StateError, 8),
 ])
 def test_each_family_has_its_exit_code(cls: type[MailConnectorError], code: int) -> None:
-    assert cls.exit_code == code
+    assert exit_code_for(cls) == code
 
 
 def test_exit_codes_of_the_families_are_distinct() -> None:
     families: list[type[MailConnectorError]] = [ConfigError, AuthenticationError, TransportError,
                                                 ServerResponseError, MessageError, StateError]
-    codes = [f.exit_code for f in families]
+    codes = [exit_code_for(f) for f in families]
     assert codes == [3, 4, 5, 6, 7, 8]
-    assert MailConnectorError.exit_code not in codes
+    assert exit_code_for(MailConnectorError) not in codes
     # 0, 1 and 2 belong to the CLI itself.
     assert not {0, 1, 2} & set(codes)
+
+
+def test_exit_codes_are_the_command_lines_not_the_librarys() -> None:
+    """A worker or the web console gets errors without command-line notions on them."""
+    assert not hasattr(MailConnectorError("x"), "exit_code")
+    from mailconnector.smtp import MayHaveBeenDelivered  # a subclass outside errors.py: its family decides
+
+    assert exit_code_for(MayHaveBeenDelivered("x")) == 5 and exit_code_for(ValueError("x")) == 10
+    assert exit_code_of_kind("LimitError") == 6 and exit_code_of_kind("MayHaveBeenDelivered") == 5
+    assert exit_code_of_kind("NoSuchError") is None
 
 
 def test_every_exported_error_derives_from_the_root() -> None:

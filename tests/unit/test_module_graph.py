@@ -110,9 +110,10 @@ def test_no_import_cycle() -> None:
 
 # The layers, lowest first (docs/design.md draws them): a module may import its own layer and the ones below.
 LAYERS: list[set[str]] = [
-    {"errors", "secrets", "logs", "_backoff", "_validation", "_yaml", "_providers"},  # base
+    {"errors", "secrets", "logs", "_backoff", "_validation", "_yaml", "_providers", "_context"},  # base
     {"connection", "records", "mime", "state"},  # what is configured, sent, read and kept
-    {"_net", "_imap_lib", "_imap_fetch", "_smtp_lib", "_steps", "auth", "smtp", "imap", "diagnostics"},  # protocols
+    {"_net", "_imap_lib", "_imap_fetch", "_smtp_lib", "_session", "_steps", "auth", "smtp", "imap",
+     "diagnostics"},  # protocols
     {"activities", "project"},  # Send Email, Read Email, files; the project file that configures them
     {"operations"},  # source -> transformation -> target
     {"distributed", "console", "cli", "sandbox", "_sandbox_config", "_cluster", "celery", "__init__", "__main__"},

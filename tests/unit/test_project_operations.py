@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mailconnector.cli._exit_codes import exit_code_for
 from mailconnector.errors import ConfigError, StateError
 from mailconnector.operations import MAX_CHAIN_DEPTH, run_operation, watch_operation
 from mailconnector.project import Project, project_schema
@@ -135,7 +136,7 @@ def test_project_file_errors_name_file_line_and_field(tmp_path: Path, label: str
     if field is not None:
         assert f"{field}: " in message, message
     assert words in message, message
-    assert ei.value.exit_code == 3
+    assert exit_code_for(ei.value) == 3
 
 
 def test_the_base_project_is_valid(tmp_path: Path) -> None:
@@ -517,7 +518,7 @@ def test_a_run_refuses_a_folder_another_consumer_holds(tmp_path: Path) -> None:
     assert project.store().acquire_lease(lease, ttl=60, holder="someone-else")
     with pytest.raises(StateError) as ei:
         run_operation(project, "op")  # refused before any connection is made (port 9 would fail)
-    assert ei.value.exit_code == 8
+    assert exit_code_for(ei.value) == 8
     assert f"{lease.split(':', 1)[1]} is being processed by another run" in ei.value.message
     # The library's hint names no command-line option: `read`, a worker and the console get it too.
     assert ei.value.hint == "only one consumer per mailbox folder at a time: wait for that run to finish"

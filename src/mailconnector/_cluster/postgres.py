@@ -34,6 +34,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
+from ._process import ServerProcess, free_port
+
 SUPERUSER = "postgres"
 INSTALL_HINT = "run `./dev setup` (it installs Debian's `postgresql` package) or `apt-get install postgresql`"
 
@@ -63,14 +65,6 @@ def find_bindir() -> Path:
     return Path(found[-1]).parent
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (start() retries with another one if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _identifier(name: str) -> str:
     """Quote a role or database name, accepting only plain lower-case names so nothing needs escaping."""
     if not _IDENTIFIER.fullmatch(name):
@@ -83,19 +77,21 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One PostgreSQL cluster in a temporary directory, listening on 127.0.0.1:``port`` only.
 
     ``start()`` creates the cluster (first time) and starts the server; ``restart()`` stops and starts it
     again on the same port and data, for restart tests; ``stop()`` stops it and removes the directory.
     Layout of ``directory``: ``data/`` (the cluster), ``server.log`` (the server's stderr), and the Unix
-    socket the superuser connects through.
+    socket the superuser connects through. ``pid`` is the postmaster's: SIGINT to it is a fast shutdown (how
+    the sandbox stops one it left running).
     """
 
     def __init__(self, *, startup_timeout: float = 30.0, durable: bool = False, parent: Path | None = None,
                  stop_at_exit: bool = True) -> None:
         """``parent``: where its directory is made (default /tmp); ``stop_at_exit`` False: it outlives this
         process (the sandbox started with --background), stopped later by ``stop_pid``."""
+        super().__init__()
         self.startup_timeout = startup_timeout
         self.parent = parent
         self.stop_at_exit = stop_at_exit
@@ -105,7 +101,6 @@ class PostgresServer:
         self.port: int = 0
         self.directory: Path | None = None
         self._bindir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -117,15 +112,6 @@ class PostgresServer:
     @property
     def log_path(self) -> Path:
         return self._dir / "server.log"
-
-    @property
-    def pid(self) -> int:
-        """The postmaster's: SIGINT to it is a fast shutdown (how the sandbox stops one it left running)."""
-        return self._proc.pid if self._proc is not None else 0
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> PostgresServer:
         """Create a fresh cluster on a free port and start the server (a failed restart() keeps its port and data)."""
@@ -332,15 +318,7 @@ class PostgresServer:
         Signals go to the postmaster only: it puts each child in a session of its own, so a process-group
         signal would not reach them; SIGQUIT makes the postmaster kill them itself.
         """
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig, timeout in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
-            if proc.poll() is not None:
-                return
-            proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
+        self._end_process((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0))
 
     def _stop_at_exit(self) -> None:
         """Last resort if a test run ends without the fixture's teardown (no server outlives the run)."""

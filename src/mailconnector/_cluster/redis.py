@@ -9,7 +9,6 @@ Only the standard library is used.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .postgres import free_port
+from ._process import ServerProcess, free_port
 
 INSTALL_HINT = "run `./dev setup` (it installs Debian's `redis-server` package) or `apt-get install redis-server`"
 
@@ -28,28 +27,20 @@ class RedisNotInstalled(RuntimeError):
     """The server binary is missing: the machine was not set up, which is not a test failure of the code."""
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     def __init__(self, *, parent: Path | None = None, password: str | None = None, persist: bool = False,
                  stop_at_exit: bool = True) -> None:
+        super().__init__()
         self.port = 0
         self.directory: Path | None = None
         self.parent = parent
         self.password = password
         self.persist = persist
         self.stop_at_exit = stop_at_exit
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid if self._proc is not None else 0
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
@@ -104,11 +95,8 @@ class RedisServer:
         return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
 
     def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        """SIGKILL to its process group: it was started in a session of its own."""
+        self._end_process((signal.SIGKILL, 10.0), group=True)
 
     def restart(self) -> None:
         """Down and up again on the same port: its queues are gone (nothing was saved)."""

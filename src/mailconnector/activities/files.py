@@ -43,6 +43,10 @@ log = logging.getLogger("mailconnector.files")
 
 RecordFormat = Literal["json", "jsonl", "csv"]
 _MAX_CSV_FIELD = 64 * 1024 * 1024
+# The csv module has no limit per reader, only this process-wide one (128 KiB by default, too small for a
+# message body in a cell). Set once, here: a larger limit only lets a reader accept a longer cell, and a
+# CSV input is read whole into memory before it is parsed, so no cell can be longer than what is held.
+csv.field_size_limit(_MAX_CSV_FIELD)
 _SUFFIXES: dict[str, RecordFormat] = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 # What a CSV delimiter may be given as, besides a single character (a tab is awkward to type).
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
@@ -260,7 +264,6 @@ def _csv_records(text: str, label: str, delimiter: str | None, fields: Collectio
     header = text.lstrip("\r\n").split("\n", 1)[0].rstrip("\r")
     delim = delimiter or _sniff_delimiter(header)
     as_csv = f"{label} (not JSON, so read as CSV)" if guessed else label
-    csv.field_size_limit(_MAX_CSV_FIELD)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
     try:
         columns = list(reader.fieldnames or [])

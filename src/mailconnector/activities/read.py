@@ -208,8 +208,8 @@ class ReadEmail:
         if target and not self._session.folder_exists(target):  # once per connection, not per message
             if not self.settings.create_missing:
                 raise ConfigError(f"folder {target!r} for after_read does not exist", field="after_read",
-                                  hint=f"create it with `mailconnector folders CONNECTION --create {target}`, or "
-                                       "set create_missing: true on the activity (--create-missing)")
+                                  topic="folder-missing",
+                                  hint="create it on the server, or set create_missing: true on the activity")
             try:
                 made = self._session.ensure_folder(target)
             except ConfigError as exc:  # a name no server should be asked to create

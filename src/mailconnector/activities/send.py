@@ -579,6 +579,7 @@ def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorIn
     return ErrorInfo(
         type=exc.kind, message=message, retryable=exc.retryable,
         code=getattr(exc, "code", None) or None, field=getattr(exc, "field", None), hint=exc.hint,
+        topic=exc.topic,
     )
 
 
@@ -600,8 +601,8 @@ def _finished(done: Iterable[Future[SendResponse]]) -> Iterator[SendResponse]:
 
 _UNCERTAIN = ("an earlier attempt may have delivered this message (the connection was lost, or its sender was "
               "stopped, after the message data was sent), so it is not sent again")
-_UNCERTAIN_HINT = ("check the recipient's mailbox, then record what happened with `mailconnector ledger resolve "
-                   "MESSAGE_ID --sent` or `--not-sent` (the next run sends it)")
+_UNCERTAIN_HINT = ("check the recipient's mailbox, then settle it in the send ledger (ledger resolve, or the "
+                   "console's ledger page): if it did not arrive, the next run sends it")
 
 
 def derive_message_id(seed: str, sender: str) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import secrets
+from .._context import context
 from ..errors import AuthenticationError, ConfigError, MailConnectorError
 from ._base import Grant, TokenSource, _oauth, jwt_claims
 from ._generic import _GenericSource
@@ -152,7 +153,7 @@ class CachingTokenProvider:
             grant = self.source.fetch(None)
         finally:
             self.fetches += 1
-        secrets.register_secret(grant.access_token)
+        secrets.register_secret(grant.access_token, transient=True)
         now = self._clock()
         self._generation += 1
         cached = _Cached(grant.access_token, now, now + grant.expires_in, self._generation)
@@ -163,7 +164,7 @@ class CachingTokenProvider:
                          json.dumps({"access_token": cached.value, "obtained_at": cached.obtained_at}),
                          cached.expires_at)
         if grant.refresh_token and self.source.uses_refresh_token and grant.refresh_token != rotated:
-            secrets.register_secret(grant.refresh_token)
+            secrets.register_secret(grant.refresh_token, transient=True)
             self._rotated_rt = grant.refresh_token
             self._store_call("put_token", self.key + ":rt", grant.refresh_token,
                              now + ROTATED_RT_DAYS * 86400)
@@ -182,7 +183,7 @@ class CachingTokenProvider:
             return None
         if not cached.fresh(now):
             return None
-        secrets.register_secret(cached.value)
+        secrets.register_secret(cached.value, transient=True)
         return cached
 
     def _current_refresh_token(self) -> str | None:
@@ -190,7 +191,7 @@ class CachingTokenProvider:
             row = self._store_call("get_token", self.key + ":rt")
             if row:
                 self._rotated_rt = str(row[0])
-                secrets.register_secret(self._rotated_rt)
+                secrets.register_secret(self._rotated_rt, transient=True)
         return self._rotated_rt
 
     def _forget_refresh_token(self) -> None:
@@ -210,21 +211,17 @@ class CachingTokenProvider:
 
 
 # ------------------------------------------------------------ provider registry
-_providers: dict[str, CachingTokenProvider] = {}
-_registry_lock = threading.Lock()
-_default_store: TokenCache | None = None
+# The providers and the store live in the process's context (``mailconnector._context``), bounded there.
 
 
 def use_store(store: TokenCache | None) -> None:
     """The store that ``provider_for`` uses when it is given none (a project's, set once by the CLI)."""
-    global _default_store
-    _default_store = store
+    context().token_store = store
 
 
 def forget_providers() -> None:
     """Drop every provider and its tokens from memory (tests; a reloaded project)."""
-    with _registry_lock:
-        _providers.clear()
+    context().token_providers.clear()
 
 
 def _sha(value: str | None) -> str | None:
@@ -264,14 +261,12 @@ def provider_for(connection: Connection, *, store: TokenCache | None = None) -> 
     registry_key = hashlib.sha256(json.dumps(
         [key, tls.verify, str(tls.ca_file), str(tls.client_cert), connection.timeouts.connect,
          connection.timeouts.command, o.client_auth, o.token_cache]).encode()).hexdigest()
-    with _registry_lock:
-        provider = _providers.get(registry_key)
-        if provider is None:
-            provider = CachingTokenProvider(key, _source_for(connection))
-            _providers[registry_key] = provider
-        if provider.store is None and o.token_cache:
-            provider.store = store or _default_store
-        return provider
+    ctx = context()
+    provider = ctx.token_providers.get_or_create(
+        registry_key, lambda: CachingTokenProvider(key, _source_for(connection)))
+    if provider.store is None and o.token_cache:
+        provider.store = store or ctx.token_store
+    return provider
 
 
 def _source_for(connection: Connection) -> TokenSource:

@@ -13,8 +13,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from ..errors import MailConnectorError
 from ..secrets import redact
 from ._common import EXIT_CODES_HELP, MODE, guess_mode, print_error, report_failure
+from ._exit_codes import exit_code_for
 
-__all__ = ["app", "main"]
+__all__ = ["app", "exit_code_for", "main"]
 
 # ------------------------------------------------------------------------------------------ plain help
 # typer (0.2x) shows a parameter's Python type in --help: `<bool>` beside every flag, `<list[Path]>`, and
@@ -138,16 +139,19 @@ from . import (  # noqa: E402  (registers commands)
     worker_cmd,
 )
 
-connection_cmds.register(app)
-send_cmd.register(app)
-read_cmd.register(app)
-project_cmds.register(app)
-sandbox_cmd.register(app)
-auth_cmd.register(app)
-ledger_cmd.register(app)
-state_cmd.register(app)
-console_cmd.register(app)
-worker_cmd.register(app)
+# The whole command line in one table, in the order --help lists it: (name, command or group of commands).
+for _name, _command in (
+    ("test", connection_cmds.test_cmd), ("folders", connection_cmds.folders_cmd),
+    ("send", send_cmd.send_cmd), ("read", read_cmd.read_cmd),
+    ("run", project_cmds.run_cmd), ("logs", project_cmds.logs_cmd), ("schema", project_cmds.schema_cmd),
+    ("init", project_cmds.init_cmd),
+    ("sandbox", sandbox_cmd.sandbox_app), ("auth", auth_cmd.auth_app), ("ledger", ledger_cmd.ledger_app),
+    ("state", state_cmd.state_app), ("console", console_cmd.console_cmd), ("worker", worker_cmd.worker_cmd),
+):
+    if isinstance(_command, typer.Typer):
+        app.add_typer(_command, name=_name)
+    else:
+        app.command(_name)(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         app(args=args, prog_name="mailconnector")
     except MailConnectorError as exc:
         print_error(exc)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_for(exc))
     except KeyboardInterrupt:
         report_failure("Interrupted", "interrupted", None, 130, text=["interrupted"])
         sys.exit(130)

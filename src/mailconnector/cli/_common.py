@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -22,6 +22,8 @@ from rich.text import Text
 from ..errors import MailConnectorError
 from ..logs import configure_logging, json_line
 from ..secrets import redact
+from ._advice import advised, advising
+from ._exit_codes import exit_code_for
 
 if TYPE_CHECKING:
     from ..project import Project
@@ -157,10 +159,11 @@ _COMMON: dict[str, tuple[Any, Any]] = {
 }
 
 
-def with_session(*, json: bool = False, verbose: bool = True, log_format: bool = True
-                 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def with_session(*, json: bool = False, verbose: bool = True, log_format: bool = True,
+                 advice: Mapping[str, str] | None = None) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Give a command the common options (--project, --debug, and --json, --verbose-protocol, --log-format as
     asked) and call it with its started :class:`Session` first: written once here, not in every command.
+    ``advice``: what the command adds to the hint of an error of that topic (see ``_advice``).
 
     typer reads the command's parameters from the returned function's signature: the command's own ones
     (without the session), then the common ones.
@@ -177,7 +180,8 @@ def with_session(*, json: bool = False, verbose: bool = True, log_format: bool =
             session = start(common.get("project"), debug=common["debug"],
                             verbose_protocol=common.get("verbose_protocol", False),
                             log_format=common.get("log_format", "text"), json_output=common.get("json_output", False))
-            return command(session, **options)
+            with advising(advice or {}):
+                return command(session, **options)
 
         extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=_COMMON[name][1],
                                    annotation=_COMMON[name][0]) for name in names]
@@ -204,17 +208,19 @@ def print_table(table: Any) -> None:
 
 def print_error(exc: MailConnectorError) -> None:
     """The error a command ended with: see ``report_failure``."""
-    report_failure(exc.kind, exc.message, exc.hint, exc.exit_code)
+    where = {k: v for k in ("source", "line", "field") if (v := getattr(exc, k, None)) is not None}
+    report_failure(exc.kind, exc.message, advised(exc.hint, exc.topic, {}), exit_code_for(exc), where=where)
 
 
 def report_failure(kind: str, message: str, hint: str | None, exit_code: int, *,
-                   text: Sequence[str] | None = None) -> None:
+                   text: Sequence[str] | None = None, where: dict[str, Any] | None = None) -> None:
     """How a run that failed says so. On stderr: the message and its hint (``text``: rich markup lines instead),
     or with --log-format json one JSON line at level error. With --json, also one JSON document on stdout:
     ``{"ok": false, "error": {"type", "message", "hint", "exit_code"}}``, so a script that reads stdout
-    gets an answer whatever happened. Secrets removed from both."""
+    gets an answer whatever happened; ``where`` adds the place of a configuration or record error (``source``,
+    ``line``, ``field``), which the message also names. Secrets removed from both."""
     message, hint = redact(message), redact(hint) if hint else None
-    error: dict[str, Any] = {"type": kind, "message": message, "hint": hint, "exit_code": exit_code}
+    error: dict[str, Any] = {"type": kind, "message": message, "hint": hint, "exit_code": exit_code, **(where or {})}
     if MODE.json_result:
         sys.stdout.write(redact(json.dumps({"ok": False, "error": error}, ensure_ascii=False)) + "\n")
         sys.stdout.flush()

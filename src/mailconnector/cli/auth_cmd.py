@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,19 +19,16 @@ from ..errors import ConfigError, StateError
 from ._common import Session, emit_json, err_console, out_console, with_session
 
 if TYPE_CHECKING:
+    from ..auth.oauth2 import Grant
     from ..connection import Connection
     from ..project import Project
 
-__all__ = ["auth_app", "login_cmd", "register"]
+__all__ = ["auth_app", "login_cmd"]
 
 auth_app = typer.Typer(help="OAuth2 sign-in for connections that use a refresh token.", no_args_is_help=True)
 
 # Stands in for the refresh token while the connection is validated before anyone has signed in.
 _PENDING = "pending-mailconnector-auth-login"
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(auth_app, name="auth")
 
 
 @auth_app.command("login")
@@ -57,39 +54,11 @@ def login_cmd(
 
     Example: mailconnector auth login office
     """
-    # Imported on use, as every command's heavy modules: the other commands start without them.
-    from ..auth.oauth2 import (
-        GOOGLE_AUTHORIZATION_URL,
-        google_authorization_request,
-        google_exchange_code,
-        microsoft_device_login,
-    )
-
     proj = s.project
     conn = _connection_for_login(proj, connection)
     oauth = conn.auth.oauth2
     assert oauth is not None
-    if oauth.provider == "microsoft365":
-        grant = microsoft_device_login(conn, show=lambda text: err_console.print(text, markup=False,
-                                                                                 highlight=False))
-    elif oauth.provider == "google":
-        request = google_authorization_request(conn, authorization_url=authorization_url or GOOGLE_AUTHORIZATION_URL,
-                                               redirect_uri=redirect_uri)
-        err_console.print("Open this address in a browser, sign in as "
-                          f"{conn.auth.username} and allow access:", markup=False, highlight=False)
-        err_console.print(request.url, markup=False, highlight=False, soft_wrap=True)
-        err_console.print("The browser then goes to an address that may not load; that is expected: copy the "
-                          "code from it (or the whole address).", markup=False, highlight=False)
-        # Shown as typed: the code is single-use and worthless without the PKCE verifier kept in this process.
-        answer = typer.prompt("Code or address", err=True)
-        grant = google_exchange_code(conn, request, str(answer))
-    else:
-        raise ConfigError(
-            "auth login knows the sign-in pages of microsoft365 and google only",
-            field=f"connections.{connection}.auth.oauth2.provider",
-            hint="for another identity provider, obtain a refresh token with its own tools and reference it "
-                 "with ${file:...}",
-        )
+    grant = _sign_in(conn, connection, authorization_url=authorization_url, redirect_uri=redirect_uri)
     assert grant.refresh_token is not None
     path = output if output is not None else proj.directory / ".mailconnector" / "secrets" / \
         f"{connection}.refresh_token"
@@ -97,19 +66,60 @@ def login_cmd(
         path = Path.cwd() / path
     _write_private(path, grant.refresh_token)
     reference = "${file:" + _relative_to(path, proj.directory) + "}"
-    result: dict[str, Any] = {"connection": connection, "provider": oauth.provider, "file": str(path),
-                              "reference": reference, "grant": "refresh_token"}
     if s.json:
-        emit_json(result)
+        emit_json({"connection": connection, "provider": oauth.provider, "file": str(path),
+                   "reference": reference, "grant": "refresh_token"})
         return
-    out_console.print(f"Signed in. The refresh token is saved in {path} (mode 0600).", markup=False,
-                      highlight=False)
-    out_console.print(f"In the project file, under connections.{connection}.auth.oauth2, set:", markup=False,
-                      highlight=False)
-    out_console.print("  grant: refresh_token", markup=False, highlight=False)
-    out_console.print(f"  refresh_token: {reference}", markup=False, highlight=False)
-    if oauth.grant != "refresh_token":
-        out_console.print(f"(its grant is {oauth.grant} now)", markup=False, highlight=False)
+    _say_saved(connection, path, reference, grant_now=oauth.grant)
+
+
+def _sign_in(conn: Connection, name: str, *, authorization_url: str | None, redirect_uri: str) -> Grant:
+    """The sign-in flow of the connection's identity provider; another provider has no page to send
+    anyone to, so it is refused with the way round."""
+    # Imported on use, as every command's heavy modules: the other commands start without them.
+    from ..auth.oauth2 import microsoft_device_login
+
+    assert conn.auth.oauth2 is not None
+    provider = conn.auth.oauth2.provider
+    if provider == "microsoft365":
+        return microsoft_device_login(conn, show=lambda text: err_console.print(text, markup=False, highlight=False))
+    if provider == "google":
+        return _google_sign_in(conn, authorization_url=authorization_url, redirect_uri=redirect_uri)
+    raise ConfigError(
+        "auth login knows the sign-in pages of microsoft365 and google only",
+        field=f"connections.{name}.auth.oauth2.provider",
+        hint="for another identity provider, obtain a refresh token with its own tools and reference it "
+             "with ${file:...}",
+    )
+
+
+def _google_sign_in(conn: Connection, *, authorization_url: str | None, redirect_uri: str) -> Grant:
+    """Google's installed-app flow: the person opens the URL, consents, and pastes back the code (the
+    browser is often on another machine, so nothing listens for the redirect)."""
+    from ..auth.oauth2 import GOOGLE_AUTHORIZATION_URL, google_authorization_request, google_exchange_code
+
+    request = google_authorization_request(conn, authorization_url=authorization_url or GOOGLE_AUTHORIZATION_URL,
+                                           redirect_uri=redirect_uri)
+    err_console.print("Open this address in a browser, sign in as "
+                      f"{conn.auth.username} and allow access:", markup=False, highlight=False)
+    err_console.print(request.url, markup=False, highlight=False, soft_wrap=True)
+    err_console.print("The browser then goes to an address that may not load; that is expected: copy the "
+                      "code from it (or the whole address).", markup=False, highlight=False)
+    # Shown as typed: the code is single-use and worthless without the PKCE verifier kept in this process.
+    answer = typer.prompt("Code or address", err=True)
+    return google_exchange_code(conn, request, str(answer))
+
+
+def _say_saved(connection: str, path: Path, reference: str, *, grant_now: str) -> None:
+    """Where the token went and what to write in the project file: the reference, never the token."""
+    lines = [f"Signed in. The refresh token is saved in {path} (mode 0600).",
+             f"In the project file, under connections.{connection}.auth.oauth2, set:",
+             "  grant: refresh_token",
+             f"  refresh_token: {reference}"]
+    if grant_now != "refresh_token":
+        lines.append(f"(its grant is {grant_now} now)")
+    for line in lines:
+        out_console.print(line, markup=False, highlight=False)
 
 
 def _connection_for_login(project: Project, name: str) -> Connection:

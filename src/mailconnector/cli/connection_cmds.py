@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ._common import Session, emit_json, out_console, with_session
+from ._exit_codes import exit_code_of_test
 
 if TYPE_CHECKING:
     from ..imap import ImapSession
 
 _STATUS = {"passed": "[green]passed[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]"}
 
-
-def register(app: typer.Typer) -> None:
-    app.command("test")(test_cmd)
-    app.command("folders")(folders_cmd)
 
 
 @with_session(json=True)
@@ -40,7 +37,7 @@ def test_cmd(
     report = run_test(conn, folder=folder)
     if s.json:
         emit_json(report.to_dict())
-        raise typer.Exit(report.exit_code)
+        raise typer.Exit(exit_code_of_test(report))
     from rich.table import Table
 
     table = Table(title=f"Connection Test: {connection}", title_justify="left")
@@ -58,7 +55,7 @@ def test_cmd(
             out_console.print(f"[yellow]hint[/]: {_esc(failure.hint)}")
     else:
         out_console.print("[green]every step passed[/]")
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(exit_code_of_test(report))
 
 
 @with_session(json=True)

@@ -3,13 +3,15 @@ health) for one project file."""
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 import secrets
 import signal
 import socket
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
 import typer
@@ -17,14 +19,13 @@ import typer
 from ..errors import ConfigError
 from ._common import Session, err_console, with_session
 
-__all__ = ["TOKEN_ENV", "register"]
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+__all__ = ["TOKEN_ENV", "console_cmd"]
 
 TOKEN_ENV = "MAILCONNECTOR_CONSOLE_TOKEN"
 MIN_TOKEN = 16
-
-
-def register(app: typer.Typer) -> None:
-    app.command("console")(console_cmd)
 
 
 @with_session(verbose=False)
@@ -55,6 +56,16 @@ def console_cmd(
       mailconnector console --port 0 --token "$(cat ~/.console-token)"
       MAILCONNECTOR_CONSOLE_TOKEN=... mailconnector console --host 0.0.0.0
     """
+    the_token = _token(host, token, no_token=no_token)
+    app = _create_app(s, the_token)
+    sock = _listen(host, port)
+    _announce(s.project.path, host, sock.getsockname()[1], the_token)
+    _serve(app, sock, debug=s.debug)
+
+
+def _token(host: str, token: str | None, *, no_token: bool) -> str | None:
+    """The token every request must carry (None: none asked for), refusing the choices that would let
+    others use the console: no token or a random printed one off loopback, a token too short to guess."""
     chosen = token if token is not None else os.environ.get(TOKEN_ENV) or None
     loopback = _is_loopback(host)
     if no_token and chosen is not None:
@@ -70,28 +81,41 @@ def console_cmd(
     if chosen is not None and len(chosen) < MIN_TOKEN:
         raise ConfigError(f"the console token is {len(chosen)} characters long; at least {MIN_TOKEN} are needed",
                           hint="e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))'")
-    the_token = None if no_token else chosen or secrets.token_urlsafe(24)
+    return None if no_token else chosen or secrets.token_urlsafe(24)
+
+
+def _create_app(s: Session, token: str | None) -> Starlette:
+    """The console's application, once its optional libraries are known to be there (a missing one is a
+    configuration error with the pip command, not a traceback); the token is kept out of every log line."""
     try:
-        import uvicorn
+        importlib.import_module("uvicorn")  # the server _serve runs: checked before anything is started
 
         from ..console import create_app
     except ImportError as exc:
         raise ConfigError(f"the console's libraries are not installed ({exc.name})",
                           hint="pip install 'mailconnector[console]'") from None
-    if the_token is not None:
+    if token is not None:
         from ..secrets import register_secret
 
-        register_secret(the_token)  # never in a log line or an error
-    app = create_app(s.project.path, token=the_token)  # the project file is read now: unreadable, it fails here
-    sock = _listen(host, port)
-    bound = sock.getsockname()[1]
+        register_secret(token)  # never in a log line or an error
+    return create_app(s.project.path, token=token)  # the project file is read now: unreadable, it fails here
+
+
+def _announce(project_path: Path, host: str, port: int, token: str | None) -> None:
+    """The URL to open, with its token, alone on stdout (for a script to read); where it serves, on stderr."""
     shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound}/" + (f"?token={quote(the_token, safe='')}" if the_token else "")
+    url = f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
     sys.stdout.write(url + "\n")
     sys.stdout.flush()
-    err_console.print(f"console of {s.project.path} at http://{shown}:{bound}/ (Ctrl-C stops it)")
+    err_console.print(f"console of {project_path} at http://{shown}:{port}/ (Ctrl-C stops it)")
+
+
+def _serve(app: Starlette, sock: socket.socket, *, debug: bool) -> None:
+    """Serve on the socket until SIGINT or SIGTERM, which end the command with exit 0."""
+    import uvicorn
+
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            log_level="debug" if s.debug else "warning")
+                            log_level="debug" if debug else "warning")
 
     def stopped(signum: int, frame: object) -> None:
         err_console.print("console stopped")

@@ -11,7 +11,7 @@ import typer
 from ..errors import ConfigError, StateError
 from ._common import Session, emit_json, out_console, with_session
 
-__all__ = ["register"]
+__all__ = ["ledger_app"]
 
 ledger_app = typer.Typer(
     name="ledger", no_args_is_help=True, rich_markup_mode="rich",
@@ -21,9 +21,6 @@ ledger_app = typer.Typer(
 
 STATUSES = ("claimed", "sent", "partial", "uncertain")
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(ledger_app)
 
 
 @ledger_app.command("list")

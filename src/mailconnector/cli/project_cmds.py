@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, LeaseBusyError, StateError
+from ._advice import FOLDER_MISSING
 from ._common import Session, emit_json, err_console, out_console, print_table, progress, with_session
 from ._signals import stop_on_signals
 
@@ -21,14 +22,8 @@ if TYPE_CHECKING:
     from ..project import Project
 
 
-def register(app: typer.Typer) -> None:
-    app.command("run")(run_cmd)
-    app.command("logs")(logs_cmd)
-    app.command("schema")(schema_cmd)
-    app.command("init")(init_cmd)
 
-
-@with_session(json=True)
+@with_session(json=True, advice={"folder-missing": FOLDER_MISSING})
 def run_cmd(
     s: Session,
     operation: Annotated[str, typer.Argument(help="Operation name from the project file.")],

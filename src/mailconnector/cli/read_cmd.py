@@ -7,20 +7,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, BinaryIO, TextIO, cast
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TextIO, cast
 
 import typer
 
 from ..errors import StateError
+from ._advice import FOLDER_MISSING
 from ._common import Session, err_console, progress, with_session
 from ._usage import after_read_option, attachments_option, criteria_option, usage_error
 
+if TYPE_CHECKING:
+    from ..activities.read import ReadEmail, ReadSettings
 
-def register(app: typer.Typer) -> None:
-    app.command("read")(read_cmd)
 
-
-@with_session()
+@with_session(advice={"folder-missing": f"{FOLDER_MISSING}, or run again with --create-missing",
+                      "search-criteria": "`mailconnector read --help` lists the search keys"})
 def read_cmd(
     s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
@@ -72,27 +73,15 @@ def read_cmd(
       mailconnector read sandbox --after-read move:Processed/2026 --create-missing
       mailconnector read sandbox --peek --limit 5
     """
-    from pydantic import ValidationError
-
-    from ..activities.read import ReadEmail, ReadSettings, record_json  # imported on use: keeps the CLI quick to start
+    from ..activities.read import ReadEmail  # imported on use: keeps the CLI quick to start
 
     conn = s.project.connection(connection)
-    directory: Path | None = None
-    mode = attachments
-    if attachments not in ("inline", "none"):
-        directory, mode = Path(attachments), "directory"
-    if peek and (after_read != "mark_read" or create_missing):
-        raise typer.BadParameter("--peek takes no after-read action: leave out --after-read and --create-missing",
-                                 param_hint="--peek")
-    try:
-        settings = ReadSettings.model_validate({
-            "folder": folder, "limit": limit, "attachments": mode, "directory": directory,
-            "criteria": criteria or {}, "include_read": include_read, "include_delivered": include_delivered,
-            "include_raw": include_raw, "max_attachment_bytes": max_attachment_bytes, "batch_size": batch_size,
-            "create_missing": create_missing, "peek": peek, **({} if peek else {"after_read": after_read}),
-        })
-    except ValidationError as exc:  # a value typed on the command line: a usage error
-        raise usage_error(exc, {"directory": "--attachments", "criteria": "--criteria"}) from None
+    directory, mode = _attachment_target(attachments)
+    settings = _settings(
+        folder=folder, limit=limit, attachments=mode, directory=directory, after_read=after_read,
+        create_missing=create_missing, criteria=criteria, include_read=include_read,
+        include_delivered=include_delivered, peek=peek, include_raw=include_raw,
+        max_attachment_bytes=max_attachment_bytes, batch_size=batch_size)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
     target = str(output) if output else "standard output"
@@ -100,42 +89,87 @@ def read_cmd(
         sink: BinaryIO = _open_output(output) if output else _stdout_bytes()
     except OSError as exc:
         raise _output_error(target, exc) from exc
-    count = 0
-    closed = False
     try:
         # Takes the folder's lease, as an operation does: one consumer of a mailbox folder at a time.
         reader = ReadEmail(conn, settings, store=s.project.store(), lease_seconds=s.project.settings.lease_seconds)
-        with reader, progress("reading") as bar:
-            for item in reader:
-                bar.set_total(reader.total)
-                try:
-                    sink.write(record_json(item.record) + b"\n")
-                    sink.flush()  # on its way before the email counts as delivered
-                except BrokenPipeError:
-                    closed = True  # the reader of our output stopped (`| head`): the rest stays unread
-                    break
-                except OSError as exc:
-                    raise _output_error(target, exc) from exc
-                item.ack()
-                count += 1
-                bar.advance()
+        count, closed = _deliver(reader, sink, target)
     finally:
         if output:
             with contextlib.suppress(OSError):  # every acked line was flushed: a failing close loses nothing
                 sink.close()
+    _report(reader, count, closed=closed, folder=folder, output=output, peek=peek)
+
+
+def _attachment_target(attachments: str) -> tuple[Path | None, str]:
+    """--attachments names a mode (inline, none) or a directory: the directory, and the settings' mode."""
+    if attachments in ("inline", "none"):
+        return None, attachments
+    return Path(attachments), "directory"
+
+
+def _settings(*, folder: str, limit: int | None, attachments: str, directory: Path | None, after_read: str,
+              create_missing: bool, criteria: str | None, include_read: bool, include_delivered: bool, peek: bool,
+              include_raw: bool, max_attachment_bytes: int | None, batch_size: int) -> ReadSettings:
+    """The activity's settings from the options; a value they refuse was typed on the command line, so it
+    is a usage error naming the option."""
+    from pydantic import ValidationError
+
+    from ..activities.read import ReadSettings
+
+    if peek and (after_read != "mark_read" or create_missing):
+        raise typer.BadParameter("--peek takes no after-read action: leave out --after-read and --create-missing",
+                                 param_hint="--peek")
+    try:
+        return ReadSettings.model_validate({
+            "folder": folder, "limit": limit, "attachments": attachments, "directory": directory,
+            "criteria": criteria or {}, "include_read": include_read, "include_delivered": include_delivered,
+            "include_raw": include_raw, "max_attachment_bytes": max_attachment_bytes, "batch_size": batch_size,
+            "create_missing": create_missing, "peek": peek, **({} if peek else {"after_read": after_read}),
+        })
+    except ValidationError as exc:
+        raise usage_error(exc, {"directory": "--attachments", "criteria": "--criteria"}) from None
+
+
+def _deliver(reader: ReadEmail, sink: BinaryIO, target: str) -> tuple[int, bool]:
+    """Write each email's line and acknowledge the email only once the line is flushed, so that a stop at
+    any point loses nothing and delivers nothing twice. The count delivered, and whether the reader of
+    the output went away (the rest then stays unread)."""
+    from ..activities.read import record_json
+
+    count = 0
+    with reader, progress("reading") as bar:
+        for item in reader:
+            bar.set_total(reader.total)
+            try:
+                sink.write(record_json(item.record) + b"\n")
+                sink.flush()  # on its way before the email counts as delivered
+            except BrokenPipeError:
+                return count, True  # the reader of our output stopped (`| head`): the rest stays unread
+            except OSError as exc:
+                raise _output_error(target, exc) from exc
+            item.ack()
+            count += 1
+            bar.advance()
+    return count, False
+
+
+def _report(reader: ReadEmail, count: int, *, closed: bool, folder: str, output: Path | None, peek: bool) -> None:
+    """What the run did, on stderr; and the emails an earlier run delivered that matched but were left out,
+    which would otherwise look like an empty folder."""
     if closed:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (nothing more can go to the closed pipe)
         err_console.print(f"{count} email(s) read from {folder}; the output was closed, the rest stays unread")
         return
     err_console.print(f"{count} email(s) read from {folder}" + (f" into {output}" if output else "")
                       + (" (peek: nothing marked, moved or recorded)" if peek else ""))
-    if reader.skipped_delivered:
-        when = ""
-        if reader.last_delivered_at:
-            when = " (the latest on " + time.strftime("%Y-%m-%d %H:%M", time.localtime(reader.last_delivered_at)) + ")"
-        err_console.print(f"[yellow]note[/]: {reader.skipped_delivered} email(s) matching the search were already "
-                          f"delivered by an earlier run{when} and were skipped; --include-delivered reads them "
-                          "again, --peek shows them without any effect")
+    if not reader.skipped_delivered:
+        return
+    when = ""
+    if reader.last_delivered_at:
+        when = " (the latest on " + time.strftime("%Y-%m-%d %H:%M", time.localtime(reader.last_delivered_at)) + ")"
+    err_console.print(f"[yellow]note[/]: {reader.skipped_delivered} email(s) matching the search were already "
+                      f"delivered by an earlier run{when} and were skipped; --include-delivered reads them "
+                      "again, --peek shows them without any effect")
 
 
 def _output_error(target: str, exc: OSError) -> StateError:

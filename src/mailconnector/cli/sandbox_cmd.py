@@ -30,9 +30,6 @@ sandbox_app = typer.Typer(help=(
     "  mailconnector sandbox stop"))
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(sandbox_app, name="sandbox")
-
 
 def _project_target(requested: Path | None) -> Path:
     if requested is not None:

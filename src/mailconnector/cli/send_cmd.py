@@ -14,20 +14,21 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ..errors import MailConnectorError
-
-if TYPE_CHECKING:
-    from ..records.send import SendResponse
+from ._advice import advised
 from ._common import Session, emit_json, err_console, progress, with_session
+from ._exit_codes import exit_code_of_kind
 from ._signals import stop_on_signals
 from ._usage import delimiter_option, encoding_option, format_option, rate_limit_option, usage_error
 
+if TYPE_CHECKING:
+    from ..activities.send import SendEmail, SendSettings
+    from ..records.send import SendResponse
 
-def register(app: typer.Typer) -> None:
-    app.command("send")(send_cmd)
+# What this command adds to a library hint (see _advice): its own option for allowing a directory.
+_ADVICE = {"path-not-allowed": "or --attachment-dir DIR on the command line"}
 
 
-@with_session(json=True)
+@with_session(json=True, advice=_ADVICE)
 def send_cmd(
     s: Session,
     connection: Annotated[str, typer.Argument(help="Connection name from the project file.")],
@@ -107,56 +108,100 @@ def send_cmd(
       mailconnector send sandbox --input invoices.jsonl --attachment-dir /srv/invoices/pdf
       mailconnector send sandbox --to bob@example.test --subject Hi --text "Hello" --save-to-sent
     """
-    # Imported on use: keeps `mailconnector --help` and the other commands quick to start.
-    from pydantic import ValidationError
-
-    from ..activities.files import iter_records, read_input, write_jsonl
-    from ..activities.send import SendEmail, SendSettings
-    from ..records.send import SendDefaults
+    from ..activities.send import SendEmail  # imported on use: keeps `mailconnector --help` quick to start
 
     one = {"to": to, "cc": cc, "bcc": bcc, "subject": subject, "text": text, "html": html, "attach": attach}
-    if input is None and not (to or cc or bcc):
+    _check_sources(input, one, output, json_output=s.json)
+    conn = s.project.connection(connection)
+    settings = _settings(sender if input is not None else None, concurrency=concurrency, rate_limit=rate_limit,
+                         retries=retries, dry_run=dry_run, save_to_sent=save_to_sent, attachment_dir=attachment_dir)
+    records: list[Any] = (_read_records(input, fmt=fmt, encoding=encoding, delimiter=delimiter) if input is not None
+                          else [_record_from_flags(one, sender)])
+    # --attach files were named by the person running the command: allowed wherever they are.
+    activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory,
+                         allow_files=[p.resolve() for p in attach or ()])
+    batch = _batch_key(key, resend=resend, from_input=input is not None)
+    tally = _Tally(len(records), s.json)
+    stopped = _send_all(activity, records, batch, output, tally)
+    code = tally.finish(interrupted=stopped and tally.done < len(records))
+    if code:
+        raise typer.Exit(code)
+
+
+def _check_sources(input: str | None, one: dict[str, Any], output: Path | None, *, json_output: bool) -> None:
+    """Refuse, before anything is read, the ways of asking that contradict themselves: records from
+    nowhere or from two places, and two writers of stdout."""
+    if input is None and not (one["to"] or one["cc"] or one["bcc"]):
         raise typer.BadParameter("give --input FILE (or -), or --to/--cc/--bcc for one message",
                                  param_hint="--input")
     if input is not None and any(one.values()):
         given = ", ".join(f"--{k}" for k, v in one.items() if v)
         raise typer.BadParameter(f"--input cannot be combined with the one-message flags ({given})",
                                  param_hint="--input")
-    if s.json and output is not None and str(output) == "-":
+    if json_output and output is not None and str(output) == "-":
         raise typer.BadParameter("--output - and --json would both write to stdout", param_hint="--output")
-    conn = s.project.connection(connection)
+
+
+def _settings(default_sender: str | None, *, concurrency: int, rate_limit: float | None, retries: int,
+              dry_run: Path | None, save_to_sent: bool, attachment_dir: list[Path] | None) -> SendSettings:
+    """The activity's settings from the options; a value they refuse was typed here, so it is a usage error
+    (exit 2) naming the option, not a configuration error."""
+    from pydantic import ValidationError
+
+    from ..activities.send import SendSettings
+    from ..records.send import SendDefaults
+
     try:
-        defaults = SendDefaults.model_validate({"from": sender}) if sender and input is not None else None
-        settings = SendSettings(concurrency=concurrency, rate_limit=rate_limit, retries=retries, dry_run=dry_run,
-                                defaults=defaults, save_to_sent=save_to_sent,
-                                attachment_dirs=[d.resolve() for d in attachment_dir or ()])
+        defaults = SendDefaults.model_validate({"from": default_sender}) if default_sender else None
+        return SendSettings(concurrency=concurrency, rate_limit=rate_limit, retries=retries, dry_run=dry_run,
+                            defaults=defaults, save_to_sent=save_to_sent,
+                            attachment_dirs=[d.resolve() for d in attachment_dir or ()])
     except ValidationError as exc:
-        raise usage_error(exc, {"attachment_dirs": "--attachment-dir"}) from None  # typed here: usage, exit 2
-    records: list[Any]
-    if input is not None:
-        data, name = read_input(input)
-        records = list(iter_records(data, name=name, fmt=fmt, encoding=encoding,  # type: ignore[arg-type]
-                                    delimiter=delimiter, fields=_record_fields()))
-    else:
-        record: dict[str, Any] = {k: v for k, v in one.items() if v and k != "attach"}
-        if sender:
-            record["from"] = sender
-        if attach:
-            for p in attach:
-                if not p.is_file():  # a path typed on the command line: a usage error
-                    raise typer.BadParameter(f"{p} is not a file", param_hint="'--attach'")
-            record["attachments"] = [{"path": str(p.resolve())} for p in attach]
-        records = [record]
-    # --attach files were named by the person running the command: allowed wherever they are.
-    activity = SendEmail(conn, settings, store=s.project.store(), base_dir=s.project.directory,
-                         allow_files=[p.resolve() for p in attach or ()])
+        raise usage_error(exc, {"attachment_dirs": "--attachment-dir"}) from None
+
+
+def _read_records(input: str, *, fmt: str | None, encoding: str, delimiter: str | None) -> list[Any]:
+    """Every record of the input, read before the first message goes out (so that the count and the
+    progress bar are known, and an unreadable input sends nothing)."""
+    from ..activities.files import iter_records, read_input
+
+    data, name = read_input(input)
+    return list(iter_records(data, name=name, fmt=fmt, encoding=encoding,  # type: ignore[arg-type]
+                             delimiter=delimiter, fields=_record_fields()))
+
+
+def _record_from_flags(one: dict[str, Any], sender: str | None) -> dict[str, Any]:
+    """The one record that --to/--cc/--bcc, --subject, --text, --html and --attach describe."""
+    record: dict[str, Any] = {k: v for k, v in one.items() if v and k != "attach"}
+    if sender:
+        record["from"] = sender
+    attach: list[Path] | None = one["attach"]
+    if attach:
+        for p in attach:
+            if not p.is_file():  # a path typed on the command line: a usage error
+                raise typer.BadParameter(f"{p} is not a file", param_hint="'--attach'")
+        record["attachments"] = [{"path": str(p.resolve())} for p in attach]
+    return record
+
+
+def _batch_key(key: str | None, *, resend: bool, from_input: bool) -> str | None:
+    """The batch key the Message-IDs derive from: --key, a new one for --resend (said, so that an
+    interrupted resend can be finished), "" for an input without either, None (new each time) for one
+    message from flags."""
     if resend and key is not None:
         raise typer.BadParameter("give --key or --resend, not both (--resend makes a new key)", param_hint="--resend")
     if resend:
         key = "resend-" + time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(3)
         err_console.print(f"resending under the new key {key} (to finish it after an interruption: --key {key})")
-    batch = key if key is not None else ("" if input is not None else None)  # one message from flags: new each time
-    tally = _Tally(len(records), s.json)
+    return key if key is not None else ("" if from_input else None)
+
+
+def _send_all(activity: SendEmail, records: list[Any], batch: str | None, output: Path | None,
+              tally: _Tally) -> bool:
+    """Send the records, writing each response to --output before counting it, so that nothing counted
+    is missing from the file; True when a signal stopped the sending."""
+    from ..activities.files import write_jsonl
+
     sink: TextIO | None = None
     if output is not None:
         sink = sys.stdout if str(output) == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
@@ -172,9 +217,7 @@ def send_cmd(
     finally:
         if sink is not None and sink is not sys.stdout:
             sink.close()
-    code = tally.finish(interrupted=stop.is_set() and tally.done < len(records))
-    if code:
-        raise typer.Exit(code)
+    return stop.is_set()
 
 
 class _Tally:
@@ -207,9 +250,10 @@ class _Tally:
         if response.refused:
             refused = "; ".join(f"{r.address} ({r.code} {r.text})" for r in response.refused)
             err_console.print(f"  refused: {_esc(refused)}")
-        if error is not None and error.hint and error.hint not in self.hints:
-            self.hints.add(error.hint)
-            err_console.print(f"[yellow]hint[/]: {_esc(error.hint)}")
+        hint = advised(error.hint, error.topic, _ADVICE) if error is not None else None
+        if hint and hint not in self.hints:
+            self.hints.add(hint)
+            err_console.print(f"[yellow]hint[/]: {_esc(hint)}")
 
     @property
     def done(self) -> int:
@@ -244,7 +288,9 @@ class _Tally:
                                   "the send ledger; to send them again on purpose: --resend, or a new --key")
             if self.counts["uncertain"]:
                 err_console.print(f"[yellow]hint[/]: {self.counts['uncertain']} may have been delivered and will "
-                                  "not be sent again until resolved: mailconnector ledger list --status uncertain")
+                                  "not be sent again until resolved: mailconnector ledger list --status uncertain "
+                                  "lists them, mailconnector ledger resolve MESSAGE_ID --sent (or --not-sent) "
+                                  "settles one")
         if interrupted:
             return 130
         return _exit_code(self.counts, self.failure_kinds)
@@ -264,23 +310,13 @@ def _exit_code(counts: Counter[str], failure_kinds: Counter[str]) -> int:
     if not counts["failed"] and not counts["partial"] and not counts["uncertain"]:
         return 0
     if counts["failed"] == sum(counts.values()):
-        codes = {_EXIT_BY_KIND.get(kind) for kind in failure_kinds}
+        # The root type means "unexpected": it names no family, so it does not pick the exit code.
+        codes = {None if kind == "MailConnectorError" else exit_code_of_kind(kind) for kind in failure_kinds}
         if len(codes) == 1:
             only = codes.pop()
             if only is not None:
                 return only
     return 1
-
-
-def _error_kinds(cls: type[MailConnectorError]) -> dict[str, int]:
-    found = {cls.__name__: cls.exit_code}
-    for sub in cls.__subclasses__():
-        found.update(_error_kinds(sub))
-    return found
-
-
-# Error type names (as in response records) -> exit code; MailConnectorError itself means "unexpected".
-_EXIT_BY_KIND = {k: v for k, v in _error_kinds(MailConnectorError).items() if k != "MailConnectorError"}
 
 
 def _record_fields() -> set[str]:

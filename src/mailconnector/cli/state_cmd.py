@@ -13,16 +13,13 @@ from ._common import Session, emit_json, err_console, out_console, with_session
 if TYPE_CHECKING:
     from ..connection import Connection
 
-__all__ = ["register"]
+__all__ = ["state_app"]
 
 state_app = typer.Typer(
     name="state", no_args_is_help=True, rich_markup_mode="rich",
     help="The read state: for each mailbox folder read, the emails already delivered (never delivered "
     "again, even when kept unread), the checkpoint, and the after-read actions still to apply.")
 
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(state_app)
 
 
 def _account(conn: Connection) -> str:

@@ -8,11 +8,8 @@ import typer
 
 from ._common import Session, err_console, with_session
 
-__all__ = ["register"]
+__all__ = ["worker_cmd"]
 
-
-def register(app: typer.Typer) -> None:
-    app.command("worker")(worker_cmd)
 
 
 @with_session(verbose=False)

@@ -33,10 +33,8 @@ START_WAIT = 60.0  # seconds a caller waits for a run to be in the operation log
 
 def _error(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, MailConnectorError):
-        return {"type": exc.kind, "message": redact(exc.message), "hint": redact(exc.hint) if exc.hint else None,
-                "exit_code": exc.exit_code}
-    return {"type": "UnexpectedError", "message": redact(f"{type(exc).__name__}: {exc}"), "hint": None,
-            "exit_code": 10}
+        return {"type": exc.kind, "message": redact(exc.message), "hint": redact(exc.hint) if exc.hint else None}
+    return {"type": "UnexpectedError", "message": redact(f"{type(exc).__name__}: {exc}"), "hint": None}
 
 
 @dataclass

@@ -51,31 +51,30 @@ def broker_url(project: Project) -> str:
                           source=project.source, field="settings.broker",
                           hint=f"set settings.broker: redis://HOST:6379/0 (or amqp://...) in the project file, "
                           f"or {BROKER_ENV}; see docs/scaling.md")
-    where: dict[str, str | None] = ({"source": None, "field": BROKER_ENV} if from_env
-                                    else {"source": project.source, "field": "settings.broker"})
+    source, field = (None, BROKER_ENV) if from_env else (project.source, "settings.broker")
     try:
         url = resolve_in_url(configured, base_dir=project.directory)
     except SecretReferenceError as exc:
-        raise ConfigError(str(exc), **where) from None
+        raise ConfigError(str(exc), source=source, field=field) from None
     password = _password_of(url)
     if password:  # before any check below can name the URL; as written and percent-decoded
         register_secret(password)
         register_secret(unquote(password))
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise ConfigError("the URL holds a space or a control character", **where,
+        raise ConfigError("the URL holds a space or a control character", source=source, field=field,
                           hint="percent-encode it (a password is best given as ${env:...} or ${file:...})")
     parts = urlsplit(url)
     if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise ConfigError(f"{shown_url(url)!r}: a Redis database is a number",
-                          **where, hint="e.g. redis://127.0.0.1:6379/0")
+                          source=source, field=field, hint="e.g. redis://127.0.0.1:6379/0")
     if parts.scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
-        raise ConfigError(f"{shown_url(url)!r} is not a redis:// or amqp:// URL", **where,
+        raise ConfigError(f"{shown_url(url)!r} is not a redis:// or amqp:// URL", source=source, field=field,
                           hint="for example redis://127.0.0.1:6379/0 or amqp://user:password@host:5672//")
     try:
         parts.port  # noqa: B018  (raises on a port that is not a number in range)
     except ValueError:
-        raise ConfigError(f"{shown_url(url)!r} has a port that is not a number from 1 to 65535", **where,
-                          hint="e.g. redis://127.0.0.1:6379/0") from None
+        raise ConfigError(f"{shown_url(url)!r} has a port that is not a number from 1 to 65535", source=source,
+                          field=field, hint="e.g. redis://127.0.0.1:6379/0") from None
     return url
 
 

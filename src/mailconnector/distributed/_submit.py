@@ -84,7 +84,7 @@ def submit_run(project: Project, name: str, *, chunk_size: int | None = None, ba
     if not isinstance(target, SendActivity):
         raise ConfigError(f"operation {name!r} cannot run distributed: its target {op.target!r} is a file, which "
                           "one process writes", source=project.source,
-                          hint="distributed runs send email; run file targets without --distributed")
+                          hint="distributed runs send email; an operation with a file target runs in one process")
     size = chunk_size or project.settings.chunk_size
     app = app or build_app(project)
     _check_broker(app, broker_url(project))

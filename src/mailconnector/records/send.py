@@ -1,9 +1,10 @@
 """The send request (one email per record), the activity's defaults, and the response record.
 
-Validation here is syntactic and cheap, so a bad record fails before anything is opened: addresses, header
-text (no line breaks or control characters), ids, header names, attachment shape, template syntax. Work
-that needs I/O or the rendered values (reading files, decoding base64, rendering templates) happens in
-:func:`mailconnector.mime.compose.compose`, which also re-checks everything it puts in a header.
+Validation here (the field checks are in ``_send_checks``) is syntactic and cheap, so a bad record fails
+before anything is opened: addresses, header text (no line breaks or control characters), ids, header
+names, attachment shape, template syntax. Work that needs I/O or the rendered values (reading files,
+decoding base64, rendering templates) happens in :func:`mailconnector.mime.compose.compose`, which also
+re-checks everything it puts in a header.
 
 Records often come from CSV, where every cell is a string, so: an empty string means "not given"; an
 address list may be one string separated by commas (or semicolons); ``headers``, ``data``,
@@ -13,10 +14,6 @@ address list may be one string separated by commas (or semicolons); ``headers``,
 
 from __future__ import annotations
 
-import difflib
-import json
-import mimetypes
-import re
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Annotated, Any, Literal, Self
@@ -32,18 +29,35 @@ from pydantic import (
 )
 
 from mailconnector.errors import MailConnectorError, MessageError
-from mailconnector.mime._addresses import (
-    AddressError,
+from mailconnector.records._send_checks import (
+    MAX_FILENAME_CHARS as MAX_FILENAME_CHARS,  # the composer checks the names it writes against it too
+    PRIORITY_HEADERS,
+    FieldProblem,
+    address_items,
+    bare_content_id,
+    blank_to_none,
+    check_address,
+    check_content_type,
+    check_filename,
+    check_header_name,
     check_header_text,
-    forbidden_char,
-    looks_secret,
-    normalize_msg_id,
-    parse_address,
-    parse_msg_id_list,
-    short,
-    split_addresses,
+    check_html_template,
+    check_message_id,
+    check_path,
+    check_ref_id,
+    check_text_template,
+    guess_content_type,
+    header_name,
+    header_value,
+    id_text,
+    json_text,
+    lower_text,
+    none_to_empty_dict,
+    none_to_empty_list,
+    parse_content_type,
+    reference_list,
 )
-from mailconnector.mime._templates import compile_template
+from mailconnector.records._send_errors import Loc, describe, record_label
 
 __all__ = [
     "AttachmentSpec",
@@ -62,274 +76,37 @@ __all__ = [
     "send_response_schema",
 ]
 
-MAX_FILENAME_CHARS = 255
-MAX_HEADER_NAME_CHARS = 100
-
-# Headers the composer writes itself (or that belong to the MTA). Letting a record set them would
-# duplicate or contradict the structure, so they are refused rather than silently dropped.
-RESERVED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "reply-to",
-        "in-reply-to",
-        "references",
-        "return-path",
-    }
-)
-PRIORITY_HEADERS = frozenset({"x-priority", "importance"})
-
-_HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_CONTENT_TYPE_RE = re.compile(rf"({_TOKEN})/({_TOKEN})")
-_PARAM_RE = re.compile(rf'\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})\s*')
-_COMPRESSED = {
-    "gzip": "application/gzip",
-    "bzip2": "application/x-bzip2",
-    "xz": "application/x-xz",
-    "compress": "application/x-compress",
-    "br": "application/x-brotli",
-}
-
-
-class FieldProblem(ValueError):
-    """A ValueError that names a sub-field, raised where pydantic cannot set the location itself."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-# --------------------------------------------------------------------------- field-level validators
-
-
-def _blank_to_none(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
-
-
-def _json_text(value: Any) -> Any:
-    """CSV cells carry objects and lists as JSON text."""
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if text[0] in "[{":
-            try:
-                return json.loads(text)
-            except ValueError as exc:
-                raise ValueError(f"is not valid JSON: {exc}") from None
-    return value
-
-
-def _none_to_empty_list(value: Any) -> Any:
-    value = _json_text(value)
-    return [] if value is None else value
-
-
-def _none_to_empty_dict(value: Any) -> Any:
-    value = _json_text(value)
-    return {} if value is None else value
-
-
-def _address_items(value: Any) -> Any:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        try:
-            return split_addresses(value)
-        except AddressError as exc:
-            raise ValueError(str(exc)) from None
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of addresses or one comma-separated string (got {short(value)})")
-    return value
-
-
-def _check_address(value: str) -> str:
-    try:
-        parse_address(value)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-    return value.strip()
-
-
-def _check_header_text(value: str) -> str:
-    try:
-        return check_header_text(value)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_message_id(value: str) -> str:
-    try:
-        return normalize_msg_id(value, require_at=True)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _check_ref_id(value: str) -> str:
-    try:
-        return normalize_msg_id(value, require_at=False)
-    except AddressError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _references(value: Any) -> Any:
-    value = _blank_to_none(value)
-    if isinstance(value, str):
-        try:
-            return parse_msg_id_list(value)
-        except AddressError as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-def _content_id(value: str) -> str:
-    """Stored without angle brackets; the composer adds them in the header."""
-    return _check_ref_id(value)[1:-1]
-
-
-def _lower(value: Any) -> Any:
-    value = _blank_to_none(value)
-    return value.strip().lower() if isinstance(value, str) else value
-
-
-def _id_text(value: Any) -> Any:
-    value = _blank_to_none(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _check_filename(value: str) -> str:
-    _check_header_text(value)
-    if len(value) > MAX_FILENAME_CHARS:
-        raise ValueError(f"is {len(value)} characters long; at most {MAX_FILENAME_CHARS} are allowed")
-    if "/" in value or "\\" in value:
-        raise ValueError(f"{short(value)} must be a bare file name, without directories")
-    return value
-
-
-def _check_path(value: str) -> str:
-    bad = forbidden_char(value)
-    if bad is not None:
-        raise ValueError(f"{short(value)} contains a control character ({bad})")
-    return value
-
-
-def parse_content_type(value: str) -> tuple[str, str, dict[str, str]]:
-    """``type/subtype; k=v`` -> (maintype, subtype, params), lower-cased; raise ValueError."""
-    _check_header_text(value)
-    head, _, rest = value.partition(";")
-    match = _CONTENT_TYPE_RE.fullmatch(head.strip())
-    if match is None:
-        raise ValueError(f"{short(value)} is not a MIME type like 'application/pdf'")
-    params: dict[str, str] = {}
-    for chunk in filter(str.strip, rest.split(";")):
-        pm = _PARAM_RE.fullmatch(chunk)
-        if pm is None:
-            raise ValueError(f"{short(value)} has a malformed parameter {short(chunk.strip())}")
-        raw = pm.group(2)
-        params[pm.group(1).lower()] = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
-    maintype, subtype = match.group(1).lower(), match.group(2).lower()
-    if maintype == "multipart":
-        raise ValueError(f"{short(value)}: an attachment cannot be multipart/*")
-    return maintype, subtype, params
-
-
-def _check_content_type(value: str) -> str:
-    parse_content_type(value)
-    return value.strip()
-
-
-# One table read at import: guess_type() on it is read-only, so threads composing in parallel share it.
-_MIME_TYPES = mimetypes.MimeTypes()
-
-
-def guess_content_type(name: str | None) -> str:
-    """From the file name's extension; compressed files are the compressed type; else octet-stream."""
-    if name:
-        guessed, encoding = _MIME_TYPES.guess_type(name, strict=False)
-        if encoding is not None:
-            return _COMPRESSED.get(encoding, "application/octet-stream")
-        if guessed is not None:
-            return guessed
-    return "application/octet-stream"
-
-
-def check_header_name(name: str, *, priority: str | None = None) -> str:
-    """Raise ValueError unless ``name`` is a field name a record may add."""
-    if not _HEADER_NAME_RE.fullmatch(name) or len(name) > MAX_HEADER_NAME_CHARS:
-        raise ValueError(
-            f"header name {short(name)} is not valid: use up to {MAX_HEADER_NAME_CHARS} printable ASCII "
-            "characters without spaces or ':'"
-        )
-    lower = name.lower()
-    if lower in RESERVED_HEADERS or lower.startswith("content-"):
-        raise ValueError(f"header {name!r} is set by the composer from the record's own fields; it cannot be "
-                         "given in headers")
-    if priority in ("high", "low") and lower in PRIORITY_HEADERS:
-        raise ValueError(f"header {name!r} conflicts with priority={priority!r}")
-    return name
-
-
-def _header_name(value: str) -> str:
-    return check_header_name(value)
-
-
-def _header_value(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-def _check_text_template(value: str) -> str:
-    compile_template(value, html=False)  # raises TemplateProblem (a ValueError) with the line
-    return value
-
-
-def _check_html_template(value: str) -> str:
-    compile_template(value, html=True)
-    return value
-
 
 # --------------------------------------------------------------------------- annotated types
-# Validators sit on the inner ``str`` so that None skips them; ``_blank_to_none`` runs first.
+# Validators sit on the inner ``str`` so that None skips them; ``blank_to_none`` runs first.
 
-_AddressStr = Annotated[str, AfterValidator(_check_address)]
+_AddressStr = Annotated[str, AfterValidator(check_address)]
 _AddressList = Annotated[
     list[_AddressStr],
-    BeforeValidator(_address_items, json_schema_input_type=list[str] | str | None),
+    BeforeValidator(address_items, json_schema_input_type=list[str] | str | None),
     Field(description="Addresses (`addr`, `Name <addr>`, `\"Last, First\" <addr>`): a list, or one "
                       "string separated by commas."),
 ]
-_HeaderName = Annotated[str, AfterValidator(_header_name)]
-_HeaderValue = Annotated[str, BeforeValidator(_header_value), AfterValidator(_check_header_text)]
-_RefId = Annotated[str, AfterValidator(_check_ref_id)]
-_OptText = Annotated[str | None, BeforeValidator(_blank_to_none)]
-_OptAddress = Annotated[_AddressStr | None, BeforeValidator(_blank_to_none)]
-_OptHeaderText = Annotated[Annotated[str, AfterValidator(_check_header_text)] | None,
-                           BeforeValidator(_blank_to_none)]
-_OptPath = Annotated[Annotated[str, AfterValidator(_check_path)] | None, BeforeValidator(_blank_to_none)]
-_OptFilename = Annotated[Annotated[str, AfterValidator(_check_filename)] | None,
-                         BeforeValidator(_blank_to_none)]
-_OptContentType = Annotated[Annotated[str, AfterValidator(_check_content_type)] | None,
-                            BeforeValidator(_blank_to_none)]
-_OptContentId = Annotated[Annotated[str, AfterValidator(_content_id)] | None, BeforeValidator(_blank_to_none)]
-_OptMessageId = Annotated[Annotated[str, AfterValidator(_check_message_id)] | None,
-                          BeforeValidator(_blank_to_none)]
-_OptRefId = Annotated[_RefId | None, BeforeValidator(_blank_to_none)]
-_OptTextTemplate = Annotated[Annotated[str, AfterValidator(_check_text_template)] | None,
-                             BeforeValidator(_blank_to_none)]
-_OptHtmlTemplate = Annotated[Annotated[str, AfterValidator(_check_html_template)] | None,
-                             BeforeValidator(_blank_to_none)]
+_HeaderName = Annotated[str, AfterValidator(header_name)]
+_HeaderValue = Annotated[str, BeforeValidator(header_value), AfterValidator(check_header_text)]
+_RefId = Annotated[str, AfterValidator(check_ref_id)]
+_OptText = Annotated[str | None, BeforeValidator(blank_to_none)]
+_OptAddress = Annotated[_AddressStr | None, BeforeValidator(blank_to_none)]
+_OptHeaderText = Annotated[Annotated[str, AfterValidator(check_header_text)] | None,
+                           BeforeValidator(blank_to_none)]
+_OptPath = Annotated[Annotated[str, AfterValidator(check_path)] | None, BeforeValidator(blank_to_none)]
+_OptFilename = Annotated[Annotated[str, AfterValidator(check_filename)] | None,
+                         BeforeValidator(blank_to_none)]
+_OptContentType = Annotated[Annotated[str, AfterValidator(check_content_type)] | None,
+                            BeforeValidator(blank_to_none)]
+_OptContentId = Annotated[Annotated[str, AfterValidator(bare_content_id)] | None, BeforeValidator(blank_to_none)]
+_OptMessageId = Annotated[Annotated[str, AfterValidator(check_message_id)] | None,
+                          BeforeValidator(blank_to_none)]
+_OptRefId = Annotated[_RefId | None, BeforeValidator(blank_to_none)]
+_OptTextTemplate = Annotated[Annotated[str, AfterValidator(check_text_template)] | None,
+                             BeforeValidator(blank_to_none)]
+_OptHtmlTemplate = Annotated[Annotated[str, AfterValidator(check_html_template)] | None,
+                             BeforeValidator(blank_to_none)]
 Priority = Literal["high", "normal", "low"]
 
 
@@ -411,19 +188,19 @@ class _MessageFields(_Model):
     subject: _OptHeaderText = Field(default=None, description="Any Unicode; no line breaks.")
     text: _OptText = Field(default=None, description="Plain-text body.")
     html: _OptText = Field(default=None, description="HTML body; with `text` -> multipart/alternative.")
-    attachments: Annotated[list[AttachmentSpec], BeforeValidator(_none_to_empty_list)] = Field(
+    attachments: Annotated[list[AttachmentSpec], BeforeValidator(none_to_empty_list)] = Field(
         default_factory=list)
-    headers: Annotated[dict[_HeaderName, _HeaderValue], BeforeValidator(_none_to_empty_dict)] = Field(
+    headers: Annotated[dict[_HeaderName, _HeaderValue], BeforeValidator(none_to_empty_dict)] = Field(
         default_factory=dict, description="Extra headers, name -> value.")
     in_reply_to: _OptRefId = Field(
         default=None, description="The Message-ID this replies to.")
     references: Annotated[
-        list[_RefId] | None, BeforeValidator(_references, json_schema_input_type=list[str] | str | None)
+        list[_RefId] | None, BeforeValidator(reference_list, json_schema_input_type=list[str] | str | None)
     ] = Field(
         default=None, description="Message-IDs of the thread: a list, or one string separated by spaces.")
-    priority: Annotated[Priority | None, BeforeValidator(_lower)] = None
-    template: Annotated[TemplateSpec | None, BeforeValidator(_json_text)] = None
-    data: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(
+    priority: Annotated[Priority | None, BeforeValidator(lower_text)] = None
+    template: Annotated[TemplateSpec | None, BeforeValidator(json_text)] = None
+    data: Annotated[dict[str, Any], BeforeValidator(none_to_empty_dict)] = Field(
         default_factory=dict, description="Variables for the templates.")
 
     @model_validator(mode="after")
@@ -452,7 +229,7 @@ class SendDefaults(_MessageFields):
 class SendRequest(_MessageFields):
     """One email to send."""
 
-    id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
+    id: Annotated[str | None, BeforeValidator(id_text)] = Field(
         default=None, description="The caller's record id, echoed in the response.")
     message_id: _OptMessageId = Field(
         default=None, description="Generated when absent; the idempotency key of the send ledger.")
@@ -542,6 +319,8 @@ class ErrorInfo(_Model):
     code: int | None = None
     field: str | None = None
     hint: str | None = None
+    topic: str | None = Field(None, description="a stable name for the kind of problem (e.g. path-not-allowed), "
+                              "for programs")
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -550,7 +329,7 @@ class ErrorInfo(_Model):
             field = getattr(exc, "field", None)
             return cls(type=exc.kind, message=exc.message, retryable=exc.retryable,
                        code=code if isinstance(code, int) and code else None,
-                       field=field if isinstance(field, str) else None, hint=exc.hint)
+                       field=field if isinstance(field, str) else None, hint=exc.hint, topic=exc.topic)
         return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, retryable=False)
 
 
@@ -587,54 +366,7 @@ def send_response_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- parsing with good errors
 
 
-def _loc_text(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for item in loc:
-        if isinstance(item, int):
-            out += f"[{item}]"
-        elif item == "[key]":
-            continue
-        else:
-            out += f".{item}" if out else item
-    return out
-
-
-def _record_label(data: Mapping[str, Any], index: int) -> str:
-    rid = data.get("id")
-    if isinstance(rid, str | int) and not isinstance(rid, bool) and str(rid).strip():
-        return f"record {short(str(rid), 40)}"
-    return f"record {index}"
-
-
-def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
-    """(field path, message) for one pydantic error."""
-    loc: tuple[int | str, ...] = tuple(error.get("loc", ()))
-    kind = error.get("type", "")
-    ctx = error.get("ctx") or {}
-    cause = ctx.get("error")
-    if isinstance(cause, FieldProblem) and cause.field:
-        loc = (*loc, cause.field)
-    field = _loc_text(loc)
-    if kind == "extra_forbidden":
-        name = str(loc[-1]) if loc else ""
-        allowed = _allowed_fields(loc[:-1])
-        close = difflib.get_close_matches(name, allowed, n=1)
-        return field, "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
-    if kind == "missing":
-        return field, "is required"
-    secret = looks_secret(field)
-    if isinstance(cause, ValueError):
-        message = str(cause)
-        if secret and isinstance(error.get("input"), str):
-            message = message.replace(short(error["input"]), "the value")
-        return field, message
-    message = str(error.get("msg", "is not valid"))
-    if "input" in error and not secret:
-        message += f" (got {short(error['input'])})"
-    return field, message
-
-
-def _allowed_fields(parent: tuple[int | str, ...]) -> list[str]:
+def _allowed_fields(parent: Loc) -> list[str]:
     model: type[BaseModel] = SendRequest
     names = [p for p in parent if isinstance(p, str)]
     if names and names[0] == "attachments":
@@ -653,8 +385,8 @@ def parse_send_request(data: Mapping[str, Any], *, index: int) -> SendRequest:
     try:
         return SendRequest.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors(include_url=False)]
-        label = _record_label(data, index) if isinstance(data, Mapping) else f"record {index}"
+        problems = [describe(e, _allowed_fields) for e in exc.errors(include_url=False)]
+        label = record_label(data, index) if isinstance(data, Mapping) else f"record {index}"
         text = "; ".join(f"{f}: {m}" if f else m for f, m in problems)
         error = MessageError(f"{label}: {text}")
         error.field = (problems[0][0] or None) if problems else None

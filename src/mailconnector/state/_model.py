@@ -11,23 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-__all__ = [
-    "Checkpoint",
-    "Claim",
-    "Delivered",
-    "Fence",
-    "LeaseInfo",
-    "Leases",
-    "LedgerEntry",
-    "LedgerStatus",
-    "ReadState",
-    "RunLog",
-    "SendLedger",
-    "StateStore",
-    "TokenCache",
-    "account_key",
-    "normalize_folder",
-]
+# No __all__: a private module; the package (state/__init__.py) lists what it offers, once.
 
 # claimed: a sender holds the Message-ID and may be writing its final dot right now.
 LedgerStatus = Literal["claimed", "sent", "partial", "uncertain"]
