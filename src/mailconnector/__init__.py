@@ -3,10 +3,10 @@
 The public API is exactly the names in ``__all__`` (pinned by a test); every module is internal.
 Names are imported on first use, so ``import mailconnector`` and the CLI start quickly.
 
-    from mailconnector import Connection, SendEmail, ReadEmail
+    from mailconnector import Connection, SendEmail, ReadEmail, diagnose
 
     conn = Connection.from_dict({...}, name="support")
-    conn.test()                                        # the step-by-step connection Test
+    diagnose(conn)                                     # the step-by-step connection Test
     for response in SendEmail(conn).send(records): ...
     with ReadEmail(conn, store=Store("state.db")) as reader:
         for item in reader:
@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "TlsSettings": "connection",
     "Timeouts": "connection",
     "TestReport": "diagnostics",
+    "diagnose": "diagnostics",
     # sessions
     "SmtpSession": "smtp",
     "ImapSession": "imap",
@@ -107,7 +108,7 @@ if TYPE_CHECKING:  # the names of _EXPORTS, for type checkers and editors
         Timeouts as Timeouts,
         TlsSettings as TlsSettings,
     )
-    from .diagnostics import TestReport as TestReport
+    from .diagnostics import TestReport as TestReport, diagnose as diagnose
     from .errors import (
         AuthenticationError as AuthenticationError,
         ConfigError as ConfigError,

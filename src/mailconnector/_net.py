@@ -12,8 +12,9 @@ import selectors
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ._context import context
 from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, TransportError
@@ -21,8 +22,8 @@ from .errors import ConfigError, ProtocolTimeoutError, TLSSecurityError, Transpo
 if TYPE_CHECKING:  # annotations only: what lies below the protocols does not import the connection model
     from .connection import Connection, TlsSettings
 
-__all__ = ["NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeting_protocol", "make_ssl_context",
-           "transport_error", "wrong_protocol"]
+__all__ = ["Endpoint", "NoGreeting", "SpeaksTls", "WrongProtocol", "await_greeting", "greeting_protocol",
+           "make_ssl_context", "transport_error", "wrong_protocol"]
 
 log = logging.getLogger("mailconnector.tls")
 _FileId = tuple[str, int, int, int] | None
@@ -161,10 +162,32 @@ def greeting_protocol(first: bytes | str) -> str | None:
     return next((name for name, pattern in _GREETINGS if pattern.search(data.lstrip()[:200])), None)
 
 
-def wrong_protocol(conn: Connection, proto: str, other: str, greeting: bytes | str) -> ConfigError:
+@dataclass(frozen=True)
+class Endpoint:
+    """One server of a connection, as the network's words need it: where it is, how it is secured, how long
+    it is waited for, and which connection it belongs to (the field an error points at)."""
+
+    connection: str
+    protocol: Literal["smtp", "imap"]
+    host: str
+    port: int
+    security: str
+    connect_timeout: float
+    command_timeout: float
+
+    @classmethod
+    def of(cls, conn: Connection, protocol: Literal["smtp", "imap"]) -> Endpoint:
+        server = conn.smtp if protocol == "smtp" else conn.imap
+        if server is None:
+            raise ConfigError(f"this connection has no {protocol} settings",
+                              field=f"connections.{conn.name}.{protocol}")
+        return cls(conn.name, protocol, server.host, server.port, server.security, conn.timeouts.connect,
+                   conn.timeouts.command)
+
+
+def wrong_protocol(server: Endpoint, other: str, greeting: bytes | str) -> ConfigError:
     """The error for a port that answered in another protocol: a wrong port, never worth a retry."""
-    server = conn.smtp if proto == "smtp" else conn.imap
-    assert server is not None
+    proto = server.protocol
     text = greeting.decode("utf-8", "replace") if isinstance(greeting, bytes) else greeting
     shown = f" ({' '.join(text.split())[:80]!r})"
     if other in ("SMTP", "IMAP"):
@@ -174,19 +197,18 @@ def wrong_protocol(conn: Connection, proto: str, other: str, greeting: bytes | s
     return ConfigError(
         f"{proto.upper()} server {server.host}:{server.port} answered as {'a' if other == 'POP3' else 'an'} "
         f"{other} server{shown}: this is not an {proto.upper()} port",
-        field=f"connections.{conn.name}.{proto}.port", hint=hint,
+        field=f"connections.{server.connection}.{proto}.port", hint=hint,
     )
 
 
-def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: str = "",
+def transport_error(exc: BaseException, server: Endpoint, *, phase: str = "",
                     waited: float | None = None) -> TransportError:
-    """Words and a hint for a socket/TLS failure talking to ``proto`` ('smtp' or 'imap') of ``conn``.
+    """Words and a hint for a socket/TLS failure talking to ``server``.
 
     ``waited``: the timeout that fired, when it is not the command timeout (the IMAP greeting is read
     within the connect timeout).
     """
-    server = conn.smtp if proto == "smtp" else conn.imap
-    assert server is not None
+    proto = server.protocol
     where = f"{proto.upper()} server {server.host}:{server.port}"
     during = f" during {phase}" if phase else ""
     if isinstance(exc, SpeaksTls):
@@ -232,12 +254,12 @@ def transport_error(exc: BaseException, conn: Connection, proto: str, *, phase: 
                               f"{'465 ssl, 587 starttls, 25 none' if proto == 'smtp' else '993 ssl, 143 starttls'})")
     if isinstance(exc, TimeoutError | socket.timeout):
         if phase in ("connect", ""):
-            return ProtocolTimeoutError(f"{where}: no connection within {conn.timeouts.connect:g} s",
+            return ProtocolTimeoutError(f"{where}: no connection within {server.connect_timeout:g} s",
                                         hint="a firewall may drop the traffic, or the host is wrong")
         hint = "the server is slow or the connection stalled"
         if phase == "greeting":
             hint = "the server accepted the connection but said nothing: it may be overloaded, or not a mail server"
-        seconds = exc.seconds if isinstance(exc, NoGreeting) else waited or conn.timeouts.command
+        seconds = exc.seconds if isinstance(exc, NoGreeting) else waited or server.command_timeout
         return ProtocolTimeoutError(f"{where}: no answer within {seconds:g} s{during}", hint=hint)
     if isinstance(exc, ConnectionResetError | BrokenPipeError | EOFError):
         hint = "the server closed the connection"

@@ -14,11 +14,11 @@ import ssl
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal, Self
 
-from ._net import transport_error
+from ._net import Endpoint, transport_error
 from ._steps import StepRecorder, step
 from .auth import TokenProvider, oauth_initial_response, refresh_refused_token, token_provider_for
 from .auth.oauth2 import explain_refusal
-from .errors import AuthenticationError, ConfigError, MailConnectorError, TLSSecurityError, TransportError
+from .errors import AuthenticationError, MailConnectorError, TLSSecurityError, TransportError
 
 if TYPE_CHECKING:  # annotations only: the sessions take a Connection, they need not import its module
     from .connection import Connection, ServerSettings
@@ -32,10 +32,9 @@ class Session:
     protocol: Literal["smtp", "imap"]
 
     def __init__(self, connection: Connection, *, token_provider: TokenProvider | None = None) -> None:
+        self.endpoint = Endpoint.of(connection, self.protocol)  # raises when the connection has no such server
         server = connection.smtp if self.protocol == "smtp" else connection.imap
-        if server is None:
-            raise ConfigError(f"this connection has no {self.protocol} settings",
-                              field=f"connections.{connection.name}.{self.protocol}")
+        assert server is not None
         self.connection = connection
         self.server: ServerSettings = server
         self._token_provider = token_provider
@@ -75,7 +74,7 @@ class Session:
         except Exception as exc:
             ours = self._translated(exc, phase)
             if ours is None and isinstance(exc, OSError | EOFError):
-                ours = transport_error(exc, self.connection, self.protocol, phase=phase)
+                ours = transport_error(exc, self.endpoint, phase=phase)
             if ours is None:
                 raise
             raise ours from exc

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,9 +28,6 @@ from pydantic import (
 from . import secrets
 from ._providers import PROVIDERS, Provider, provider_of
 from ._validation import config_error_from_validation
-
-if TYPE_CHECKING:
-    from .diagnostics import TestReport
 
 __all__ = [
     "PRESETS",
@@ -367,12 +364,6 @@ class Connection(_Model):
 
     def serves(self, activity: Literal["send", "read"]) -> bool:
         return self.activities in ("both", activity)
-
-    def test(self) -> TestReport:
-        """Run the connection Test (DNS, TCP, TLS, capabilities, login, folder/sender) on each server."""
-        from .diagnostics import run_test
-
-        return run_test(self)
 
 
 def _port_problem(proto: str, port: int, security: str) -> str | None:

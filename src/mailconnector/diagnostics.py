@@ -11,17 +11,17 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._net import make_ssl_context, transport_error
+from ._net import Endpoint, make_ssl_context, transport_error
 from ._steps import StepRecorder, StepResult
 from .errors import MailConnectorError, ServerResponseError
 
 if TYPE_CHECKING:
-    from .connection import Connection, ServerSettings
+    from .connection import Connection, TlsSettings
     from .smtp import SmtpSession
 
-__all__ = ["TestReport", "run_test"]
+__all__ = ["TestReport", "diagnose"]
 
 _LATER: dict[str, list[str]] = {
     "smtp": ["DNS", "TCP connect", "TLS handshake and certificate", "greeting", "EHLO extensions",
@@ -50,9 +50,10 @@ class TestReport:
         return {"connection": self.connection, "ok": self.ok, "steps": [s.to_dict() for s in self.steps]}
 
 
-def run_test(conn: Connection, *, folder: str = "INBOX",
+def diagnose(conn: Connection, *, folder: str = "INBOX",
              on_step: Callable[[StepResult], None] | None = None) -> TestReport:
-    """``on_step`` sees each step as it starts and as it ends (a web page showing them live)."""
+    """The connection Test: DNS, TCP, TLS, capabilities, login, folder or sender, step by step on each server.
+    ``on_step`` sees each step as it starts and as it ends (a web page showing them live)."""
     report = TestReport(conn.name)
     if conn.auth.type == "oauth2":
         rec = StepRecorder("oauth2", listener=on_step)
@@ -64,7 +65,8 @@ def run_test(conn: Connection, *, folder: str = "INBOX",
                 if conn.serves("send" if proto == "smtp" else "read"):
                     report.steps.append(StepResult(proto, "connect and log in", detail="skipped: no token"))
             return report
-    for proto in ("smtp", "imap"):
+    protocols: tuple[Literal["smtp", "imap"], ...] = ("smtp", "imap")
+    for proto in protocols:
         if not conn.serves("send" if proto == "smtp" else "read"):
             continue
         rec = StepRecorder(proto, listener=on_step)
@@ -101,10 +103,8 @@ def _token_step(conn: Connection, rec: StepRecorder) -> bool:
     return True
 
 
-def _test_server(conn: Connection, proto: str, rec: StepRecorder, folder: str) -> None:
-    server = conn.smtp if proto == "smtp" else conn.imap
-    assert server is not None
-    _probe_network(conn, proto, server, rec)
+def _test_server(conn: Connection, proto: Literal["smtp", "imap"], rec: StepRecorder, folder: str) -> None:
+    _probe_network(Endpoint.of(conn, proto), conn.tls, rec)
     if proto == "smtp":
         from .smtp import SmtpSession
 
@@ -159,30 +159,30 @@ def _relay_step(smtp: SmtpSession, rec: StepRecorder, sender: str, recipient: st
         st.detail = f"RCPT TO:<{recipient}> {code}; RSET, nothing sent"
 
 
-def _probe_network(conn: Connection, proto: str, server: ServerSettings, rec: StepRecorder) -> None:
+def _probe_network(server: Endpoint, tls_settings: TlsSettings, rec: StepRecorder) -> None:
     """DNS, TCP and (implicit) TLS on a probe connection, so each gets its own time and its own words."""
     with rec.step("DNS") as st:
         try:
             infos = socket.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             err = exc if isinstance(exc, socket.gaierror) else socket.gaierror(str(exc))
-            raise transport_error(err, conn, proto) from exc
+            raise transport_error(err, server) from exc
         st.detail = ", ".join(sorted({str(i[4][0]) for i in infos}))
     with rec.step("TCP connect") as st:
         try:
-            sock = socket.create_connection((server.host, server.port), timeout=conn.timeouts.connect)
+            sock = socket.create_connection((server.host, server.port), timeout=server.connect_timeout)
         except OSError as exc:
-            raise transport_error(exc, conn, proto, phase="connect") from exc
+            raise transport_error(exc, server, phase="connect") from exc
         st.detail = f"{sock.getpeername()[0]}:{server.port}"
     try:
         if server.security == "ssl":
             with rec.step("TLS handshake and certificate") as st:
-                ctx = make_ssl_context(conn.tls)
-                sock.settimeout(conn.timeouts.command)
+                ctx = make_ssl_context(tls_settings)
+                sock.settimeout(server.command_timeout)
                 try:
                     tls = ctx.wrap_socket(sock, server_hostname=server.host)
                 except (OSError, ssl.SSLError) as exc:
-                    raise transport_error(exc, conn, proto, phase="TLS handshake") from exc
+                    raise transport_error(exc, server, phase="TLS handshake") from exc
                 sock = tls
                 st.detail = _cert_detail(tls)
     finally:

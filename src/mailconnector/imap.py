@@ -115,19 +115,18 @@ class ImapSession(Session):
                 except TimeoutError as exc:
                     # The constructor opens the TCP connection and reads the greeting: tell the two apart.
                     phase = "connect" if during_tcp_connect(exc) else "greeting"
-                    raise transport_error(exc, self.connection, "imap", phase=phase,
+                    raise transport_error(exc, self.endpoint, phase=phase,
                                           waited=self.connection.timeouts.connect) from exc
                 except WrongProtocol as exc:  # seen on a plain connection before imaplib read a byte
-                    raise wrong_protocol(self.connection, "imap", exc.protocol, exc.greeting) from exc
+                    raise wrong_protocol(self.endpoint, exc.protocol, exc.greeting) from exc
                 except imap_exc.IMAPClientError as exc:
                     # Over TLS, imaplib: "unexpected response: b'220 ...'" (an abort), or the greeting as the error
                     said = unexpected(str(exc))
                     other = greeting_protocol(said)
                     if other is not None and other != "IMAP":
-                        raise wrong_protocol(self.connection, "imap", other, said) from exc
+                        raise wrong_protocol(self.endpoint, other, said) from exc
                     if isinstance(exc, imap_exc.IMAPClientAbortError):
-                        raise transport_error(EOFError(str(exc)), self.connection, "imap",
-                                              phase="greeting") from exc
+                        raise transport_error(EOFError(str(exc)), self.endpoint, phase="greeting") from exc
                     raise
                 st.detail = shorten(_clean(client.welcome))
             self._client = client

@@ -131,20 +131,20 @@ class SmtpSession(Session):
                 except TimeoutError as exc:
                     # connect() covers both the TCP connect and the greeting; tell them apart.
                     phase = "greeting" if smtp.sock is not None or isinstance(exc, NoGreeting) else "connect"
-                    raise transport_error(exc, self.connection, "smtp", phase=phase) from exc
+                    raise transport_error(exc, self.endpoint, phase=phase) from exc
                 except WrongProtocol as exc:
-                    raise wrong_protocol(self.connection, "smtp", exc.protocol, exc.greeting) from exc
+                    raise wrong_protocol(self.endpoint, exc.protocol, exc.greeting) from exc
                 except smtplib.SMTPServerDisconnected as exc:
                     # smtplib turns a timeout or EOF while reading the greeting into this; keep the cause so the
                     # hint can say "this port may expect implicit TLS".
                     ctx_exc = exc.__context__
                     cause = ctx_exc if isinstance(ctx_exc, OSError) else EOFError(str(exc))
-                    raise transport_error(cause, self.connection, "smtp", phase="greeting") from exc
+                    raise transport_error(cause, self.endpoint, phase="greeting") from exc
                 if code == _GARBLED:
                     other = greeting_protocol(msg)  # over TLS: what smtplib kept after the first four characters
                     if other is not None:
                         self.close(quit=False)
-                        raise wrong_protocol(self.connection, "smtp", other, msg)
+                        raise wrong_protocol(self.endpoint, other, msg)
                     raise self._garbled("the greeting")
                 if code != 220:
                     raise ServerResponseError(f"SMTP greeting refused: {code} {_text(msg)}", code=code,

@@ -22,7 +22,7 @@ import pytest
 from mailconnector._context import context
 from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
-from mailconnector.diagnostics import run_test
+from mailconnector.diagnostics import diagnose
 from mailconnector.errors import (
     AuthenticationError,
     ConfigError,
@@ -102,7 +102,7 @@ def test_smtp_security_mode_connects_logs_in_and_passes_the_test(sandbox: Sandbo
         session.close()
     assert not session.connected
 
-    report = run_test(conn)
+    report = diagnose(conn)
     assert report.ok, [s.to_dict() for s in report.steps]
     assert exit_code_of_test(report) == 0
     names = [s.name for s in report.steps]
@@ -127,7 +127,7 @@ def test_imap_security_mode_connects_logs_in_and_passes_the_test(sandbox: Sandbo
         state = imap.select("INBOX", readonly=True)
         assert state.uidvalidity > 0
 
-    report = run_test(conn)
+    report = diagnose(conn)
     assert report.ok, [s.to_dict() for s in report.steps]
     names = [s.name for s in report.steps]
     expected = ["DNS", "TCP connect", "greeting", "capabilities", "authentication", "folder can be selected"]
@@ -140,7 +140,7 @@ def test_imap_security_mode_connects_logs_in_and_passes_the_test(sandbox: Sandbo
 
 
 def test_both_servers_are_tested_for_a_both_connection(sandbox: Sandbox) -> None:
-    report = build(sandbox).test()
+    report = diagnose(build(sandbox))
     assert report.ok
     assert {s.server for s in report.steps} == {"smtp", "imap"}
     data = report.to_dict()
@@ -185,7 +185,7 @@ def test_tls_spoken_to_a_plain_port(sandbox: Sandbox, proto: str) -> None:
     assert "starttls" in (ei.value.hint or "")
     assert exit_code_for(ei.value) == 5
 
-    report = run_test(conn)
+    report = diagnose(conn)
     step = report.first_failure()
     assert step is not None
     assert step.name == "TLS handshake and certificate"
@@ -226,7 +226,7 @@ def test_plain_spoken_to_a_tls_port_in_the_test(sandbox: Sandbox, proto: str) ->
     else:
         conn = imap_conn(sandbox, "imaps", "starttls", timeouts=timeouts)
     t0 = time.monotonic()
-    report = run_test(conn)
+    report = diagnose(conn)
     assert time.monotonic() - t0 < 6
     step = report.first_failure()
     assert step is not None and step.name == "greeting", [s.to_dict() for s in report.steps]
@@ -255,7 +255,7 @@ def test_untrusted_certificate_then_ca_file_then_verify_off(
         session_cls(untrusted).connect()
     assert "tls.ca_file" in (ei.value.hint or "")
     assert not ei.value.retryable
-    report = run_test(untrusted)
+    report = diagnose(untrusted)
     failed = report.first_failure()
     assert failed is not None and "tls.ca_file" in (failed.hint or "")
     assert failed.name in ("TLS handshake and certificate", "STARTTLS offered and TLS certificate")
@@ -270,7 +270,7 @@ def test_untrusted_certificate_then_ca_file_then_verify_off(
     warnings = [r for r in mc_caplog.records if r.levelno == logging.WARNING and "verification" in r.getMessage()]
     assert warnings, [r.getMessage() for r in mc_caplog.records]
     assert "tls.verify: false" in warnings[0].getMessage()
-    assert run_test(unverified).ok
+    assert diagnose(unverified).ok
 
 
 def _name_for_loopback_not_in_certificate() -> str | None:
@@ -313,7 +313,7 @@ def test_certificate_for_another_host_name(sandbox: Sandbox, proto: str, port_na
         session.connect()
     assert "mismatch" in ei.value.message.lower() or "not valid for" in ei.value.message
     assert repr(name) in (ei.value.hint or "")
-    failed = run_test(conn).first_failure()
+    failed = diagnose(conn).first_failure()
     assert failed is not None and failed.error_type == "TLSSecurityError"
     assert repr(name) in (failed.hint or "")
 
@@ -333,7 +333,7 @@ def test_smtp_starttls_required_but_not_offered(sandbox: Sandbox, mc_caplog: pyt
     commands = {line[3:].split()[0].upper() for line in sent if line[3:].strip()}
     assert commands <= {"EHLO", "QUIT"}, sent
 
-    report = run_test(conn)
+    report = diagnose(conn)
     failed = report.first_failure()
     assert failed is not None and failed.name == "STARTTLS offered and TLS certificate"
     assert steps_of(report, "smtp")["authentication"].status == "skipped"
@@ -346,7 +346,7 @@ def test_imap_starttls_required_but_not_offered(sandbox: Sandbox) -> None:
     with pytest.raises(TLSSecurityError) as ei:
         ImapSession(conn).connect()
     assert "does not offer STARTTLS" in ei.value.message
-    failed = run_test(conn).first_failure()
+    failed = diagnose(conn).first_failure()
     assert failed is not None and failed.name == "STARTTLS offered and TLS certificate"
 
 
@@ -358,7 +358,7 @@ def test_imap_plain_login_refused_without_tls(sandbox: Sandbox) -> None:
         ImapSession(conn).connect()
     assert "LOGINDISABLED" in ei.value.message
     assert "TLS" in (ei.value.hint or "") or "starttls" in (ei.value.hint or "")
-    failed = run_test(conn).first_failure()
+    failed = diagnose(conn).first_failure()
     assert failed is not None and failed.name == "authentication"
 
 
@@ -391,7 +391,7 @@ def test_nothing_listens_on_the_port(sandbox: Sandbox, proto: str) -> None:
     assert "refused" in ei.value.message
 
     t0 = time.monotonic()
-    report = run_test(conn)
+    report = diagnose(conn)
     assert time.monotonic() - t0 < timeouts["connect"] + 1
     failed = report.first_failure()
     assert failed is not None and failed.name == "TCP connect"
@@ -408,7 +408,7 @@ def test_host_does_not_resolve(sandbox: Sandbox, proto: str) -> None:
     with pytest.raises(TransportError) as ei:
         session.connect()
     assert "does not resolve" in ei.value.message
-    report = run_test(conn)
+    report = diagnose(conn)
     failed = report.first_failure()
     assert failed is not None and failed.name == "DNS"
     assert "does not resolve" in (failed.error or "")
@@ -470,7 +470,7 @@ def test_connect_timeout_bounds_a_connect_that_hangs(sandbox: Sandbox, proto: st
 
     if proto == "smtp":  # the Test's TCP probe is the same for both protocols
         t0 = time.monotonic()
-        failed = run_test(conn).first_failure()
+        failed = diagnose(conn).first_failure()
         assert time.monotonic() - t0 < timeouts["connect"] + 1
         assert failed is not None and failed.name == "TCP connect"
         assert failed.error_type == "ProtocolTimeoutError"
@@ -498,7 +498,7 @@ def test_another_protocol_on_the_port_is_named_at_once(sandbox: Sandbox, proto: 
     assert f"answered as an {answered} server" in ei.value.message
     assert f"this is not an {proto.upper()} port" in ei.value.message
     assert f"{proto}.port" in ei.value.message
-    report = run_test(conn)
+    report = diagnose(conn)
     failed = report.first_failure()
     assert failed is not None and failed.name == "greeting" and exit_code_of_test(report) == 3
 

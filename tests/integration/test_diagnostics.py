@@ -12,7 +12,7 @@ import pytest
 
 from mailconnector.cli._exit_codes import exit_code_of_test
 from mailconnector.connection import Connection
-from mailconnector.diagnostics import TestReport, run_test
+from mailconnector.diagnostics import TestReport, diagnose
 from mailconnector.sandbox import Sandbox
 
 SMTP_STEPS = ["DNS", "TCP connect", "greeting", "EHLO extensions", "STARTTLS offered and TLS certificate",
@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def test_a_good_connection_passes_every_step_with_times_and_details(sandbox: Sandbox) -> None:
-    report = build(sandbox).test()
+    report = diagnose(build(sandbox))
     assert report.ok and exit_code_of_test(report) == 0 and report.first_failure() is None
     assert [s.name for s in report.steps if s.server == "smtp"] == SMTP_STEPS
     assert [s.name for s in report.steps if s.server == "imap"] == IMAP_STEPS
@@ -71,7 +71,7 @@ def test_a_good_connection_passes_every_step_with_times_and_details(sandbox: San
 
 
 def test_report_to_dict_is_json_ready(sandbox: Sandbox) -> None:
-    data = build(sandbox, password="wrong-password-xyz").test().to_dict()
+    data = diagnose(build(sandbox, password="wrong-password-xyz")).to_dict()
     text = json.dumps(data)
     back = json.loads(text)
     assert back["ok"] is False
@@ -87,7 +87,7 @@ def test_report_to_dict_is_json_ready(sandbox: Sandbox) -> None:
 
 
 def test_wrong_password_fails_at_authentication_and_skips_the_rest(sandbox: Sandbox) -> None:
-    report = build(sandbox, password="not-the-password-42").test()
+    report = diagnose(build(sandbox, password="not-the-password-42"))
     assert not report.ok
     assert exit_code_of_test(report) == 4
     for server, later in (("smtp", "sender accepted"), ("imap", "folder can be selected")):
@@ -104,7 +104,7 @@ def test_wrong_password_fails_at_authentication_and_skips_the_rest(sandbox: Sand
 
 
 def test_one_server_failing_does_not_stop_the_other(sandbox: Sandbox) -> None:
-    report = build(sandbox, smtp={"port": free_port()}).test()
+    report = diagnose(build(sandbox, smtp={"port": free_port()}))
     smtp, imap = by_name(report, "smtp"), by_name(report, "imap")
     assert smtp["TCP connect"].status == "failed"
     assert smtp["TCP connect"].error_type == "TransportError"
@@ -115,7 +115,7 @@ def test_one_server_failing_does_not_stop_the_other(sandbox: Sandbox) -> None:
 
 
 def test_dns_failure_is_said_in_words(sandbox: Sandbox) -> None:
-    report = build(sandbox, imap={"host": "no-such-host.invalid"}, activities="read").test()
+    report = diagnose(build(sandbox, imap={"host": "no-such-host.invalid"}, activities="read"))
     steps = by_name(report, "imap")
     assert steps["DNS"].status == "failed"
     assert "does not resolve" in (steps["DNS"].error or "")
@@ -129,13 +129,13 @@ def test_dns_failure_is_said_in_words(sandbox: Sandbox) -> None:
                                                      ("both", {"smtp", "imap"})])
 def test_only_the_servers_the_connection_serves_are_tested(sandbox: Sandbox, activities: str,
                                                             servers: set[str]) -> None:
-    report = build(sandbox, activities=activities).test()
+    report = diagnose(build(sandbox, activities=activities))
     assert report.ok
     assert {s.server for s in report.steps} == servers
 
 
 def test_a_folder_that_does_not_exist(sandbox: Sandbox) -> None:
-    report = run_test(build(sandbox, activities="read"), folder="No-Such-Folder")
+    report = diagnose(build(sandbox, activities="read"), folder="No-Such-Folder")
     failed = report.first_failure()
     assert failed is not None and failed.name == "folder can be selected"
     assert "No-Such-Folder" in (failed.error or "")
@@ -144,14 +144,14 @@ def test_a_folder_that_does_not_exist(sandbox: Sandbox) -> None:
 
 
 def test_another_folder_can_be_selected(sandbox: Sandbox) -> None:
-    report = run_test(build(sandbox, activities="read"), folder="Sent")
+    report = diagnose(build(sandbox, activities="read"), folder="Sent")
     assert report.ok
     assert by_name(report, "imap")["folder can be selected"].detail.startswith("Sent: ")
 
 
 def test_a_refused_sender_fails_the_last_smtp_step(sandbox: Sandbox) -> None:
     """Postfix refuses a MAIL FROM with bad syntax: the Test says so, and sends nothing."""
-    report = build(sandbox, activities="send", from_address="not an address@@").test()
+    report = diagnose(build(sandbox, activities="send", from_address="not an address@@"))
     failed = report.first_failure()
     assert failed is not None and failed.name == "sender accepted", [s.to_dict() for s in report.steps]
     assert failed.error_type == "SenderRefusedError"
@@ -165,7 +165,7 @@ def test_a_listener_sees_each_step_start_and_end_in_order(sandbox: Sandbox) -> N
     (a failed one with its error), before the next one starts."""
     events: list[tuple[str, str, str]] = []
     conn = build(sandbox, imap={"port": free_port()})  # the IMAP side fails at its TCP connect
-    report = run_test(conn, on_step=lambda st: events.append((st.server, st.name, st.status)))
+    report = diagnose(conn, on_step=lambda st: events.append((st.server, st.name, st.status)))
     ran = [s for s in report.steps if s.status != "skipped"]
     expected = [e for s in ran for e in ((s.server, s.name, "running"), (s.server, s.name, s.status))]
     assert events == expected

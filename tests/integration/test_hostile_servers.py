@@ -22,7 +22,7 @@ from conftest import wait_for
 from mailconnector._net import NoGreeting, await_greeting
 from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
-from mailconnector.diagnostics import run_test
+from mailconnector.diagnostics import diagnose
 from mailconnector.errors import AuthenticationError, ConfigError
 from mailconnector.imap import ImapSession
 from mailconnector.smtp import SmtpSession
@@ -192,7 +192,7 @@ def test_the_relay_step_tells_a_missing_login_from_another_refusal(
 
     server = scripted(b"220 relay ESMTP\r\n", reply)
     conn = smtp_connection(server.port, auth={"type": "none"}, from_address="robot@example.test")
-    report = run_test(conn)
+    report = diagnose(conn)
     failed = report.first_failure()
     assert failed is not None and failed.name == "mail taken without a login"
     assert (failed.error_type, exit_code_of_test(report)) == (error_type, code)
@@ -202,7 +202,7 @@ def test_the_relay_step_is_skipped_without_a_from_address(scripted: Callable[...
     base = ehlo("PLAIN")
     server = scripted(b"220 relay ESMTP\r\n", lambda line: b"250 ok\r\n" if line[:4].upper() in (b"MAIL", b"RSET")
                       else base(line))
-    report = run_test(smtp_connection(server.port, auth={"type": "none"}))
+    report = diagnose(smtp_connection(server.port, auth={"type": "none"}))
     steps = {s.name: s for s in report.steps}
     assert report.ok and "mail taken without a login" not in steps
     assert steps["sender accepted"].detail.endswith("mail without a login not tried: no from_address")

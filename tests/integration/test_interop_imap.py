@@ -23,7 +23,7 @@ from services.cyrus import CyrusServer
 from mailconnector.activities.read import ReadEmail
 from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
-from mailconnector.diagnostics import run_test
+from mailconnector.diagnostics import diagnose
 from mailconnector.errors import AuthenticationError, ConfigError
 from mailconnector.imap import ImapSession
 from mailconnector.mime.compose import compose
@@ -84,7 +84,7 @@ def folder(server: ImapServer) -> Iterator[str]:
 # ---------------------------------------------------------------------------------------------- the Test
 @pytest.mark.parametrize("security", ["ssl", "starttls"])
 def test_the_connection_test_passes(server: ImapServer, security: str) -> None:
-    report = run_test(server.connection("alice", security))
+    report = diagnose(server.connection("alice", security))
     assert report.ok, [s.to_dict() for s in report.steps]
     steps = {s.name: s for s in report.steps}
     assert "offered: " in (steps["authentication"].detail or "")
@@ -105,7 +105,7 @@ def test_a_missing_folder_is_a_configuration_error_on_every_server(server: ImapS
     assert f"folder {missing!r} does not exist" in caught.value.message
     assert "mailconnector folders" in (caught.value.hint or "")
 
-    report = run_test(server.connection("alice"), folder=missing)
+    report = diagnose(server.connection("alice"), folder=missing)
     failed = report.first_failure()
     assert failed is not None and failed.name == "folder can be selected" and exit_code_of_test(report) == 3
 

@@ -24,7 +24,7 @@ from services.smtpd import SmtpServer
 from mailconnector.activities.send import SendEmail
 from mailconnector.cli._exit_codes import exit_code_for, exit_code_of_test
 from mailconnector.connection import Connection
-from mailconnector.diagnostics import run_test
+from mailconnector.diagnostics import diagnose
 from mailconnector.errors import AuthenticationError
 from mailconnector.sandbox import Sandbox
 from mailconnector.smtp import SmtpSession
@@ -126,7 +126,7 @@ def test_the_connection_test_passes(server: SmtpUnderTest, security: str, starte
     if server.name == "aiosmtpd" and security == "ssl":
         server = aiosmtpd(started(security="ssl", users={"hana": "initial"}))
     server.set_password("hana", "initial")
-    report = run_test(server.connection("hana", security))
+    report = diagnose(server.connection("hana", security))
     assert report.ok, [s.to_dict() for s in report.steps]
     steps = {s.name: s for s in report.steps}
     assert "used: PLAIN" in (steps["authentication"].detail or "")
@@ -171,7 +171,7 @@ def test_a_server_that_offers_one_mechanism(started: Callable[..., SmtpServer], 
     smtpd = started(security=security, users={"hana": PASSWORDS[0]}, mechanisms=(mechanism,))
     conn = aiosmtpd(smtpd).connection()
     caplog.set_level(logging.DEBUG, logger="mailconnector.protocol.smtp")
-    report = run_test(conn)
+    report = diagnose(conn)
     wire = caplog.text
     assert "AUTH " + mechanism in wire
     for form in (PASSWORDS[0], base64.b64encode(PASSWORDS[0].encode()).decode(), "p\\xc3\\xa4"):
@@ -195,7 +195,7 @@ def test_a_clear_mechanism_wins_where_offered(started: Callable[..., SmtpServer]
 def test_auth_none_sends_through_an_open_relay(started: Callable[..., SmtpServer]) -> None:
     relay = started(security="none", users=None, auth_required=False)
     conn = aiosmtpd(relay).connection(auth={"type": "none"})
-    report = run_test(conn)
+    report = diagnose(conn)
     assert report.ok, [s.to_dict() for s in report.steps]
     steps = {s.name: s for s in report.steps}
     assert steps["authentication"].detail == "no login (auth.type none); the server offers: none"
@@ -209,7 +209,7 @@ def test_auth_none_where_the_server_requires_a_login(started: Callable[..., Smtp
     """aiosmtpd answers 530 at MAIL; the Test and a send both say a login is needed (exit 4), nothing sent."""
     smtpd = started(security="starttls", users={"hana": "secret"}, auth_required=True)
     conn = aiosmtpd(smtpd).connection(auth={"type": "none"})
-    report = run_test(conn)
+    report = diagnose(conn)
     failed = report.first_failure()
     assert failed is not None and failed.error_type == "AuthenticationError" and exit_code_of_test(report) == 4
     assert "requires a login" in (failed.error or "") and "auth.type basic" in (failed.hint or "")
@@ -222,13 +222,13 @@ def test_auth_none_against_postfix(sandbox: Sandbox) -> None:
     """Its port 25 takes mail for its own domain without a login; its submission port relays nothing."""
     server = postfix(sandbox)
     open_port = server.connection(security="none", auth={"type": "none"})
-    assert run_test(open_port).ok
+    assert diagnose(open_port).ok
     tok = uuid.uuid4().hex
     assert [r.status for r in send(open_port, tok, 1)] == ["sent"]
     assert server.count(f"interop {tok} 0", 1) == 1
 
     submission = server.connection(security="starttls", auth={"type": "none"})
-    report = run_test(submission)
+    report = diagnose(submission)
     failed = report.first_failure()
     assert failed is not None and failed.name == "mail taken without a login" and exit_code_of_test(report) == 4
     assert "554 5.7.1" in (failed.error or "") and "auth.type basic" in (failed.hint or "")

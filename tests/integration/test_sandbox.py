@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mailconnector.connection import Connection
+from mailconnector.diagnostics import diagnose
 from mailconnector.project import Project
 from mailconnector.sandbox import Sandbox
 
@@ -93,7 +94,7 @@ def test_the_sandbox_starts_quickly(own_sandbox: tuple[Sandbox, float]) -> None:
     print(f"\nsandbox start: {elapsed:.2f} s")  # visible with -s
     assert elapsed < START_BUDGET_S
     assert sbx.running()
-    assert Connection.from_dict(sbx.connection_dict("alice"), name="own").test().ok
+    assert diagnose(Connection.from_dict(sbx.connection_dict("alice"), name="own")).ok
 
 
 def test_servers_listen_only_on_loopback(sandbox: Sandbox) -> None:

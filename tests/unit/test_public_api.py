@@ -13,6 +13,7 @@ import mailconnector
 PUBLIC = {
     # connection and the Test
     "Connection", "AuthSettings", "OAuth2Settings", "ServerSettings", "TlsSettings", "Timeouts", "TestReport",
+    "diagnose",
     # sessions
     "SmtpSession", "ImapSession",
     # activities and records

@@ -31,10 +31,10 @@ def test_cmd(
 
     Example: mailconnector test sandbox --json
     """
-    from ..diagnostics import run_test  # imported on use: keeps the CLI quick to start
+    from ..diagnostics import diagnose  # imported on use: keeps the CLI quick to start
 
     conn = s.project.connection(connection)
-    report = run_test(conn, folder=folder)
+    report = diagnose(conn, folder=folder)
     if s.json:
         emit_json(report.to_dict())
         raise typer.Exit(exit_code_of_test(report))

@@ -113,14 +113,14 @@ class Jobs:
             return [j for j in self._jobs.values() if isinstance(j, RunJob) and not j.done.is_set()]
 
     def start_test(self, conn: Connection, folder: str) -> TestJob:
-        from ..diagnostics import run_test
+        from ..diagnostics import diagnose
 
         job = TestJob(secrets.token_hex(8), conn.name, folder)
 
         def work() -> None:
             try:
                 # each step is told of as it starts (running) and again as it ends: kept at its start
-                job.report = run_test(conn, folder=folder,
+                job.report = diagnose(conn, folder=folder,
                                       on_step=lambda st: job.steps.append(st) if st.status == "running" else None)
             except BaseException as exc:  # the page must end, whatever happened
                 job.error = _error(exc)
