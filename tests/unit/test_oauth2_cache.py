@@ -235,7 +235,7 @@ def test_cache_key_is_a_hash_without_secrets() -> None:
     assert key.startswith("oauth2:") and len(key) == len("oauth2:") + 64
     assert "s3cret" not in key and "alice" not in key
     assert cache_key(conn()) == key
-    assert cache_key(conn(client_secret="another")) != key
+    assert cache_key(conn(client_secret="another-client-secret-9f2")) != key
     assert cache_key(conn(scopes=["https://outlook.office365.com/IMAP.AccessAsUser.All"])) != key
     ropc = conn(grant="password", password="pw-one-1234")
     assert cache_key(ropc) != key and cache_key(ropc) != cache_key(conn(grant="password", password="pw-two-1234"))

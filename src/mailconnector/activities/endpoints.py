@@ -1,4 +1,8 @@
-"""Sources and targets as an operation sees them, built from the project file's activities.
+"""Sources and targets as an operation sees them.
+
+Each is built from what it works with (a connection, its settings, the store; or a file's path), so an
+operation can be wired by any program; ``build_source`` and ``build_target`` are the one place that wires
+them from a project file's activities, for the command line, the workers and the console alike.
 
 A source yields ``SourceItem``s (a record as a JSON-ready dict, plus an ``ack`` and a stable ``key``); a
 target takes ``(ticket, record, key)`` triples and yields one ``Outcome`` per ticket once its record is
@@ -21,13 +25,19 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, cast
 
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo
 from ._record_keys import RecordKeys
 from .files import InputContext, RecordFormat, iter_records, open_for_append, read_input, write_jsonl
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+    from ..state import LeaseKeeper, StateStore
+    from .read import ReadSettings
+    from .send import SendSettings
 
 __all__ = [
     "Delivery",
@@ -67,6 +77,15 @@ class SourceItem:
 
 
 class Source(Protocol):
+    @property
+    def lease_name(self) -> str | None:
+        """The lease a run must hold while it reads (a mail folder), or None (a file: nothing to share)."""
+        ...
+
+    def use_lease(self, keeper: LeaseKeeper) -> None:
+        """Fence what the source does (acks, checkpoints, after-read actions) by the run's lease."""
+        ...
+
     def items(self) -> Iterator[SourceItem]: ...
 
     def close(self) -> None: ...
@@ -84,19 +103,22 @@ class Target(Protocol):
 
 # ------------------------------------------------------------------------------------------------ sources
 class ReadEmailSource:
-    def __init__(self, project: Project, name: str, config: ReadActivity) -> None:
+    def __init__(self, name: str, connection: Connection, settings: ReadSettings, store: StateStore) -> None:
         from .read import ReadEmail
 
-        self.settings = project.read_settings(name, config)
-        if self.settings.directory is not None:
-            self.settings.directory.mkdir(parents=True, exist_ok=True)
-        self.connection = project.connection(config.connection)
-        self.reader = ReadEmail(self.connection, self.settings, store=project.store())
+        self.settings = settings
+        if settings.directory is not None:
+            settings.directory.mkdir(parents=True, exist_ok=True)
+        self.connection = connection
+        self.reader = ReadEmail(connection, settings, store=store)
         self.name = name
 
     @property
     def lease_name(self) -> str:
         return self.reader.lease_name
+
+    def use_lease(self, keeper: LeaseKeeper) -> None:
+        self.reader.lease = keeper
 
     def items(self) -> Iterator[SourceItem]:
         where = f"imap:{self.reader.account}/{self.reader.folder}"
@@ -120,14 +142,17 @@ class FileSource:
     """Records of a file (or stdin). A file has no "read" flag: each run reads it whole, so an operation
     with a file source is run once per input (a watch refuses it)."""
 
-    def __init__(self, project: Project, name: str, config: FileActivity) -> None:
+    lease_name = None  # each run reads the file whole: nothing to share
+
+    def __init__(self, name: str, config: FileActivity, path: str, *, where: str = "") -> None:
+        """``path``: resolved (or ``-``); ``where``: where the path is written, for errors about the file."""
         self.config = config
-        self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
+        self.path = path
         self.name = name
-        line = project.doc.line_of(["activities", name, "path"])
-        # Errors about the file name the activity and where its path is written, not a command-line flag.
-        self.context = InputContext(field=None, activity=name,
-                                    where=f"path: in {project.source}" + (f" line {line}" if line else ""))
+        self.context = InputContext(field=None, activity=name, where=where)
+
+    def use_lease(self, keeper: LeaseKeeper) -> None:
+        pass
 
     def items(self) -> Iterator[SourceItem]:
         fmt = self.config.format
@@ -169,13 +194,14 @@ class SendEmailTarget:
     operation and its source item, so that a rerun over the same input (the same file, or an email that was
     delivered but not yet acknowledged when a run died) is found in the send ledger and not sent again."""
 
-    def __init__(self, project: Project, name: str, config: SendActivity, *, operation: str = "",
-                 batch_key: str | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(self, name: str, connection: Connection, settings: SendSettings, store: StateStore, *,
+                 base_dir: Path | None = None, operation: str = "", batch_key: str | None = None,
+                 stop: threading.Event | None = None) -> None:
+        """``base_dir``: where relative attachment and template paths start (the project's directory)."""
         from .send import SendEmail
 
-        send_settings = project.send_settings(name, config)
-        self.connection = project.connection(config.connection)
-        self.activity = SendEmail(self.connection, send_settings, store=project.store(), base_dir=project.directory)
+        self.connection = connection
+        self.activity = SendEmail(connection, settings, store=store, base_dir=base_dir)
         self.name = name
         self.operation = operation
         self.batch_key = batch_key
@@ -223,9 +249,10 @@ class FileTarget:
     flushed to the file; a JSON array is written whole (atomically) at the end of the run, so its records
     are reported taken only then."""
 
-    def __init__(self, project: Project, name: str, config: FileActivity) -> None:
+    def __init__(self, name: str, config: FileActivity, path: str) -> None:
+        """``path``: resolved (or ``-``, stdout)."""
         self.config = config
-        self.path = config.path if config.path == "-" else str(_resolve(project, config.path))
+        self.path = path
         self.name = name
         self.append = config.append
         self._sink: TextIO | None = None
@@ -391,26 +418,37 @@ def _format_of(path: str) -> str:
         suffix, "eml" if path != "-" and (Path(path).is_dir() or not suffix) else "jsonl")
 
 
-def _resolve(project: Project, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else project.directory / p
+def _file_path(project: Project, config: FileActivity) -> str:
+    """A file activity's path, relative ones from the project's directory (``-`` as it is)."""
+    if config.path == "-":
+        return config.path
+    p = Path(config.path).expanduser()
+    return str(p if p.is_absolute() else project.directory / p)
 
 
 def build_source(project: Project, name: str) -> ReadEmailSource | FileSource:
+    """The source of a project's activity: its connection, settings and the project's store, wired."""
     config = project.activity(name)
     if isinstance(config, ReadActivity):
-        return ReadEmailSource(project, name, config)
+        return ReadEmailSource(name, project.connection(config.connection), project.read_settings(name, config),
+                               project.store())
     if isinstance(config, FileActivity):
-        return FileSource(project, name, config)
+        line = project.line_of("activities", name, "path")
+        # Errors about the file name the activity and where its path is written, not a command-line flag.
+        return FileSource(name, config, _file_path(project, config),
+                          where=f"path: in {project.source}" + (f" line {line}" if line else ""))
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a source", source=project.source)
 
 
 def build_target(project: Project, name: str, *, operation: str = "", batch_key: str | None = None,
                  stop: threading.Event | None = None) -> SendEmailTarget | FileTarget:
-    """``batch_key`` and ``stop`` are a Send Email target's (``SendEmail.send``)."""
+    """The target of a project's activity; ``batch_key`` and ``stop`` are a Send Email target's
+    (``SendEmail.send``)."""
     config = project.activity(name)
     if isinstance(config, SendActivity):
-        return SendEmailTarget(project, name, config, operation=operation, batch_key=batch_key, stop=stop)
+        return SendEmailTarget(name, project.connection(config.connection), project.send_settings(name, config),
+                               project.store(), base_dir=project.directory, operation=operation,
+                               batch_key=batch_key, stop=stop)
     if isinstance(config, FileActivity):
-        return FileTarget(project, name, config)
+        return FileTarget(name, config, _file_path(project, config))
     raise ConfigError(f"activity {name!r} ({config.type}) cannot be a target", source=project.source)

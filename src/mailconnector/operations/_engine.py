@@ -7,17 +7,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..activities.endpoints import (
-    Delivery,
-    FileSource,
-    FileTarget,
-    ReadEmailSource,
-    SourceItem,
-    build_source,
-    build_target,
-)
+from ..activities.endpoints import Delivery, Source, SourceItem, Target, build_source, build_target
 from ..errors import ConfigError, MailConnectorError
 from ..logs import run_context
 from ..project import OperationConfig, Project
@@ -25,9 +17,6 @@ from ..records.excerpt import excerpt
 from ..records.send import ErrorInfo
 from ..state import LeaseKeeper, lease_busy_error
 from ._transform import Transform, build_transformation
-
-if TYPE_CHECKING:
-    from ..activities.endpoints import SendEmailTarget
 
 __all__ = ["MAX_CHAIN_DEPTH", "RunResult", "run_chunk", "run_operation"]
 
@@ -109,6 +98,11 @@ class _ChunkSource:
             else:
                 yield SourceItem(record, label=label, key=key)
 
+    lease_name = None  # the run's chunk lease is held by the worker, not by the source
+
+    def use_lease(self, keeper: LeaseKeeper) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -155,7 +149,7 @@ class _Run:
     def execute(self) -> RunResult:
         transform = build_transformation(self.op.transformation, self.project, self.name)
         chunk = self.chunk
-        source: ReadEmailSource | FileSource | _ChunkSource = (
+        source: Source = (
             _ChunkSource(chunk.items) if chunk is not None and chunk.items is not None
             else build_source(self.project, self.op.source))
         try:
@@ -167,7 +161,7 @@ class _Run:
         settings = {"source": source.describe(), "target": target.describe(),
                     "transformation": self.op.transformation.model_dump(exclude_none=True)
                     if self.op.transformation else None, "on_error": self.op.on_error}
-        lease = source.lease_name if isinstance(source, ReadEmailSource) else None
+        lease = source.lease_name
         keeper = None
         if lease:
             own = self.watch_keeper is None or self.watch_keeper.name != lease
@@ -177,8 +171,7 @@ class _Run:
                 source.close()
                 target.close()
                 raise lease_busy_error(self.store, lease)
-            assert isinstance(source, ReadEmailSource)
-            source.reader.lease = keeper  # its acks, checkpoints and actions are fenced by this lease
+            source.use_lease(keeper)  # its acks, checkpoints and actions are fenced by this lease
         try:
             self.run_id = chunk.run_id if chunk is not None else self.store.start_run(self.name, settings)
         except BaseException:
@@ -192,7 +185,7 @@ class _Run:
         with run_context(self.run_id, self.name):  # every log line of the run carries its id
             return self._run_started(source, target, transform, keeper)
 
-    def _run_started(self, source: ReadEmailSource | FileSource | _ChunkSource, target: SendEmailTarget | FileTarget,
+    def _run_started(self, source: Source, target: Target,
                      transform: Transform, keeper: LeaseKeeper | None) -> RunResult:
         status, error = "success", None
         pending_exc: BaseException | None = None
@@ -244,7 +237,7 @@ class _Run:
         except MailConnectorError as exc:
             log.warning("could not prune the operation logs: %s", exc.message)
 
-    def _pump(self, source: ReadEmailSource | FileSource | _ChunkSource, target: SendEmailTarget | FileTarget,
+    def _pump(self, source: Source, target: Target,
               transform: Transform, keeper: LeaseKeeper | None) -> None:
         pending: dict[int, _Pending] = {}
         tickets: dict[int, tuple[int, str, dict[str, Any]]] = {}
