@@ -184,6 +184,11 @@ class Endpoint:
         return cls(conn.name, protocol, server.host, server.port, server.security, conn.timeouts.connect,
                    conn.timeouts.command)
 
+    @property
+    def shown(self) -> str:
+        """How messages name it: ``SMTP server mail.example.com:587``."""
+        return f"{self.protocol.upper()} server {self.host}:{self.port}"
+
 
 def wrong_protocol(server: Endpoint, other: str, greeting: bytes | str) -> ConfigError:
     """The error for a port that answered in another protocol: a wrong port, never worth a retry."""
@@ -195,7 +200,7 @@ def wrong_protocol(server: Endpoint, other: str, greeting: bytes | str) -> Confi
     else:
         hint = f"{proto.upper()} usually listens on {_PORTS[proto]}"
     return ConfigError(
-        f"{proto.upper()} server {server.host}:{server.port} answered as {'a' if other == 'POP3' else 'an'} "
+        f"{server.shown} answered as {'a' if other == 'POP3' else 'an'} "
         f"{other} server{shown}: this is not an {proto.upper()} port",
         field=f"connections.{server.connection}.{proto}.port", hint=hint,
     )
@@ -209,7 +214,7 @@ def transport_error(exc: BaseException, server: Endpoint, *, phase: str = "",
     within the connect timeout).
     """
     proto = server.protocol
-    where = f"{proto.upper()} server {server.host}:{server.port}"
+    where = server.shown
     during = f" during {phase}" if phase else ""
     if isinstance(exc, SpeaksTls):
         return TLSSecurityError(

@@ -84,8 +84,7 @@ class Session:
         raise NotImplementedError
 
     def _dropped(self, what: str, hint: str) -> TransportError:
-        return TransportError(f"{self.protocol.upper()} server {self.server.host}:{self.server.port} {what}",
-                              hint=hint)
+        return TransportError(f"{self.endpoint.shown} {what}", hint=hint)
 
     def _cannot_check_login(self, reply: str) -> TransportError:
         """The server cannot check credentials now (IMAP [UNAVAILABLE], SMTP 454): not a refusal."""
@@ -99,8 +98,8 @@ class Session:
         with step(recorder, "STARTTLS offered and TLS certificate") as st:
             if not offered:
                 raise TLSSecurityError(
-                    f"{self.protocol.upper()} server {self.server.host}:{self.server.port} does not offer "
-                    "STARTTLS, and security is starttls: refusing to continue in plain text",
+                    f"{self.endpoint.shown} does not offer STARTTLS, and security is starttls: refusing to "
+                    "continue in plain text",
                     hint=f"use the server's TLS port (security: ssl, port {tls_port}), or fix the server's TLS",
                 )
             sock = upgrade()

@@ -175,3 +175,5 @@ class StateError(MailConnectorError):
 
 class LeaseBusyError(StateError):
     """Another consumer holds the folder (or the operation) right now: wait for it, or try later."""
+
+    topic = "lease-busy"

@@ -116,7 +116,7 @@ class ImapSession(Session):
                     # The constructor opens the TCP connection and reads the greeting: tell the two apart.
                     phase = "connect" if during_tcp_connect(exc) else "greeting"
                     raise transport_error(exc, self.endpoint, phase=phase,
-                                          waited=self.connection.timeouts.connect) from exc
+                                          waited=self.endpoint.connect_timeout) from exc
                 except WrongProtocol as exc:  # seen on a plain connection before imaplib read a byte
                     raise wrong_protocol(self.endpoint, exc.protocol, exc.greeting) from exc
                 except imap_exc.IMAPClientError as exc:
@@ -215,7 +215,7 @@ class ImapSession(Session):
             mechanism = choose_mechanism(m for m in offered if m in CHALLENGE_RESPONSE)
             if mechanism is None:
                 raise AuthenticationError(
-                    f"IMAP server {self.server.host}:{self.server.port} refuses plain-text logins on this "
+                    f"{self.endpoint.shown} refuses plain-text logins on this "
                     "unencrypted connection (LOGINDISABLED)",
                     hint="use security: starttls or ssl",
                 )
@@ -257,7 +257,7 @@ class ImapSession(Session):
         (RFC 3501), and the server offers no AUTHENTICATE PLAIN to carry it."""
         if not user.isascii():
             raise AuthenticationError(
-                f"IMAP server {self.server.host}:{self.server.port} offers no way to log in with a non-ASCII "
+                f"{self.endpoint.shown} offers no way to log in with a non-ASCII "
                 "user name (no AUTH=PLAIN)", hint="use the account's ASCII login name (imap.username)",
             )
         self.auth_mechanism = "LOGIN"

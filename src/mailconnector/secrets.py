@@ -177,7 +177,9 @@ class SecretRegistry:
                 return
             self._entries[secret] = _Entry(frozenset({secret, *_base64_forms(secret.encode())}), transient)
             while len(self._entries) > self.maxsize:
-                oldest = next((s for s, e in self._entries.items() if e.transient), next(iter(self._entries)))
+                # Never the one just registered (the newest): a fresh token must be redacted at once.
+                oldest = next((s for s, e in self._entries.items() if e.transient and s != secret),
+                              next(iter(self._entries)))
                 del self._entries[oldest]
             self._stale = True
 

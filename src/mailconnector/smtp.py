@@ -99,7 +99,7 @@ class SmtpSession(Session):
         is closed (a command may be half-understood) and the error is retryable, like a drop."""
         self.close(quit=False)
         return TransportError(
-            f"SMTP server {self.server.host}:{self.server.port} sent a garbled reply during {phase}",
+            f"{self.endpoint.shown} sent a garbled reply during {phase}",
             hint="the connection was corrupted on the way; it is retried on a new connection",
         )
 
@@ -186,7 +186,7 @@ class SmtpSession(Session):
             else:
                 hint = "this server does not accept logins on this port; use the submission port (587 or 465)"
             raise AuthenticationError(
-                f"SMTP server {self.server.host}:{self.server.port} offers no authentication", hint=hint
+                f"{self.endpoint.shown} offers no authentication", hint=hint
             )
         offered = smtp.esmtp_features.get("auth", "").upper().split()
         user = self.connection.smtp_login()
@@ -439,7 +439,7 @@ class SmtpSession(Session):
         else:
             hint = "the login did not take effect on this connection; check the account's sending rights"
         return AuthenticationError(
-            f"SMTP server {self.server.host}:{self.server.port} requires a login to take this mail ({reply})",
+            f"{self.endpoint.shown} requires a login to take this mail ({reply})",
             hint=hint)
 
     def _commit(self, commit: Callable[[], bool] | None) -> None:

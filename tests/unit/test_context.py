@@ -67,6 +67,18 @@ def test_transient_secrets_go_before_the_configured_ones() -> None:
     assert tokens[2] in registry and tokens[3] not in registry and password in registry
 
 
+def test_a_token_just_registered_is_never_the_one_evicted() -> None:
+    """A full registry of configured secrets and one new transient token: the token must be redacted at once,
+    so the oldest configured secret goes, not the newest entry."""
+    registry = SecretRegistry(maxsize=2)
+    first, second, token = unique_secret(), unique_secret(), unique_secret()
+    registry.register(first)
+    registry.register(second)
+    registry.register(token, transient=True)
+    assert token in registry and second in registry and first not in registry
+    assert registry.redact(token) == secrets.REDACTED
+
+
 def test_the_pattern_is_compiled_once_and_finds_every_form(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = SecretRegistry()
     values = [unique_secret() for _ in range(5)]

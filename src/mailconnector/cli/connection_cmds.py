@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 _STATUS = {"passed": "[green]passed[/]", "failed": "[bold red]FAILED[/]", "skipped": "[dim]skipped[/]"}
 
 
-
 @with_session(json=True)
 def test_cmd(
     s: Session,

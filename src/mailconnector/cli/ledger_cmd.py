@@ -22,7 +22,6 @@ ledger_app = typer.Typer(
 STATUSES = ("claimed", "sent", "partial", "uncertain")
 
 
-
 @ledger_app.command("list")
 @with_session(json=True, verbose=False, log_format=False)
 def list_cmd(

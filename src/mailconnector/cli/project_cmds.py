@@ -6,7 +6,6 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -22,8 +21,7 @@ if TYPE_CHECKING:
     from ..project import Project
 
 
-
-@with_session(json=True, advice={"folder-missing": FOLDER_MISSING})
+@with_session(json=True, advice={"folder-missing": FOLDER_MISSING, "lease-busy": "or run again with --wait"})
 def run_cmd(
     s: Session,
     operation: Annotated[str, typer.Argument(help="Operation name from the project file.")],
@@ -79,7 +77,7 @@ def run_cmd(
     def show(result: RunResult) -> None:
         _show_result(result, json_output=s.json, watch=watch)
 
-    with stop_on_signals("stopping after the record in hand") as stop, _can_wait():
+    with stop_on_signals("stopping after the record in hand") as stop:
         if watch:
             watch_operation(proj, operation, stop=stop, interval=interval, wait_for_lease=wait, on_run=show)
             return
@@ -142,16 +140,6 @@ def _run_distributed(proj: Project, operation: str, *, key: str | None, chunk_si
     _show_result(result, json_output=json_output)
     if not result.ok:
         raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _can_wait() -> Iterator[None]:
-    """The library's hint on a busy folder names no option (a worker or the console shows it too); this command
-    can wait, so its hint says how."""
-    try:
-        yield
-    except LeaseBusyError as exc:
-        raise LeaseBusyError(exc.message, hint=f"{exc.hint}, or run again with --wait") from None
 
 
 def _run_once(proj: Project, operation: str, stop: threading.Event, *, wait: bool, key: str | None) -> RunResult:

@@ -30,7 +30,6 @@ sandbox_app = typer.Typer(help=(
     "  mailconnector sandbox stop"))
 
 
-
 def _project_target(requested: Path | None) -> Path:
     if requested is not None:
         return requested

@@ -21,7 +21,6 @@ state_app = typer.Typer(
     "again, even when kept unread), the checkpoint, and the after-read actions still to apply.")
 
 
-
 def _account(conn: Connection) -> str:
     from ..state import account_key
 

@@ -11,7 +11,6 @@ from ._common import Session, err_console, with_session
 __all__ = ["worker_cmd"]
 
 
-
 @with_session(verbose=False)
 def worker_cmd(
     s: Session,
