@@ -9,17 +9,24 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout, exceptions as imap_exc
 
 from ._imap_fetch import FETCH_ITEMS, FetchedMessage, parse_fetch, parse_fetch_slowly, uid_and_size, uid_sets
+from ._imap_folders import (
+    SPECIAL_USE,
+    FolderInfo as FolderInfo,
+    FolderState as FolderState,
+    check_folder_name as check_folder_name,
+    folder_levels as folder_levels,
+    folder_must_exist,
+    folder_order,
+)
 from ._imap_lib import (
     Client,
     authenticate,
@@ -44,27 +51,6 @@ from .logs import redact_imap_line
 __all__ = ["FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
 
 wire = logging.getLogger("mailconnector.protocol.imap")
-
-
-@dataclass(frozen=True)
-class FolderState:
-    name: str
-    uidvalidity: int
-    uidnext: int | None
-    exists: int
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    name: str
-    flags: tuple[str, ...]
-    special_use: str | None
-    delimiter: str | None
-    messages: int | None = None
-    unseen: int | None = None
-
-
-_SPECIAL = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important")
 
 
 class ImapSession(Session):
@@ -299,7 +285,7 @@ class ImapSession(Session):
         out: list[FolderInfo] = []
         for flags, delim, name in rows:
             flag_names = tuple(f.decode() if isinstance(f, bytes) else str(f) for f in flags)
-            special = next((f for f in flag_names if f in _SPECIAL), None)
+            special = next((f for f in flag_names if f in SPECIAL_USE), None)
             messages = unseen = None
             if with_counts and "\\Noselect" not in flag_names and "\\NonExistent" not in flag_names:
                 with self._translate("STATUS"):
@@ -307,11 +293,11 @@ class ImapSession(Session):
                 messages, unseen = int(st[b"MESSAGES"]), int(st[b"UNSEEN"])
             d = delim.decode() if isinstance(delim, bytes) else delim
             out.append(FolderInfo(str(name), flag_names, special, d, messages, unseen))
-        out.sort(key=_folder_order)
+        out.sort(key=folder_order)
         return out
 
     def select(self, folder: str, *, readonly: bool = False) -> FolderState:
-        with self._translate(f"SELECT {folder}"), _folder_must_exist(folder):
+        with self._translate(f"SELECT {folder}"), folder_must_exist(folder):
             info = self.client.select_folder(folder, readonly=readonly)
         return FolderState(
             name=folder,
@@ -467,7 +453,7 @@ class ImapSession(Session):
 
     def move(self, uids: Sequence[int], folder: str) -> None:
         """``UID MOVE`` where offered, else copy + ``\\Deleted`` + ``UID EXPUNGE`` (only those UIDs)."""
-        with self._translate(f"UID MOVE {folder}"), _folder_must_exist(folder):
+        with self._translate(f"UID MOVE {folder}"), folder_must_exist(folder):
             for uid_set in uid_sets(uids):
                 if self.client.has_capability("MOVE"):
                     self.client.move(uid_set, folder)
@@ -490,7 +476,7 @@ class ImapSession(Session):
 
     def append(self, folder: str, message: bytes, *, flags: Sequence[str] = (),
                when: datetime | None = None) -> int | None:
-        with self._translate(f"APPEND {folder}"), _folder_must_exist(folder):
+        with self._translate(f"APPEND {folder}"), folder_must_exist(folder):
             resp = self.client.append(folder, message, [f.encode() for f in flags], msg_time=when)
         text = resp.decode() if isinstance(resp, bytes) else str(resp)
         # [APPENDUID uidvalidity uid]
@@ -548,60 +534,6 @@ class ImapSession(Session):
         except (OSError, EOFError, imaplib.IMAP4.error, AttributeError):
             with contextlib.suppress(Exception):
                 client.shutdown()
-
-
-# What servers say of a folder that is not there: the RFC 5530 codes first, then the words of servers that
-# send none (Cyrus and Courier: "Mailbox does not exist"; Dovecot: "Mailbox doesn't exist").
-_MISSING_FOLDER = re.compile(
-    r"\[(NONEXISTENT|TRYCREATE)\]|mailbox does(?: not|n't) exist|no such (?:mailbox|folder)|unknown mailbox"
-    r"|folder (?:does(?: not|n't) exist|not found)", re.IGNORECASE)
-
-
-@contextlib.contextmanager
-def _folder_must_exist(folder: str) -> Iterator[None]:
-    """A refusal that says the folder is missing becomes a configuration error with a hint (exit 3)."""
-    try:
-        yield
-    except imap_exc.IMAPClientError as exc:
-        if isinstance(exc, imap_exc.IMAPClientAbortError) or not _MISSING_FOLDER.search(str(exc)):
-            raise
-        raise ConfigError(f"folder {folder!r} does not exist ({_clean(exc)})",
-                          hint="list the folders with: mailconnector folders CONNECTION") from exc
-
-
-def check_folder_name(folder: str) -> None:
-    """Refuse a folder name no server should be asked to create: empty, with control characters (CR and LF
-    would end the command line), or with the LIST wildcards ``*`` and ``%`` (such a folder cannot be listed
-    by its name alone)."""
-    if not folder or not folder.strip():
-        raise ConfigError("the folder name is empty", field="folder")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in folder):
-        raise ConfigError(f"folder name {folder!r} contains a control character (CR, LF, NUL, tab, ...)",
-                          field="folder")
-    if "*" in folder or "%" in folder:
-        raise ConfigError(f"folder name {folder!r} contains * or %, which IMAP treats as wildcards",
-                          field="folder", hint="choose a name without * and %")
-
-
-def folder_levels(folder: str, delimiter: str | None) -> list[str]:
-    """``a/b/c`` -> ``["a", "a/b", "a/b/c"]`` with the server's delimiter; a name that starts or ends with
-    it, or has an empty level (``a//b``), is refused: servers either refuse it or make something else."""
-    if not delimiter or delimiter not in folder:
-        return [folder]
-    parts = folder.split(delimiter)
-    if any(not p for p in parts):
-        raise ConfigError(f"folder name {folder!r} has an empty level (the server's hierarchy delimiter is "
-                          f"{delimiter!r})", field="folder",
-                          hint=f"write nested folders as Parent{delimiter}Child, without a leading, trailing or "
-                               f"doubled {delimiter!r}")
-    return [delimiter.join(parts[: i + 1]) for i in range(len(parts))]
-
-
-def _folder_order(info: FolderInfo) -> tuple[int, list[str], str]:
-    """INBOX (and what is under it) first, then alphabetically, level by level and ignoring case, so that
-    a folder's children follow it (``a``, ``a/b``, ``a-c``)."""
-    levels = info.name.split(info.delimiter) if info.delimiter else [info.name]
-    return (0 if levels[0].upper() == "INBOX" else 1, [level.casefold() for level in levels], info.name)
 
 
 def _new_mail(responses: Iterable[Any]) -> bool:

@@ -112,7 +112,7 @@ def test_no_import_cycle() -> None:
 LAYERS: list[set[str]] = [
     {"errors", "secrets", "logs", "_backoff", "_validation", "_yaml", "_providers", "_context"},  # base
     {"connection", "records", "mime", "state"},  # what is configured, sent, read and kept
-    {"_net", "_imap_lib", "_imap_fetch", "_smtp_lib", "_session", "_steps", "auth", "smtp", "imap",
+    {"_net", "_imap_lib", "_imap_fetch", "_imap_folders", "_smtp_lib", "_session", "_steps", "auth", "smtp", "imap",
      "diagnostics"},  # protocols
     {"activities", "project"},  # Send Email, Read Email, files; the project file that configures them
     {"operations"},  # source -> transformation -> target

@@ -13,14 +13,10 @@ it goes. An operation acknowledges a source item only once each of its records i
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
-import io
 import json
-import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, cast
 from ..errors import ConfigError, MailConnectorError
 from ..project import FileActivity, Project, ReadActivity, SendActivity
 from ..records.send import ErrorInfo
+from ._record_files import csv_header, write_eml, write_json_array
 from ._record_keys import RecordKeys
-from .files import InputContext, RecordFormat, iter_records, open_for_append, read_input, write_jsonl
+from .files import InputContext, RecordFormat, format_by_suffix, iter_records, open_for_append, read_input, write_jsonl
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -299,24 +296,7 @@ class FileTarget:
             sys.stdout.write("\n")
             sys.stdout.flush()
             return
-        path = Path(self.path)
-        if self.append and path.exists() and path.stat().st_size:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(existing, list):
-                raise ValueError("append: the existing file is not a JSON array")
-            items = existing + items
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(items, out, ensure_ascii=False, indent=2, default=str)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_array(Path(self.path), items, append=self.append)
 
     def _open(self) -> TextIO:
         if self._sink is None:
@@ -332,7 +312,7 @@ class FileTarget:
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._fmt == "eml":
-            self._write_eml(record)
+            write_eml(Path(self.path), record)
         elif self._fmt == "csv":
             self._write_csv(record)
         else:
@@ -342,7 +322,7 @@ class FileTarget:
         flat = {k: v if isinstance(v, str | int | float) or v is None else json.dumps(v, ensure_ascii=False)
                 for k, v in record.items()}
         if self._csv is None:
-            header = self._existing_header() if self.append else None
+            header = csv_header(Path(self.path)) if self.append and self.path != "-" else None
             sink = self._open()
             self._columns = header or list(flat)
             self._csv = csv.DictWriter(sink, fieldnames=self._columns)
@@ -356,41 +336,6 @@ class FileTarget:
                              f"{', '.join(missing)}; a transformation mapping can fix the columns")
         self._csv.writerow(flat)
         self._sink.flush()
-
-    def _existing_header(self) -> list[str] | None:
-        if self.path == "-":
-            return None
-        try:
-            with open(self.path, encoding="utf-8", newline="") as f:
-                first = f.readline()
-        except FileNotFoundError:
-            return None
-        if not first.strip():
-            return None
-        return next(csv.reader(io.StringIO(first)))
-
-    def _write_eml(self, record: dict[str, Any]) -> None:
-        raw = record.get("raw_base64")
-        if not raw and record.get("raw_path"):
-            data = Path(str(record["raw_path"])).read_bytes()
-        elif raw:
-            data = base64.b64decode(str(raw))
-        else:
-            raise ValueError("an .eml target needs records with raw_base64 or raw_path (include_raw: true)")
-        directory = Path(self.path)
-        directory.mkdir(parents=True, exist_ok=True)
-        if record.get("uid"):
-            # The same email gets the same name: writing it again (after a run died before its ack) replaces it.
-            path = directory / f"{record.get('uidvalidity') or 0}-{record['uid']}.eml"
-        else:
-            stem = hashlib.sha256(data).hexdigest()[:20]
-            path = directory / f"{stem}.eml"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
 
     def close(self) -> None:
         if self._sink is not None and self._sink is not sys.stdout:
@@ -413,9 +358,11 @@ def _record_format(fmt: str | None) -> RecordFormat | None:
 
 
 def _format_of(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    return {".json": "json", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
-        suffix, "eml" if path != "-" and (Path(path).is_dir() or not suffix) else "jsonl")
+    """The format a target's path says: its suffix; a directory, or a name without one, is a folder of .eml."""
+    by_suffix = format_by_suffix(path)
+    if by_suffix is not None:
+        return by_suffix
+    return "eml" if path != "-" and (Path(path).is_dir() or not Path(path).suffix) else "jsonl"
 
 
 def _file_path(project: Project, config: FileActivity) -> str:

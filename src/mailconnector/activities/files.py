@@ -32,6 +32,7 @@ __all__ = [
     "check_encoding",
     "detect_format",
     "drop_unfinished_line",
+    "format_by_suffix",
     "iter_records",
     "open_for_append",
     "parse_delimiter",
@@ -92,7 +93,7 @@ def parse_delimiter(value: str) -> str:
 
 def detect_format(name: str | None, head: str) -> RecordFormat:
     """The format from the file name's suffix, else from the content: JSON, JSON Lines, or else CSV."""
-    by_name = _by_suffix(name)
+    by_name = format_by_suffix(name)
     if by_name is not None:
         return by_name
     stripped = head.lstrip()
@@ -113,7 +114,8 @@ def detect_format(name: str | None, head: str) -> RecordFormat:
         return "csv"
 
 
-def _by_suffix(name: str | None) -> RecordFormat | None:
+def format_by_suffix(name: str | None) -> RecordFormat | None:
+    """The format a file name says by its suffix (``.json``, ``.jsonl``/``.ndjson``, ``.csv``), if any."""
     return _SUFFIXES.get(Path(name).suffix.lower()) if name else None
 
 
@@ -153,7 +155,7 @@ def iter_records(data: bytes, *, name: str | None = None, fmt: RecordFormat | No
     if not text.strip():
         log.warning("no records in %s: it is empty", label)
         return
-    guessed = fmt is None and _by_suffix(name) is None
+    guessed = fmt is None and format_by_suffix(name) is None
     fmt = fmt or detect_format(name, text[:4096])
     if fmt == "json":
         yield from _json_records(text, label, ctx)

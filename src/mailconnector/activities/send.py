@@ -22,15 +22,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +61,7 @@ from ..smtp import MayHaveBeenDelivered, NotCommitted, SmtpSession, TransactionR
 from ..state import LedgerEntry, SenderIdentity, StateStore, holder_alive
 from ._pace import Pace, throttled
 from ._record_keys import RecordKeys
+from ._send_pool import _finished, _Interrupted, _SessionPool, _Stopped, _Turn, _Turns, _wait_some
 from ._sent_copy import SentCopies
 
 __all__ = ["SendEmail", "SendSettings", "derive_message_id"]
@@ -94,130 +93,6 @@ class SendSettings(BaseModel):
         False, description="after the server accepted a message, put a copy (flagged \\Seen) into the Sent folder "
                            "over IMAP (the connection's sent_folder, else the one marked \\Sent), for servers that "
                            "do not file submitted mail themselves; a failed copy is logged and never fails the send")
-
-
-class _Turns:
-    """Transactions start in input order (with one connection, messages go out in exactly that order),
-    even though the next message is composed while the current one is being sent."""
-
-    def __init__(self) -> None:
-        self._next = 0
-        self._cond = threading.Condition()
-
-    def ticket(self, index: int) -> _Turn:
-        return _Turn(self, index)
-
-    def wait(self, index: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._next >= index)
-
-    def advance(self, index: int) -> None:
-        with self._cond:
-            self._next = max(self._next, index + 1)
-            self._cond.notify_all()
-
-    def open(self) -> None:
-        """Stopping: no one waits for a turn any more (the records before may never come)."""
-        with self._cond:
-            self._next = sys.maxsize
-            self._cond.notify_all()
-
-
-class _Turn:
-    """One record's place in ``_Turns``: used once, when it takes a connection, or passed when it never
-    needs one (a bad record, a duplicate, a dry run)."""
-
-    def __init__(self, turns: _Turns, index: int) -> None:
-        self._turns = turns
-        self._index = index
-        self._used = False
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        if self._used:
-            yield
-            return
-        self._turns.wait(self._index)
-        try:
-            yield
-        finally:
-            self._used = True
-            self._turns.advance(self._index)
-
-    def pass_(self) -> None:
-        with self.hold():
-            pass
-
-
-class _Interrupted(Exception):
-    """The run was stopped before this record was sent: it gets no response (a rerun sends it)."""
-
-
-class _Stopped(Exception):
-    """The pool refuses new connections after a refused login; carries that refusal."""
-
-    def __init__(self, error: AuthenticationError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-class _SessionPool:
-    """At most ``size`` SMTP connections, shared by the workers; a worker holds one only while it talks to
-    the server (never while it composes or waits for a backoff). Idle connections are reused newest
-    first, so the ones left idle longest are the ones a server may close."""
-
-    def __init__(self, connection: Connection, size: int) -> None:
-        self._connection = connection
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[SmtpSession] = []
-        self._lock = threading.Lock()
-        self.auth_failure: AuthenticationError | None = None
-
-    def acquire(self, turn: _Turn | None = None) -> tuple[SmtpSession, bool]:
-        """A connection and whether it was used before (then it may have gone stale meanwhile); with a
-        ``turn``, only after the records before it got theirs.
-
-        After one refused login no other is tried (``_Stopped``): the same credentials would be refused
-        again, and servers lock accounts out after repeated failures.
-        """
-        with turn.hold() if turn is not None else contextlib.nullcontext():
-            self._slots.acquire()
-        try:
-            with self._lock:
-                session = self._idle.pop() if self._idle else None
-            if session is not None and session.connected:
-                return session, True
-            if session is not None:
-                session.close()
-            if self.auth_failure is not None:
-                raise _Stopped(self.auth_failure)
-            session = SmtpSession(self._connection)
-            try:
-                session.connect()
-            except AuthenticationError as exc:
-                with self._lock:
-                    self.auth_failure = self.auth_failure or exc
-                raise
-            return session, False
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def release(self, session: SmtpSession, *, keep: bool) -> None:
-        try:
-            if keep and session.connected:
-                with self._lock:
-                    self._idle.append(session)
-            else:
-                session.close()
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for session in idle:
-            session.close()
 
 
 class SendEmail:
@@ -581,22 +456,6 @@ def _error_info(exc: MailConnectorError, index: int, rid: str | None) -> ErrorIn
         code=getattr(exc, "code", None) or None, field=getattr(exc, "field", None), hint=exc.hint,
         topic=exc.topic,
     )
-
-
-def _wait_some(futures: set[Future[SendResponse]],
-               stop: threading.Event) -> tuple[set[Future[SendResponse]], set[Future[SendResponse]]]:
-    """The futures that finished (at least one), and the rest; once stopped, the rest minus those that had
-    not started (cancelled: their records were not sent)."""
-    done, pending = wait(futures, return_when=FIRST_COMPLETED)
-    if stop.is_set():
-        pending = {f for f in pending if not f.cancel()}
-    return set(done), set(pending)
-
-
-def _finished(done: Iterable[Future[SendResponse]]) -> Iterator[SendResponse]:
-    for future in done:
-        if not isinstance(future.exception(), _Interrupted):
-            yield future.result()
 
 
 _UNCERTAIN = ("an earlier attempt may have delivered this message (the connection was lost, or its sender was "
