@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,8 +36,10 @@ from ._imap_lib import (
     forget_capabilities,
     login_with_literal,
     readable,
+    send_uid_fetch,
     set_line_hook,
     uid_fetch,
+    uid_fetch_answer,
     unexpected,
     unrepr,
 )
@@ -48,9 +51,18 @@ from .auth.sasl import decode_oauth_error
 from .errors import AuthenticationError, ConfigError, MailConnectorError, ServerResponseError, TransportError
 from .logs import redact_imap_line
 
-__all__ = ["FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
+__all__ = ["FetchAhead", "FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
 
 wire = logging.getLogger("mailconnector.protocol.imap")
+
+
+@dataclass
+class FetchAhead:
+    """A fetch asked for and not yet read (:meth:`ImapSession.ask_fetch`)."""
+
+    uids: list[int]
+    sets: list[str]
+    tag: bytes | None
 
 
 class ImapSession(Session):
@@ -390,21 +402,49 @@ class ImapSession(Session):
     # ------------------------------------------------------------------ fetch
     def fetch(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """Fetch whole messages without setting \\Seen (``BODY.PEEK[]``), in UID order."""
+        messages = self.take_fetch(self.ask_fetch(uids))
+        messages.reverse()
+        while messages:
+            yield messages.pop()  # handed over one by one: a message read is not held by the batch
+
+    def ask_fetch(self, uids: Sequence[int]) -> FetchAhead:
+        """Ask for the messages and return at once: the server sends them into the socket's buffers while
+        the caller parses the batch before. :meth:`take_fetch` must come before any other command."""
+        sets = uid_sets(uids)
+        with self._translate("UID FETCH"):
+            tag = send_uid_fetch(self.client, sets[0], FETCH_ITEMS) if sets else None
+        return FetchAhead(list(uids), sets, tag)
+
+    def take_fetch(self, ahead: FetchAhead) -> list[FetchedMessage]:
+        """The messages asked for with :meth:`ask_fetch`, in UID order (the rest of a batch too long for one
+        command line is fetched now)."""
         messages: list[FetchedMessage] = []
-        for uid_set in uid_sets(uids):
-            data = self._uid_fetch(uid_set, FETCH_ITEMS)
+        tag, ahead.tag = ahead.tag, None
+        for number, uid_set in enumerate(ahead.sets):
+            with self._translate("UID FETCH"):
+                if number or tag is None:
+                    tag = send_uid_fetch(self.client, uid_set, FETCH_ITEMS)
+                typ, data = uid_fetch_answer(self.client, tag)
+                if typ != "OK":
+                    raise imap_exc.IMAPClientError(f"UID FETCH failed: {_clean(data)}")
             found = parse_fetch(data)
             if found is None:  # an answer the fast path does not know: IMAPClient's parser reads it
                 with self._translate("UID FETCH"):
                     found = parse_fetch_slowly(data)
             messages.extend(found)
             del data
-        messages.sort(key=lambda m: m.uid, reverse=True)
-        wanted = set(uids)
-        while messages:
-            message = messages.pop()  # handed over one by one: a message read is not held by the batch
-            if message.uid in wanted:  # not an unsolicited answer about another message
-                yield message
+        wanted = set(ahead.uids)
+        messages = [m for m in messages if m.uid in wanted]  # not an unsolicited answer about another message
+        messages.sort(key=lambda m: m.uid)
+        return messages
+
+    def forget_fetch(self, ahead: FetchAhead) -> None:
+        """Read and drop the answer to a fetch nobody will take (an abandoned iteration), so that the
+        connection can be used, or logged out of, cleanly."""
+        if ahead.tag is not None:
+            tag, ahead.tag = ahead.tag, None
+            with self._translate("UID FETCH"):
+                uid_fetch_answer(self.client, tag)
 
     def fetch_sizes(self, uids: Sequence[int]) -> dict[int, int]:
         """Each message's size (``RFC822.SIZE``), so that a fetch batch can be bounded in bytes."""

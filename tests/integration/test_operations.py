@@ -402,7 +402,7 @@ def test_every_log_line_of_a_run_carries_its_run_id(sandbox: Sandbox, tmp_path: 
                               on_error="continue")
     handler = _Lines()
     root = logging.getLogger("mailconnector")
-    wire = logging.getLogger("mailconnector.protocol")  # the send workers' and the fetch thread's lines
+    wire = logging.getLogger("mailconnector.protocol")  # the reader's and the send workers' lines
     saved = (root.level, wire.level, root.handlers[:])
     root.handlers[:] = [handler]  # only this one: a handler left by an earlier test may write to a closed stream
     root.setLevel(logging.DEBUG)
@@ -418,7 +418,7 @@ def test_every_log_line_of_a_run_carries_its_run_id(sandbox: Sandbox, tmp_path: 
     assert result.failed == 1  # the refused third record: a warning logged by the run
     during = handler.lines[1:-1]
     threads = {thread.split("_")[0] for thread, _ in during}
-    assert {"mailconnector-fetch", "mc-send"} <= threads, threads
+    assert {"MainThread", "mc-send"} <= threads, threads
     assert all((line.get("run_id"), line.get("operation")) == (result.run_id, "op") for _, line in during), [
         (t, line) for t, line in during if line.get("run_id") != result.run_id]
     assert "run_id" not in handler.lines[0][1] and "run_id" not in handler.lines[-1][1]

@@ -30,7 +30,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +39,7 @@ from .._backoff import Backoff
 from .._validation import config_error_from_validation
 from ..connection import Connection
 from ..errors import ConfigError, TransportError
-from ..imap import FetchedMessage, FolderState, ImapSession
-from ..logs import in_this_run
+from ..imap import FetchAhead, FetchedMessage, FolderState, ImapSession
 from ..mime._parse_decode import Defects
 from ..mime._parse_fields import parse_msg_id
 from ..mime.parse import parse_message
@@ -54,7 +52,6 @@ from ..state import (
     lease_busy_error,
     normalize_folder,
 )
-from ._handoff import Handoff
 from ._read_settings import ReadSettings
 from ._search import Criteria
 
@@ -63,10 +60,6 @@ __all__ = ["Criteria", "ReadEmail", "ReadItem", "ReadSettings", "record_json"]
 log = logging.getLogger("mailconnector.read")
 
 BATCH_BYTES = 16 * 1024 * 1024  # most bytes one fetch brings in (a single bigger message comes alone)
-# What the reading thread hands over: (record, UID), one of these markers (a fetch batch is all handed over;
-# the last one is), or the exception that stopped it.
-_BATCH_END = object()
-_END = object()
 
 
 @dataclass
@@ -113,8 +106,9 @@ class ReadEmail:
         self._pending: list[int] = []
         self._last_acked = self._checkpointed = 0
         self._existing: set[str] | None = None
-        # The next batch is fetched in a thread while this one is parsed; the connection is used by one
-        # thread at a time (a fetch, or an after-read action, or closing).
+        # A fetch asked for and not read yet; the connection is used by one thread at a time (reading, or
+        # closing from another one).
+        self._ahead: FetchAhead | None = None
         self._io = threading.Lock()
         self.total: int | None = None
         self.yielded = 0
@@ -162,6 +156,7 @@ class ReadEmail:
     def close(self) -> None:
         try:
             if self._session is not None and self._session._client is not None:
+                self._forget()
                 self.flush()
         finally:
             with self._io:  # not under a fetch still running for an abandoned iteration
@@ -214,65 +209,29 @@ class ReadEmail:
         batches = self._batches(uids)
         if not batches:
             return
-        # Fetching and parsing run ahead in threads of their own, so that what the taker does with each
-        # record (write it, ack it: file and store I/O, done without the interpreter lock) overlaps them.
-        handoff: Handoff[object] = Handoff(max(self.settings.batch_size, 1), BATCH_BYTES)
-        producer = threading.Thread(target=in_this_run(self._read_ahead), args=(batches, handoff),
-                                    name="mailconnector-parse", daemon=True)
-        producer.start()
+        # One thread. The next batch is asked for before this one is parsed, so the server sends it (into the
+        # socket's buffers) while we parse, write and acknowledge: its work overlaps ours without a second
+        # thread of ours, whose every hand-off of the interpreter lock cost more than it saved.
+        self._ask(batches[0])
         try:
-            while True:
-                entry = handoff.get()
-                if isinstance(entry, BaseException):
-                    raise entry
-                if entry is _BATCH_END:
-                    self.flush()  # every ack of the batch is in: apply their after-read action
-                    continue
-                if entry is _END:
-                    break
-                assert isinstance(entry, tuple)
-                record, uid = entry
-                del entry
-                self._check_lease()
-                self.yielded += 1
-                yield ReadItem(record, uid, self)
-                del record
-            self.flush()
-        finally:
-            handoff.close()
-            producer.join()
-
-    def _read_ahead(self, batches: list[list[int]], handoff: Handoff[object]) -> None:
-        """The producer: parse each message and hand the records over in order, while the next batch is
-        fetched in a thread of its own (reading from the socket and decrypting leave the interpreter lock
-        to the parsing). Stops at the first error, handed over in its place, or when the taker closes."""
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailconnector-fetch")
-        fetch = in_this_run(self._fetch_with_retry)
-        try:
-            ahead = pool.submit(fetch, batches[0])
-            for number in range(len(batches)):
-                messages = ahead.result()
-                if number + 1 < len(batches) and not handoff.closed:
-                    ahead = pool.submit(fetch, batches[number + 1])
+            for number, batch in enumerate(batches):
+                messages = self._fetch_with_retry(batch)
+                self.flush()  # every ack of the batch before is in: apply their after-read action
+                if number + 1 < len(batches):
+                    self._ask(batches[number + 1])
                 messages.reverse()
                 while messages:
                     msg = messages.pop()  # not held once parsed: the raw bytes go as soon as they can
-                    if handoff.closed:
-                        return
                     self._check_lease()  # a consumer that lost the folder writes no more attachments
-                    size = len(msg.raw)
-                    entry = (self._record(msg), msg.uid)
+                    record = self._record(msg)
+                    uid = msg.uid
                     del msg
-                    if not handoff.put(entry, size):
-                        return
-                    del entry
-                if not handoff.put(_BATCH_END):
-                    return
-            handoff.put(_END)
-        except BaseException as exc:  # handed to the taker, raised there at this message's place
-            handoff.put(exc)
+                    self.yielded += 1
+                    yield ReadItem(record, uid, self)
+                    del record
+            self.flush()
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._forget()  # abandoned with a batch on its way: read it, so the connection stays usable
 
     def records(self) -> Iterator[ReadRecord]:
         """Each record, acked as soon as the caller asks for the next one (for simple scripts)."""
@@ -366,14 +325,36 @@ class ReadEmail:
         assert self._state is not None
         return self._state.uidvalidity
 
+    def _ask(self, batch: Sequence[int]) -> None:
+        """Ask for a batch ahead. If that fails, the fetch asks again, reconnecting."""
+        assert self._session is not None
+        with self._io:
+            try:
+                self._ahead = self._session.ask_fetch(batch)
+            except TransportError as exc:
+                log.warning("asking for the next messages failed (%s); will reconnect", exc.message)
+
+    def _forget(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or self._session is None:
+            return
+        with self._io:
+            try:
+                self._session.forget_fetch(ahead)
+            except TransportError as exc:  # the session is closed next anyway
+                log.debug("dropping the answer to a fetch nobody took failed: %s", exc.message)
+
     def _fetch_with_retry(self, batch: Sequence[int]) -> list[FetchedMessage]:
+        """The batch, from the fetch asked for ahead if there is one; reconnecting up to three times."""
         assert self._session is not None
         backoff = Backoff(0.5, 4.0)
         with self._io:
+            ahead, self._ahead = self._ahead, None
             for attempt in range(1, 5):
                 try:
-                    return list(self._session.fetch(batch))
+                    return self._session.take_fetch(ahead or self._session.ask_fetch(batch))
                 except TransportError as exc:
+                    ahead = None
                     if attempt == 4:
                         raise
                     log.warning("fetch failed (%s); reconnecting (attempt %d of 3)", exc.message, attempt)
