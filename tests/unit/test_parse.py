@@ -481,6 +481,26 @@ def test_rfc2231_and_encoded_word_parameters() -> None:
     assert defects.items == []
 
 
+_LINE_CHARSETS = [None, "", "us-ascii", "utf-8", "iso-8859-1", "windows-1252", "shift_jis", "gb2312", "koi8-r",
+                  "utf-16", "utf-16-le", "utf-32", "utf-7", "iso-2022-jp", "cp037", "x-unknown", "ascii\"junk"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b" ", b"\xc3\xa9", b"\xc3", b"\x00", b"\xff\xfe",
+                                      b"\x1b$B", b"+AGE-", b"\x0d\x25"]), max_size=40).map(b"".join),
+       charset=st.sampled_from(_LINE_CHARSETS))
+def test_line_ends_made_lf_on_bytes_give_what_decoding_then_replacing_gives(data: bytes, charset: str | None) -> None:
+    """The fast path (CRs dropped from the bytes before decoding) is taken only where it cannot change the
+    text or the defects: a lone CR, or a charset whose bytes 0x0D/0x0A are not always CR and LF, goes the
+    slow way."""
+    from mailconnector.mime._parse_decode import decode_lines, decode_text
+
+    slow_defects, fast_defects = Defects(), Defects()
+    slow = decode_text(data, charset, "part", slow_defects).replace("\r\n", "\n")
+    assert decode_lines(data, charset, "part", fast_defects) == slow
+    assert fast_defects.result() == slow_defects.result()
+
+
 def test_base64_decoder_handles_concatenated_blobs_and_chunks() -> None:
     decoder = Base64Decoder()
     data = b"SGk=SGk=\r\nSGVsbG8="

@@ -197,6 +197,38 @@ def decode_text(data: bytes, charset: str | None, what: str, defects: Defects) -
     return text
 
 
+_ASCII = bytes(range(128))
+_ascii_safe_cache: dict[str, bool] = {}
+
+
+def _keeps_ascii(codec: str | None) -> bool:
+    """Whether every 7-bit byte is that ASCII character in this codec, so a CR byte is always a CR (not for
+    UTF-16 or EBCDIC, nor for UTF-7 and ISO-2022, whose escapes are ASCII bytes). Unknown labels are guessed
+    as UTF-8, Windows-1252 or Latin-1: all keep ASCII."""
+    if codec is None:
+        return True
+    known = _ascii_safe_cache.get(codec)
+    if known is None:
+        try:
+            known = _ASCII.decode(codec) == _ASCII.decode("ascii")
+        except (UnicodeDecodeError, LookupError):
+            known = False
+        _ascii_safe_cache[codec] = known
+    return known
+
+
+def decode_lines(data: bytes, charset: str | None, what: str, defects: Defects) -> str:
+    """:func:`decode_text`, with CRLF line ends made LF (a lone CR is kept). Done on the bytes before
+    decoding when every CR ends a line and the charset keeps ASCII: bytes drop a single character with
+    ``memchr``, several times faster than replacing a two-character string in text. The result is the same."""
+    if b"\r" in data and _keeps_ascii(_lookup(_clean_label(charset) or "us-ascii")):
+        stripped = data.replace(b"\r", b"")
+        if data.count(b"\r\n") == len(data) - len(stripped):
+            return decode_text(stripped, charset, what, defects)
+    text = decode_text(data, charset, what, defects)
+    return text.replace("\r\n", "\n") if "\r" in text else text
+
+
 def decode_8bit(raw: bytes, what: str, defects: Defects) -> str:
     """Header bytes as text: ASCII, else UTF-8 (allowed by RFC 6532), else a guess with a defect."""
     try:

@@ -31,7 +31,7 @@ from mailconnector.mime._parse_decode import (
     base64_as_is,
     decode_8bit,
     decode_all,
-    decode_text,
+    decode_lines,
     decode_words,
     exceeds,
     line_chunks,
@@ -458,9 +458,7 @@ class _Parser:
             meta = _META_CHARSET.search(data, 0, 4096)
             if meta is not None:
                 charset = meta.group(1).decode("ascii")
-        text = decode_text(data, charset, what, self.defects)
-        if "\r" in text:
-            text = text.replace("\r\n", "\n")
+        text = decode_lines(data, charset, what, self.defects)
         if "\x00" in text:
             text = text.replace("\x00", "")
             self.defects.add(f"{what}: NUL characters removed")
