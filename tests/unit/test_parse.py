@@ -481,13 +481,15 @@ def test_rfc2231_and_encoded_word_parameters() -> None:
     assert defects.items == []
 
 
-_LINE_CHARSETS = [None, "", "us-ascii", "utf-8", "iso-8859-1", "windows-1252", "shift_jis", "gb2312", "koi8-r",
-                  "utf-16", "utf-16-le", "utf-32", "utf-7", "iso-2022-jp", "cp037", "x-unknown", "ascii\"junk"]
+_LINE_CHARSETS = [None, "", "us-ascii", "utf-8", "utf-8-sig", "iso-8859-1", "windows-1252", "koi8-r", "shift_jis",
+                  "gb2312", "gb18030", "euc-jp", "big5", "cp949", "hz", "utf-16", "utf-16-le", "utf-32", "utf-7",
+                  "iso-2022-jp", "cp037", "x-unknown", "ascii\"junk"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(data=st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b" ", b"\xc3\xa9", b"\xc3", b"\x00", b"\xff\xfe",
-                                      b"\x1b$B", b"+AGE-", b"\x0d\x25"]), max_size=40).map(b"".join),
+                                      b"\x1b$B", b"\x1b(B", b"+AGE-", b"\x0d\x25", b"\x82", b"\x8e", b"\xa1", b"~{",
+                                      b"~}", b"\x81\x30", b"\xef\xbb"]), max_size=40).map(b"".join),
        charset=st.sampled_from(_LINE_CHARSETS))
 def test_line_ends_made_lf_on_bytes_give_what_decoding_then_replacing_gives(data: bytes, charset: str | None) -> None:
     """The fast path (CRs dropped from the bytes before decoding) is taken only where it cannot change the
@@ -499,6 +501,33 @@ def test_line_ends_made_lf_on_bytes_give_what_decoding_then_replacing_gives(data
     slow = decode_text(data, charset, "part", slow_defects).replace("\r\n", "\n")
     assert decode_lines(data, charset, "part", fast_defects) == slow
     assert fast_defects.result() == slow_defects.result()
+
+
+@settings(max_examples=500, deadline=None)
+@given(block=st.lists(st.sampled_from([b"Subject", b"X-A", b"From ", b":", b": ", b" ", b"\t", b"\r", b"\n", b"\r\n",
+                                       b"value", b"=?utf-8?q?x?=", b"\xc3\xa9", b"\x00", b"a b"]),
+                       max_size=30).map(b"".join),
+       body=st.sampled_from([b"", b"\r\nbody\r\n", b"\nbody"]))
+def test_the_one_match_per_field_path_reads_headers_as_the_line_by_line_reading_does(block: bytes, body: bytes) -> None:
+    from mailconnector.mime import parse
+
+    buf = block + body
+    fast_defects, slow_defects = Defects(), Defects()
+    fast = parse._header_block(buf, 0, len(buf), fast_defects, "message headers")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parse, "_well_formed_fields", lambda *args: None)
+        slow = parse._header_block(buf, 0, len(buf), slow_defects, "message headers")
+    assert fast == slow
+    assert fast_defects.result() == slow_defects.result()
+
+
+def test_well_formed_fields_are_read_one_match_each_and_anything_else_is_left_to_the_careful_reading() -> None:
+    from mailconnector.mime.parse import _well_formed_fields
+
+    block = b"Subject: a\r\n\tb\r\nX-Y :  c \r\nTo: d"
+    assert _well_formed_fields(block, 0, len(block)) == [("subject", b"a b"), ("x-y", b"c"), ("to", b"d")]
+    for odd in (b" indented: x\r\n", b"From someone\r\nA: b\r\n", b"A: b\r\nno colon\r\n", b"\xc3\xa9: x\r\n"):
+        assert _well_formed_fields(odd, 0, len(odd)) is None
 
 
 def test_base64_decoder_handles_concatenated_blobs_and_chunks() -> None:

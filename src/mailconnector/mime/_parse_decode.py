@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
+import sys
 from collections.abc import Iterator
 from urllib.parse import unquote_to_bytes
 
@@ -197,31 +198,37 @@ def decode_text(data: bytes, charset: str | None, what: str, defects: Defects) -
     return text
 
 
-_ASCII = bytes(range(128))
-_ascii_safe_cache: dict[str, bool] = {}
+_ASCII_TEXT = "".join(map(chr, range(128)))
+_line_ends_cache: dict[str, bool] = {}
 
 
-def _keeps_ascii(codec: str | None) -> bool:
-    """Whether every 7-bit byte is that ASCII character in this codec, so a CR byte is always a CR (not for
-    UTF-16 or EBCDIC, nor for UTF-7 and ISO-2022, whose escapes are ASCII bytes). Unknown labels are guessed
-    as UTF-8, Windows-1252 or Latin-1: all keep ASCII."""
+def _cr_is_a_byte(codec: str | None) -> bool:
+    """Whether a CR byte is a CR character wherever it stands, and dropping it changes no other character:
+    true of UTF-8 and of the single-byte charsets that keep ASCII; not of UTF-16, EBCDIC, UTF-7, ISO-2022 or
+    the multi-byte Asian charsets (whose error handling may take a CR into a broken sequence). Unknown labels
+    are guessed as UTF-8, Windows-1252 or Latin-1: all qualify."""
     if codec is None:
         return True
-    known = _ascii_safe_cache.get(codec)
+    known = _line_ends_cache.get(codec)
     if known is None:
         try:
-            known = _ASCII.decode(codec) == _ASCII.decode("ascii")
-        except (UnicodeDecodeError, LookupError):
-            known = False
-        _ascii_safe_cache[codec] = known
+            info = codecs.lookup(codec)
+        except LookupError:
+            info = None
+        # A charmap codec's module has the table of its 256 characters; the stateful and multi-byte ones none.
+        module = sys.modules.get(getattr(info and info.incrementaldecoder, "__module__", ""))
+        table = getattr(module, "decoding_table", None)
+        known = info is not None and (info.name in ("utf-8", "ascii", "iso8859-1") or (
+            isinstance(table, str) and len(table) == 256 and table[:128] == _ASCII_TEXT))
+        _line_ends_cache[codec] = known
     return known
 
 
 def decode_lines(data: bytes, charset: str | None, what: str, defects: Defects) -> str:
     """:func:`decode_text`, with CRLF line ends made LF (a lone CR is kept). Done on the bytes before
-    decoding when every CR ends a line and the charset keeps ASCII: bytes drop a single character with
+    decoding when every CR ends a line and the charset allows it: bytes drop a single character with
     ``memchr``, several times faster than replacing a two-character string in text. The result is the same."""
-    if b"\r" in data and _keeps_ascii(_lookup(_clean_label(charset) or "us-ascii")):
+    if b"\r" in data and _cr_is_a_byte(_lookup(_clean_label(charset) or "us-ascii")):
         stripped = data.replace(b"\r", b"")
         if data.count(b"\r\n") == len(data) - len(stripped):
             return decode_text(stripped, charset, what, defects)
@@ -527,7 +534,7 @@ def _well_formed_base64(buf: bytes, start: int, end: int) -> tuple[bytes, bytes]
     pybase64 (SIMD) checks and decodes in one pass, tens of times faster than ``binascii``: an inbox's
     attachments are most of its bytes.
     """
-    cleaned = buf[start:end].translate(None, b"\r\n")
+    cleaned = buf[start:end].replace(b"\r", b"").replace(b"\n", b"")  # memchr: twice as fast as translate
     try:
         return cleaned, pybase64.b64decode(cleaned, validate=True)
     except ValueError:  # binascii.Error: a character outside the alphabet, or padding in the wrong place

@@ -50,6 +50,9 @@ _DEFAULT_OPTIONS = ParseOptions()
 _HEADER_NAME = re.compile(rb"[!-9;-~]+[ \t]*")
 # Stops at the first blank line: finding "\n\n" alone would scan a whole CRLF message for nothing.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+# One field: its name, and its value with any continuation lines (line ends kept, for the unfolding), then the
+# end of its last line or of the block.
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
 _CONTENT_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9_:.+-]{1,40})""", re.I)
 _GUESS_BOUNDARY = re.compile(rb"^--([\x21-\x7e]{1,200}?)[ \t]*\r?$", re.M)
@@ -129,6 +132,9 @@ def _header_block(buf: bytes, start: int, end: int, defects: Defects | None,
         block_end, body_start = blank.start() + 1, blank.end()
     else:
         block_end = body_start = end
+    fields = _well_formed_fields(buf, start, block_end)
+    if fields is not None:
+        return fields, body_start
     headers: list[tuple[str, bytes]] = []
     name: str | None = None
     value: list[bytes] = []
@@ -161,6 +167,23 @@ def _header_block(buf: bytes, start: int, end: int, defects: Defects | None,
     if name is not None:
         headers.append((name, _unfold(value)))
     return headers, body_start
+
+
+def _well_formed_fields(buf: bytes, start: int, end: int) -> list[tuple[str, bytes]] | None:
+    """The fields of a header block in which every line is a field or its continuation (nearly every one),
+    one regular expression match per field; None for anything else, which the line-by-line reading above
+    takes with its repairs and defects. Both give the same fields."""
+    fields: list[tuple[str, bytes]] = []
+    pos = start
+    match = _FIELD.match
+    while pos < end:
+        found = match(buf, pos, end)
+        if found is None:
+            return None
+        name, value = found.groups()
+        fields.append((name.decode("ascii").lower(), _unfold(value.split(b"\n")) if b"\n" in value else value.strip()))
+        pos = found.end()
+    return fields
 
 
 def _unfold(lines: list[bytes]) -> bytes:
