@@ -11,7 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from mailconnector.errors import ConfigError, MessageError
 from mailconnector.mime._parse_decode import Base64Decoder, Defects, decode_words, parse_params
@@ -528,6 +528,26 @@ def test_well_formed_fields_are_read_one_match_each_and_anything_else_is_left_to
     assert _well_formed_fields(block, 0, len(block)) == [("subject", b"a b"), ("x-y", b"c"), ("to", b"d")]
     for odd in (b" indented: x\r\n", b"From someone\r\nA: b\r\n", b"A: b\r\nno colon\r\n", b"\xc3\xa9: x\r\n"):
         assert _well_formed_fields(odd, 0, len(odd)) is None
+
+
+@settings(max_examples=800, deadline=None)
+@given(value=st.lists(st.sampled_from(["text/plain", "Multipart/Mixed", ";", "; ", " ", "\t", "charset", "CharSet",
+                                       "=", '"', '\\', "name*", "*0*", "=?utf-8?q?x?=", "a b", "é", "''",
+                                       "boundary=x=y", "utf-8"]), max_size=14).map("".join))
+@example('Text/Plain; CharSet=UTF-8; Format="flowed"')
+@example('attachment; filename="=?utf-8?q?r=C3=A9sum=C3=A9?=.pdf"; filename=second; size=3;')
+def test_the_simple_parameter_path_reads_what_the_general_one_reads(value: str) -> None:
+    import re
+
+    from mailconnector.mime import _parse_decode
+
+    fast_defects, slow_defects = Defects(), Defects()
+    fast = parse_params(value, "part", fast_defects)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_parse_decode, "_SIMPLE_PARAMS", re.compile(r"(?!)"))
+        slow = parse_params(value, "part", slow_defects)
+    assert fast == slow
+    assert fast_defects.result() == slow_defects.result()
 
 
 def test_base64_decoder_handles_concatenated_blobs_and_chunks() -> None:

@@ -349,6 +349,10 @@ def decode_words(value: str, what: str, defects: Defects) -> str:
 _SEGMENT = re.compile(r'(?:[^;"]|"(?:[^"\\]|\\.)*(?:"|\\?$))+', re.S)
 _EXT_NAME = re.compile(r"^([^*]+)\*(?:(\d{1,4})(\*)?)?$")
 _UNESCAPE = re.compile(r"\\(.)", re.S)
+# The shape nearly every Content-Type and Content-Disposition has: a value, then ``name=value`` pairs, each value a
+# token or a quoted string without escapes; no RFC 2231 ``*``, no stray ``;`` or quote.
+_SIMPLE_PARAMS = re.compile(r'\s*([^\s;"=]+)\s*((?:;\s*[A-Za-z0-9_.-]+=(?:"[^"\\]*"|[^\s;"\\]*)\s*)*)(?:;\s*)?')
+_SIMPLE_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)=(?:"([^"\\]*)"|([^\s;"\\]*))')
 
 
 def _unquote(value: str) -> str:
@@ -365,6 +369,12 @@ def parse_params(value: str, what: str, defects: Defects) -> tuple[str, dict[str
     RFC 2231 continuations and charsets are joined and decoded; RFC 2047 words inside a plain value
     (what many mailers put in ``name=``) are decoded too.
     """
+    simple = _SIMPLE_PARAMS.fullmatch(value)
+    if simple is not None:
+        plain: dict[str, str] = {}
+        for name, quoted, bare in _SIMPLE_PARAM.findall(simple.group(2)):
+            plain.setdefault(name.lower(), quoted or bare)
+        return simple.group(1).lower(), {name: decode_words(text, what, defects) for name, text in plain.items()}
     segments = _SEGMENT.findall(value)
     if not segments:
         return "", {}
@@ -375,7 +385,7 @@ def parse_params(value: str, what: str, defects: Defects) -> tuple[str, dict[str
         main, _, first = main.partition(" ")
         rest.insert(0, first)
         defects.add(f"{what}: missing ';' between parameters")
-    plain: dict[str, str] = {}
+    plain = {}
     extended: dict[str, dict[int, tuple[str, bool]]] = {}
     for segment in rest:
         name, sep, raw = segment.partition("=")
