@@ -172,8 +172,11 @@ def test_a_first_release_store_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         versions = [r[0] for r in db.execute("SELECT version FROM schema_migrations ORDER BY version")]
+        delivered = db.execute("SELECT sql FROM sqlite_master WHERE name = 'read_delivered'").fetchone()[0]
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert not {t for t in tables if t.startswith("v1_")} and "send_ledger" not in tables
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [1, 2, 3, 4, 5, 6]
+    assert "WITHOUT ROWID" in delivered and "read_delivered_mid" not in indexes
     assert Store(path).ledger_entry("<sent@x>") is not None  # opened again: nothing more to do
 
 

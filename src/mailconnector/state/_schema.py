@@ -119,7 +119,28 @@ CREATE TABLE IF NOT EXISTS send_pace (
 )
 """
 
-MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3, 4: _V4, 5: _V5}
+# Read Email records every delivered message, one write per message: in SQLite the table is now its primary key
+# (WITHOUT ROWID), and the index by Message-ID goes (the one query by Message-ID reads a whole folder, which the
+# key's prefix serves): a delivery writes one B-tree page instead of three.
+_V6 = """
+CREATE TABLE read_delivered_v6 (
+    account TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity BIGINT NOT NULL,
+    uid BIGINT NOT NULL,
+    message_id TEXT,
+    action TEXT NOT NULL,
+    done INTEGER NOT NULL,
+    delivered_at {real} NOT NULL,
+    PRIMARY KEY (account, folder, uidvalidity, uid)
+){clustered};
+INSERT INTO read_delivered_v6 (account, folder, uidvalidity, uid, message_id, action, done, delivered_at)
+    SELECT account, folder, uidvalidity, uid, message_id, action, done, delivered_at FROM read_delivered;
+DROP TABLE read_delivered;
+ALTER TABLE read_delivered_v6 RENAME TO read_delivered
+"""
+
+MIGRATIONS: dict[int, str] = {2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 LATEST = max(MIGRATIONS)
 
 # A first-release SQLite file (tables but no schema_migrations): its tables are renamed out of the way, the

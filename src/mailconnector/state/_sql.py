@@ -45,6 +45,7 @@ class Dialect:
     share: str  # locks a fence's lease row for the rest of the statement's transaction
     real: str
     serial: str
+    clustered: str  # after a table's definition: the table stored as its primary key, where the database can
 
     def sql(self, text: str) -> str:
         text = text.replace("{now}", self.now).replace("{greatest}", self.greatest).replace("{share}", self.share)
@@ -94,7 +95,7 @@ class SqlStore:
                (version,))
 
     def schema_statements(self, script: str) -> list[str]:
-        text = script.format(real=self.dialect.real, serial=self.dialect.serial)
+        text = script.format(real=self.dialect.real, serial=self.dialect.serial, clustered=self.dialect.clustered)
         return [s.strip() for s in text.split(";") if s.strip()]
 
     # ---------------------------------------------------------- send ledger

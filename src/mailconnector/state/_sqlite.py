@@ -22,7 +22,7 @@ from ._sql import Dialect, Exec, Rows, SqlStore
 __all__ = ["SqliteStore"]
 
 _DIALECT = Dialect(placeholder="?", now="((julianday('now') - 2440587.5) * 86400.0)", greatest="max", share="",
-                   real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT")
+                   real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT", clustered=" WITHOUT ROWID")
 
 
 class SqliteStore(SqlStore):
