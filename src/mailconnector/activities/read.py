@@ -16,9 +16,9 @@ Nothing lost, nothing twice (the commit/ack protocol of DESIGN.md):
 - ``keep_unread`` relies on the store alone; a changed UIDVALIDITY falls back to Message-IDs, so a
   recreated folder neither loses nor repeats a message that has one.
 
-Speed and memory: a thread fetches and parses ahead while the taker writes and acks; a fetch batch holds at
-most ``batch_size`` messages and ``BATCH_BYTES`` (sizes are asked first), and so does the hand-off between
-the two threads, so memory does not grow with the folder; a message is let go as soon as its record is made.
+Speed and memory: one thread; the next batch is asked for before the current one is parsed, so the server
+sends it meanwhile. A fetch batch holds at most ``batch_size`` messages and ``BATCH_BYTES`` (sizes are asked
+first), so memory does not grow with the folder; a message is let go as soon as its record is made.
 """
 
 from __future__ import annotations
