@@ -31,7 +31,6 @@ __all__ = [
     "readable",
     "send_uid_fetch",
     "set_line_hook",
-    "uid_fetch",
     "uid_fetch_answer",
     "unexpected",
 ]
@@ -88,21 +87,16 @@ def login_with_literal(client: IMAPClient, user: str, password: bytes) -> tuple[
     return typ, data
 
 
-def uid_fetch(client: IMAPClient, uid_set: str, items: str) -> tuple[str, list[Any]]:
-    """``UID FETCH`` as IMAPClient sends it, its answer as imaplib read it: (status, FETCH data) without
-    IMAPClient's response parser, a tokenizer in Python that costs a quarter of a millisecond per message."""
-    return uid_fetch_answer(client, send_uid_fetch(client, uid_set, items))
-
-
 def send_uid_fetch(client: IMAPClient, uid_set: str, items: str) -> bytes:
-    """Send ``UID FETCH`` and read nothing yet: the server prepares its answer while the caller works. The
-    tag is for :func:`uid_fetch_answer`, which must come before any other command on the connection."""
+    """Send ``UID FETCH`` as IMAPClient sends it, and read nothing yet: the server prepares its answer while
+    the caller works. The tag is for :func:`uid_fetch_answer`, which must come before any other command."""
     tag: bytes = client._imap._command("UID", "FETCH", uid_set, items)
     return tag
 
 
 def uid_fetch_answer(client: IMAPClient, tag: bytes) -> tuple[str, list[Any]]:
-    """The answer to the ``UID FETCH`` sent with ``tag``: (status, FETCH data)."""
+    """The answer to the ``UID FETCH`` sent with ``tag``, as imaplib read it: (status, FETCH data), without
+    IMAPClient's response parser, a tokenizer in Python that costs a quarter of a millisecond per message."""
     imap = client._imap
     typ, data = imap._command_complete("FETCH", tag)
     if typ != "OK":

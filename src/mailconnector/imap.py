@@ -38,7 +38,6 @@ from ._imap_lib import (
     readable,
     send_uid_fetch,
     set_line_hook,
-    uid_fetch,
     uid_fetch_answer,
     unexpected,
     unrepr,
@@ -421,12 +420,11 @@ class ImapSession(Session):
         messages: list[FetchedMessage] = []
         tag, ahead.tag = ahead.tag, None
         for number, uid_set in enumerate(ahead.sets):
-            with self._translate("UID FETCH"):
-                if number or tag is None:
-                    tag = send_uid_fetch(self.client, uid_set, FETCH_ITEMS)
-                typ, data = uid_fetch_answer(self.client, tag)
-                if typ != "OK":
-                    raise imap_exc.IMAPClientError(f"UID FETCH failed: {_clean(data)}")
+            if number or tag is None:
+                data = self._uid_fetch(uid_set, FETCH_ITEMS)
+            else:
+                with self._translate("UID FETCH"):
+                    data = self._fetch_answer(tag)
             found = parse_fetch(data)
             if found is None:  # an answer the fast path does not know: IMAPClient's parser reads it
                 with self._translate("UID FETCH"):
@@ -475,9 +473,14 @@ class ImapSession(Session):
         """``UID FETCH`` through imaplib, the way IMAPClient sends it, but without IMAPClient's response
         parser: a tokenizer written in Python, which costs a quarter of a millisecond per message."""
         with self._translate("UID FETCH"):
-            typ, data = uid_fetch(self.client, uid_set, items)
-            if typ != "OK":
-                raise imap_exc.IMAPClientError(f"UID FETCH failed: {_clean(data)}")
+            return self._fetch_answer(send_uid_fetch(self.client, uid_set, items))
+
+    def _fetch_answer(self, tag: bytes) -> list[Any]:
+        """The FETCH data answering ``tag``; a refusal raised as the library's error (translated by the
+        caller's block, as every library error)."""
+        typ, data = uid_fetch_answer(self.client, tag)
+        if typ != "OK":
+            raise imap_exc.IMAPClientError(f"UID FETCH failed: {_clean(data)}")
         return data
 
     # ------------------------------------------------------------ after read
