@@ -229,7 +229,7 @@ def test_a_reader_stopped_early_with_a_batch_on_its_way_closes_cleanly_and_the_n
             item.ack()
             if n == 2:
                 # The next batch was asked for: its answer is read and dropped, so that the after-read action
-                # and the logout that follow find the connection idle. Nothing taken is not delivered.
+                # and the logout that follow find the connection idle. What was not taken stays unread.
                 break
         assert reader._ahead is None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
