@@ -15,8 +15,18 @@ from typing import Any
 
 from imapclient import exceptions as imap_exc
 
-__all__ = ["FETCH_ITEMS", "FetchedMessage", "internal_date", "parse_fetch", "parse_fetch_slowly", "uid_and_size",
-           "uid_sets"]
+__all__ = ["FETCH_ITEMS", "FetchAhead", "FetchedMessage", "internal_date", "parse_fetch", "parse_fetch_slowly",
+           "uid_and_size", "uid_sets"]
+
+
+@dataclass
+class FetchAhead:
+    """A ``UID FETCH`` sent and not read yet (``ImapSession.ask_fetch``): the messages asked for, their UID sets
+    (a batch may need more than one command line) and the tag of the one sent."""
+
+    uids: list[int]
+    sets: list[str]
+    tag: bytes | None
 
 
 @dataclass

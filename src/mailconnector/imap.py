@@ -12,13 +12,20 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout, exceptions as imap_exc
 
-from ._imap_fetch import FETCH_ITEMS, FetchedMessage, parse_fetch, parse_fetch_slowly, uid_and_size, uid_sets
+from ._imap_fetch import (
+    FETCH_ITEMS,
+    FetchAhead,
+    FetchedMessage,
+    parse_fetch,
+    parse_fetch_slowly,
+    uid_and_size,
+    uid_sets,
+)
 from ._imap_folders import (
     SPECIAL_USE,
     FolderInfo as FolderInfo,
@@ -53,15 +60,6 @@ from .logs import redact_imap_line
 __all__ = ["FetchAhead", "FetchedMessage", "FolderInfo", "FolderState", "ImapSession"]
 
 wire = logging.getLogger("mailconnector.protocol.imap")
-
-
-@dataclass
-class FetchAhead:
-    """A fetch asked for and not yet read (:meth:`ImapSession.ask_fetch`)."""
-
-    uids: list[int]
-    sets: list[str]
-    tag: bytes | None
 
 
 class ImapSession(Session):

@@ -509,25 +509,25 @@ def test_line_ends_made_lf_on_bytes_give_what_decoding_then_replacing_gives(data
                        max_size=30).map(b"".join),
        body=st.sampled_from([b"", b"\r\nbody\r\n", b"\nbody"]))
 def test_the_one_match_per_field_path_reads_headers_as_the_line_by_line_reading_does(block: bytes, body: bytes) -> None:
-    from mailconnector.mime import parse
+    from mailconnector.mime import _parse_structure as structure
 
     buf = block + body
     fast_defects, slow_defects = Defects(), Defects()
-    fast = parse._header_block(buf, 0, len(buf), fast_defects, "message headers")
+    fast = structure.header_block(buf, 0, len(buf), fast_defects, "message headers")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parse, "_well_formed_fields", lambda *args: None)
-        slow = parse._header_block(buf, 0, len(buf), slow_defects, "message headers")
+        patch.setattr(structure, "well_formed_fields", lambda *args: None)
+        slow = structure.header_block(buf, 0, len(buf), slow_defects, "message headers")
     assert fast == slow
     assert fast_defects.result() == slow_defects.result()
 
 
 def test_well_formed_fields_are_read_one_match_each_and_anything_else_is_left_to_the_careful_reading() -> None:
-    from mailconnector.mime.parse import _well_formed_fields
+    from mailconnector.mime._parse_structure import well_formed_fields
 
     block = b"Subject: a\r\n\tb\r\nX-Y :  c \r\nTo: d"
-    assert _well_formed_fields(block, 0, len(block)) == [("subject", b"a b"), ("x-y", b"c"), ("to", b"d")]
+    assert well_formed_fields(block, 0, len(block)) == [("subject", b"a b"), ("x-y", b"c"), ("to", b"d")]
     for odd in (b" indented: x\r\n", b"From someone\r\nA: b\r\n", b"A: b\r\nno colon\r\n", b"\xc3\xa9: x\r\n"):
-        assert _well_formed_fields(odd, 0, len(odd)) is None
+        assert well_formed_fields(odd, 0, len(odd)) is None
 
 
 @settings(max_examples=800, deadline=None)
