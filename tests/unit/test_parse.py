@@ -462,6 +462,25 @@ def test_addresses() -> None:
     assert "to: '<' without '>'" in defects and "to: 'x.test' is not a complete address" in defects
 
 
+@settings(max_examples=1000, deadline=None)
+@given(value=st.lists(st.sampled_from(["a@x.test", "b.c@y.test", "Ann", "Bob Lee", "=?utf-8?q?J=C3=B6rg?=",
+                                       "=?utf-8?b?w6k=?=", "<", ">", "<a@x.test>", ",", ", ", " ", "  ", "\t", "\xa0",
+                                       "\x1c", "@", '"', '"Doe, Jane"', "\\", "(c)", ":", ";", "[1.2.3.4]", "é",
+                                       "=?", "?="]), max_size=12).map("".join))
+@example("Reader <reader@example.test>, carol@example.test")
+@example("A  B <a@x.test>")
+@example("a@x.test[1.2.3.4], b@y.test")
+def test_plain_mailboxes_are_read_by_expressions_as_the_tokenizer_reads_them(value: str) -> None:
+    """The fast paths (one plain mailbox, or a list of them) give the tokenizer's pairs and defects."""
+    from mailconnector.mime._parse_fields import _tokenized_addresses
+
+    fast_defects, slow_defects = Defects(), Defects()
+    fast = parse_address_list(value, "to", fast_defects, lambda text: decode_words(text, "to", fast_defects))
+    slow = _tokenized_addresses(value, "to", slow_defects, lambda text: decode_words(text, "to", slow_defects))
+    assert fast == slow
+    assert fast_defects.result() == slow_defects.result()
+
+
 def test_addresses_survive_hostile_lengths() -> None:
     began = time.perf_counter()
     _addresses(" " * 50_000 + "x")

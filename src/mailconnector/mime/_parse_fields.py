@@ -39,7 +39,7 @@ _SIMPLE_NAMED = re.compile(
     r'\s*(?:"((?:[^"\\]|\\.)*)"\s*|([^"<>,;:()\\@\[\]\s][^"<>,;:()\\@\[\]]*)?)'
     r'<([^<>\s,;:"()\\@]+@[^<>\s,;:"()\\@]+)>\s*'
 )
-_SIMPLE_BARE = re.compile(r'\s*([^\s<>,;:"()\\@]+@[^\s<>,;:"()\\@]+)\s*')
+_SIMPLE_BARE = re.compile(r'\s*([^\s<>,;:"()\\@\[\]]+@[^\s<>,;:"()\\@\[\]]+)\s*')
 
 
 def _comment(value: str, start: int) -> tuple[str, int]:
@@ -207,21 +207,51 @@ def _to_addresses(entry: _Entry, what: str, defects: Defects,
     return [(decode(" ".join(entry.phrase)).strip(), "")]
 
 
+def _plain_mailbox(value: str) -> tuple[str, str] | None:
+    """``(display name before decoding, address)`` of a plain ``Name <a@b>`` or ``a@b``; None for anything
+    else. The name's runs of white space read as one space, as the tokenizer joins its words."""
+    simple = _SIMPLE_NAMED.fullmatch(value)
+    if simple is not None:
+        quoted, bare, address = simple.groups()
+        if quoted is not None:
+            return _UNESCAPE.sub(r"\1", quoted), address
+        return (" ".join(bare.split()) if bare else ""), address
+    simple = _SIMPLE_BARE.fullmatch(value)
+    return ("", simple.group(1)) if simple is not None else None
+
+
+def _plain_list(value: str) -> list[tuple[str, str]] | None:
+    """A comma-separated list of plain mailboxes, else None. Quotes, comments, groups and literals never
+    match a plain mailbox, so a comma inside them sends the whole list to the tokenizer."""
+    if "," not in value:
+        return None
+    found: list[tuple[str, str]] = []
+    for piece in value.split(","):
+        plain = _plain_mailbox(piece)
+        if plain is None:
+            return None
+        found.append(plain)
+    return found
+
+
 def parse_address_list(value: str, what: str, defects: Defects,
                        decode: WordDecoder) -> list[tuple[str, str]]:
     """``(display name, address)`` pairs of an address header, in order; groups are flattened.
 
     ``value`` is the unfolded header before RFC 2047 decoding (a decoded name may hold commas);
-    ``decode`` decodes the display names.
+    ``decode`` decodes the display names. A plain mailbox, or a list of them, is read by regular
+    expressions; anything else by the tokenizer, with its repairs. Both give the same pairs.
     """
-    simple = _SIMPLE_NAMED.fullmatch(value)
-    if simple is not None:
-        quoted, bare, address = simple.groups()
-        name = _UNESCAPE.sub(r"\1", quoted) if quoted is not None else bare
-        return [(decode(name).strip() if name else "", address)]
-    simple = _SIMPLE_BARE.fullmatch(value)
-    if simple is not None:
-        return [("", simple.group(1))]
+    plain = _plain_mailbox(value)
+    found = [plain] if plain is not None else _plain_list(value)
+    if found is None:
+        return _tokenized_addresses(value, what, defects, decode)
+    return [(decode(name).strip() if name else "", address) for name, address in found]
+
+
+def _tokenized_addresses(value: str, what: str, defects: Defects,
+                         decode: WordDecoder) -> list[tuple[str, str]]:
+    """:func:`parse_address_list` for any value: the tokenizer, with every repair listed."""
     entries = _merge_unquoted_commas(_tokenize(value, what, defects), what, defects)
     result: list[tuple[str, str]] = []
     for entry in entries:
