@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 from typing import Annotated, Any
 
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else list(argv)
     guess_mode(args)
+    # pydantic looks for plugins (observers of validation) through every installed package's entry points
+    # when it builds the first model: a noticeable part of a command's start, for nothing the command uses.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         if MODE.json_result or MODE.json_logs:
             result = app(args=args, prog_name="mailconnector", standalone_mode=False)

@@ -297,6 +297,9 @@ _ASCTIME = re.compile(
 )
 
 
+_ZONES: dict[int, timezone] = {}
+
+
 def _zone_minutes(zone: str | None, shown: str, defects: Defects) -> int:
     if not zone:
         defects.add(f"date {shown!r} has no time zone; read as UTC")
@@ -331,8 +334,11 @@ def _build(groups: dict[str, str | None], shown: str, defects: Defects) -> str:
         raise ValueError("unknown month")
     second = min(int(groups["s"] or 0), 59)  # a leap second is not representable
     offset = _zone_minutes(groups["zone"], shown, defects)
+    zone = _ZONES.get(offset)
+    if zone is None:
+        zone = _ZONES[offset] = timezone(timedelta(minutes=offset))  # at most 48 * 60 of them
     moment = datetime(year, month, int(groups["day"] or 0), int(groups["h"] or 0), int(groups["mi"] or 0),
-                      second, tzinfo=timezone(timedelta(minutes=offset)))
+                      second, tzinfo=zone)
     return moment.isoformat()
 
 

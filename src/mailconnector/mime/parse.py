@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pybase64
 
@@ -141,19 +141,18 @@ class _Parser:
         headers, body_start = header_block(buf, 0, len(buf), self.defects, "message headers")
         if buf and not headers:
             self.defects.add("the message has no headers")
-        record = self._top_fields(headers)
+        fields = self._top_fields(headers)
         self._walk(_Entity(0, body_start, len(buf), headers, "", 0, ""))
-        record.text = self.text
-        record.html = self.html
-        record.attachments = self.attachments
-        record.size = len(self.raw)
-        record.defects = self.defects.result()
-        if self.options.include_raw:
-            record.raw_base64 = _b64(self.raw)
-        return record
+        return ReadRecord(**fields, text=self.text, html=self.html, attachments=self.attachments, size=len(self.raw),
+                          defects=self.defects.result(),
+                          raw_base64=_b64(self.raw) if self.options.include_raw else None)
 
     def _decode_header(self, name: str, raw: bytes) -> tuple[str, str]:
         """(text before RFC 2047 decoding, decoded text) of one header; lenient fallback with a defect."""
+        if raw.isascii():  # nearly every header: nothing to decode or repair
+            text = raw.decode("ascii")
+            if "=?" not in text and "\x00" not in text:
+                return text, text
         what = f"header {name!r}"
         try:
             text = decode_8bit(raw, what, self.defects)
@@ -167,7 +166,8 @@ class _Parser:
             text = raw.decode("latin-1").replace("\x00", "")
             return text, text
 
-    def _top_fields(self, headers: list[tuple[str, bytes]]) -> ReadRecord:
+    def _top_fields(self, headers: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """The record's fields read from the top-level headers."""
         decoded: dict[str, list[str]] = {}
         undecoded: dict[str, list[str]] = {}
         for name, raw in headers:
@@ -213,7 +213,7 @@ class _Parser:
         message_id = first("message-id")
         in_reply_to = first("in-reply-to")
         references = first("references")
-        return ReadRecord(
+        return dict(
             message_id=parse_msg_id(message_id, "header 'message-id'", self.defects) if message_id else None,
             from_=authors[0] if authors else None,
             sender=senders[0] if senders else None,
