@@ -336,7 +336,7 @@ def _build(groups: dict[str, str | None], shown: str, defects: Defects) -> str:
     offset = _zone_minutes(groups["zone"], shown, defects)
     zone = _ZONES.get(offset)
     if zone is None:
-        zone = _ZONES[offset] = timezone(timedelta(minutes=offset))  # at most 48 * 60 of them
+        zone = _ZONES[offset] = timezone(timedelta(minutes=offset))  # one per offset: a few thousand at most
     moment = datetime(year, month, int(groups["day"] or 0), int(groups["h"] or 0), int(groups["mi"] or 0),
                       second, tzinfo=zone)
     return moment.isoformat()
