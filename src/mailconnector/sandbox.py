@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._cluster._process import free_ports
 from ._sandbox_config import dovecot_conf, postfix_main_cf, postfix_master_cf
 from .errors import ConfigError, StateError
 
@@ -71,19 +72,6 @@ class SandboxInfo:
         raise KeyError(user)
 
 
-def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def check_installed() -> None:
     """Say exactly what to install when a server binary is missing."""
     missing = [
@@ -101,13 +89,16 @@ def check_installed() -> None:
 
 def check_cluster_installed() -> None:
     from ._cluster.postgres import PostgresNotInstalled, find_bindir
+    from ._cluster.redis import RedisNotInstalled, find_binary
 
     missing = []
     try:
         find_bindir()
     except PostgresNotInstalled:
         missing.append("the PostgreSQL server")
-    if not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+    try:
+        find_binary()
+    except RedisNotInstalled:
         missing.append("redis-server")
     if missing:
         raise ConfigError(f"--with-cluster needs {' and '.join(missing)}, which is not installed",
@@ -148,8 +139,8 @@ class Sandbox:
                               hint="use a shorter path (unix socket paths are limited to 108 bytes)")
         os.chmod(rundir, 0o755)
         names = ["imap", "imaps", "lmtp", "smtp", "submission", "smtps", "smtp_notls"]
-        ports = dict(zip(names, _free_ports(len(names)), strict=True))
-        ports["imap_notls"] = _free_ports(1, "127.0.0.2")[0] if _can_bind("127.0.0.2") else 0
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        ports["imap_notls"] = free_ports(1, "127.0.0.2")[0] if _can_bind("127.0.0.2") else 0
         user_list = [{"address": f"{u}@{DOMAIN}", "password": secrets.token_urlsafe(12)} for u in users]
         info = SandboxInfo(
             rundir=str(rundir), host="127.0.0.1", ports=ports, ca_file=str(rundir / "tls" / "ca.pem"),

@@ -27,6 +27,15 @@ class RedisNotInstalled(RuntimeError):
     """The server binary is missing: the machine was not set up, which is not a test failure of the code."""
 
 
+def find_binary() -> str:
+    """Debian's ``redis-server``: on PATH, or where the package puts it (``/usr/bin`` may be off PATH)."""
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
+                                              else None)
+    if binary is None:
+        raise RedisNotInstalled(f"redis-server not found; {INSTALL_HINT}")
+    return binary
+
+
 class RedisServer(ServerProcess):
     def __init__(self, *, parent: Path | None = None, password: str | None = None, persist: bool = False,
                  stop_at_exit: bool = True) -> None:
@@ -43,10 +52,7 @@ class RedisServer(ServerProcess):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
-                                                  else None)
-        if binary is None:
-            raise RedisNotInstalled(f"redis-server not found; {INSTALL_HINT}")
+        binary = find_binary()
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="mc-redis-", dir=str(self.parent) if self.parent else None))
             if self.stop_at_exit:
@@ -101,8 +107,7 @@ class RedisServer(ServerProcess):
     def restart(self) -> None:
         """Down and up again on the same port: its queues are gone (nothing was saved)."""
         self._kill()
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not self._launch(binary):
+        if not self._launch(find_binary()):
             raise RuntimeError(f"redis-server did not start again; its log:\n{self.log_tail()}")
 
     def down(self) -> None:
