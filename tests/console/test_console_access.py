@@ -464,3 +464,37 @@ def test_a_password_held_in_the_operation_log_is_hidden_on_the_first_page_asked(
     assert first.status_code == 200 and "login refused for password" in first.text
     assert page.status_code == 200 and "login refused for password" in page.text
     assert password not in first.text and password not in page.text
+
+
+def test_a_project_whose_store_moved_gives_oauth2_tokens_the_new_store(console_project: ConsoleProject,
+                                                                         tmp_path: Path) -> None:
+    """A reloaded project file may name another state store; the old one is closed. The OAuth2 token
+    providers the console made before must not keep writing tokens to the closed store."""
+    import os
+
+    import yaml
+
+    from mailconnector.auth.oauth2 import provider_for
+    from mailconnector.console._app import ConsoleState
+
+    doc = yaml.safe_load(console_project.path.read_text())
+    doc["connections"]["m365"] = {
+        "smtp": {"host": "127.0.0.1", "port": 2525, "security": "none"}, "activities": "send",
+        "auth": {"type": "oauth2", "username": "someone@example.test",
+                 "oauth2": {"provider": "microsoft365", "grant": "client_credentials", "tenant_id": "t",
+                            "client_id": "c", "client_secret": "client-secret-for-the-store-test"}}}
+    doc.setdefault("settings", {})["state"] = str(tmp_path / "first.db")
+    console_project.path.write_text(yaml.safe_dump(doc))
+    state = ConsoleState(console_project.path)
+    try:
+        first = state.project()
+        assert provider_for(first.connection("m365")).store is first.store()
+        doc["settings"]["state"] = str(tmp_path / "second.db")
+        console_project.path.write_text(yaml.safe_dump(doc))
+        stat = console_project.path.stat()
+        os.utime(console_project.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # seen as edited
+        second = state.project()
+        assert second is not first and second.store() is not first.store()
+        assert provider_for(second.connection("m365")).store is second.store()
+    finally:
+        state.close()

@@ -52,6 +52,9 @@ class ConsoleState:
                     fresh.keep_store_of(self._project)
                     if self._project._store is not None and self._project._store is not fresh._store:
                         self._project._store.close()  # the state moved elsewhere: the old store is done
+                        from ..auth.oauth2 import forget_providers
+
+                        forget_providers()  # they keep their tokens in the old store: made again on use
                 fresh.store()  # opened here, under the lock, so that two requests never open two
                 _register_secrets(fresh)
                 self._project, self._stamp = fresh, stamp
