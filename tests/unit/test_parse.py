@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from mailconnector.errors import ConfigError, MessageError
+from mailconnector.mime._parse_dates import parse_date
 from mailconnector.mime._parse_decode import Base64Decoder, Defects, decode_words, parse_params
-from mailconnector.mime._parse_fields import parse_address_list, parse_date
+from mailconnector.mime._parse_fields import parse_address_list
 from mailconnector.mime.parse import parse_message
 from mailconnector.records.read import ParseOptions, ReadRecord, read_record_schema
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 import pybase64
 
 from mailconnector.errors import MessageError
+from mailconnector.mime._parse_dates import parse_date
 from mailconnector.mime._parse_decode import (
     CHUNK,
     Defects,
@@ -38,7 +39,7 @@ from mailconnector.mime._parse_decode import (
     make_decoder,
     parse_params,
 )
-from mailconnector.mime._parse_fields import parse_address_list, parse_date, parse_msg_id, parse_msg_ids
+from mailconnector.mime._parse_fields import parse_address_list, parse_msg_id, parse_msg_ids
 from mailconnector.mime._parse_structure import header_block, split_multipart
 from mailconnector.mime._safe_names import safe_filename, unique_path
 from mailconnector.records.read import Address, AttachmentInfo, ParseOptions, ReadRecord
