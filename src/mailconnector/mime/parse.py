@@ -40,8 +40,9 @@ from mailconnector.mime._parse_decode import (
     parse_params,
 )
 from mailconnector.mime._parse_fields import parse_address_list, parse_msg_id, parse_msg_ids
-from mailconnector.mime._parse_structure import header_block, split_multipart
+from mailconnector.mime._parse_structure import header_block
 from mailconnector.mime._safe_names import safe_filename, unique_path
+from mailconnector.mime._scans import split_multipart
 from mailconnector.records.read import Address, AttachmentInfo, ParseOptions, ReadRecord
 
 __all__ = ["parse_message"]

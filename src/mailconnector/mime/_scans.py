@@ -1,0 +1,106 @@
+"""The parser's three byte scans: a well-formed header block's fields, a multipart body's parts, and a text
+body's CRLF line ends made LF. They read every byte of every message, so each is compiled (``_scans_c.c``)
+where the install could build it; the Python twins below serve where it could not. The two give the same
+results on every input (property tests in tests/unit/test_parse.py hold them to each other).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["COMPILED", "lf_lines", "py_lf_lines", "py_split_multipart", "py_well_formed_fields", "split_multipart",
+           "unfold", "well_formed_fields"]
+
+# One field: its name, and its value with any continuation lines (line ends kept, for the unfolding), then the
+# end of its last line or of the block.
+_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+# A CR that does not end a line.
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def py_well_formed_fields(buf: bytes, start: int, end: int) -> list[tuple[str, bytes]] | None:
+    """The fields of a header block in which every line is a field or its continuation (nearly every one),
+    as (lower-case name, unfolded value); None for anything else, which the line-by-line reading in
+    ``_parse_structure.header_block`` takes with its repairs and defects. Both give the same fields."""
+    fields: list[tuple[str, bytes]] = []
+    pos = start
+    match = _FIELD.match
+    while pos < end:
+        found = match(buf, pos, end)
+        if found is None:
+            return None
+        name, value = found.groups()
+        fields.append((name.decode("ascii").lower(), unfold(value.split(b"\n")) if b"\n" in value else value.strip()))
+        pos = found.end()
+    return fields
+
+
+def unfold(lines: list[bytes]) -> bytes:
+    """Join a field's lines (RFC 5322, 2.2.3): line ends go, a folding tab reads as a space."""
+    if len(lines) == 1:
+        return lines[0].strip()
+    parts = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    for index in range(1, len(parts)):
+        if parts[index].startswith(b"\t"):
+            parts[index] = b" " + parts[index][1:]
+    return b"".join(parts).strip()
+
+
+def py_split_multipart(buf: bytes, start: int, end: int, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """Body parts of a multipart body as (start, end) offsets, and whether the closing delimiter was seen.
+
+    A delimiter is ``--boundary`` at the start of a line, optionally followed by ``--`` (closing),
+    white space and the line end. The line end before it belongs to the delimiter (RFC 2046, 5.1.1).
+    """
+    delimiter = b"--" + boundary
+    size = len(delimiter)
+    parts: list[tuple[int, int]] = []
+    part_start = -1
+    pos = start
+    while True:
+        found = buf.find(delimiter, pos, end)
+        if found < 0:
+            break
+        if found > start and buf[found - 1] != 10:
+            pos = found + 1
+            continue
+        cursor = found + size
+        closing = buf.startswith(b"--", cursor, end)
+        if closing:
+            cursor += 2
+        while cursor < end and buf[cursor] in (32, 9):
+            cursor += 1
+        if cursor < end and buf[cursor] == 13:
+            cursor += 1
+        if cursor < end:
+            if buf[cursor] != 10:
+                pos = found + 1  # "--boundary" was only the start of a longer line
+                continue
+            cursor += 1
+        if part_start >= 0:
+            part_end = found - 1 if found > start else found
+            if part_end > part_start and buf[part_end - 1] == 13:
+                part_end -= 1
+            parts.append((part_start, max(part_end, part_start)))
+        if closing:
+            return parts, True
+        part_start = pos = cursor
+    if part_start >= 0:
+        parts.append((part_start, end))
+    return parts, False
+
+
+def py_lf_lines(data: bytes) -> bytes | None:
+    """``data`` with the CR of every CRLF dropped; None when a CR does not end a line (it must stay)."""
+    if _LONE_CR.search(data):
+        return None
+    return data.replace(b"\r", b"")
+
+
+try:
+    from mailconnector.mime._scans_c import lf_lines, split_multipart, well_formed_fields
+except ImportError:  # built without a C compiler: the same results, slower
+    COMPILED = False
+    lf_lines, split_multipart, well_formed_fields = py_lf_lines, py_split_multipart, py_well_formed_fields
+else:
+    COMPILED = True
