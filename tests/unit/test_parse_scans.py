@@ -28,6 +28,7 @@ def test_the_install_built_the_compiled_scans() -> None:
     assert _scans.well_formed_fields is _scans_c.well_formed_fields
     assert _scans.split_multipart is _scans_c.split_multipart
     assert _scans.lf_lines is _scans_c.lf_lines
+    assert _scans.without_line_ends is _scans_c.without_line_ends
 
 
 _FIELD_PIECES = [b"Subject", b"X-A", b"From ", b"a", b":", b": ", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\n ", b"\r\n\t",
@@ -79,6 +80,19 @@ def test_compiled_line_ends_are_the_python_line_ends(data: bytes) -> None:
 
 
 @needs_compiled
+@settings(max_examples=1000, deadline=None)
+@given(data=st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"QUJD", b"=", b"\n\r", b" "]), max_size=40).map(b"".join),
+       cut=st.data())
+@example(data=b"", cut=None)
+def test_compiled_base64_lines_are_the_python_ones(data: bytes, cut: st.DataObject | None) -> None:
+    start, end = 0, len(data)
+    if cut is not None:
+        start = cut.draw(st.integers(0, len(data)))
+        end = cut.draw(st.integers(start, len(data)))
+    assert _scans.without_line_ends(data, start, end) == _scans.py_without_line_ends(data, start, end)
+
+
+@needs_compiled
 def test_compiled_scans_take_only_bytes_and_sane_offsets() -> None:
     """The parser's buffers are always bytes; anything else is a bug to be told, not bytes to be guessed."""
     from mailconnector.mime import _scans_c
@@ -90,6 +104,8 @@ def test_compiled_scans_take_only_bytes_and_sane_offsets() -> None:
             _scans_c.split_multipart(bad, 0, 4, b"b")  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             _scans_c.lf_lines(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            _scans_c.without_line_ends(bad, 0, 4)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _scans_c.split_multipart(b"--b", 0, 3, "b")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -101,6 +117,8 @@ def test_compiled_scans_take_only_bytes_and_sane_offsets() -> None:
     # An end past the buffer reads no byte beyond it (the parser never asks; memory safety does).
     assert _scans_c.well_formed_fields(b"A: b", 0, 1000) == [("a", b"b")]
     assert _scans_c.split_multipart(b"--b\r\nx", 0, 1000, b"b") == ([(5, 6)], False)
+    assert _scans_c.without_line_ends(b"QU\r\nJD", 0, 1000) == b"QUJD"
+    assert _scans_c.without_line_ends(b"QU\r\nJD", 5, 2) == b""
 
 
 class _Bytes(bytes):
@@ -120,6 +138,7 @@ def python_scans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_parse_structure, "well_formed_fields", _scans.py_well_formed_fields)
     monkeypatch.setattr(parse, "split_multipart", _scans.py_split_multipart)
     monkeypatch.setattr(_parse_decode, "lf_lines", _scans.py_lf_lines)
+    monkeypatch.setattr(_parse_decode, "without_line_ends", _scans.py_without_line_ends)
 
 
 def _records(options: ParseOptions | None = None) -> dict[str, object]:

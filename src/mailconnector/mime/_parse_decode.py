@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import pybase64
 
-from mailconnector.mime._scans import lf_lines
+from mailconnector.mime._scans import lf_lines, without_line_ends
 
 __all__ = [
     "CHUNK",
@@ -546,7 +546,7 @@ def _well_formed_base64(buf: bytes, start: int, end: int) -> tuple[bytes, bytes]
     pybase64 (SIMD) checks and decodes in one pass, tens of times faster than ``binascii``: an inbox's
     attachments are most of its bytes.
     """
-    cleaned = buf[start:end].replace(b"\r", b"").replace(b"\n", b"")  # memchr: twice as fast as translate
+    cleaned = without_line_ends(buf, start, end)
     try:
         return cleaned, pybase64.b64decode(cleaned, validate=True)
     except ValueError:  # binascii.Error: a character outside the alphabet, or padding in the wrong place

@@ -1,15 +1,16 @@
-"""The parser's three byte scans: a well-formed header block's fields, a multipart body's parts, and a text
-body's CRLF line ends made LF. They read every byte of every message, so each is compiled (``_scans_c.c``)
-where the install could build it; the Python twins below serve where it could not. The two give the same
-results on every input (property tests in tests/unit/test_parse.py hold them to each other).
+"""The parser's byte scans: a well-formed header block's fields, a multipart body's parts, a text body's
+CRLF line ends made LF, and base64 without its line ends. Between them they read every byte of every
+message, so each is compiled (``_scans_c.c``) where the install could build it; the Python twins below
+serve where it could not. The two give the same results on every input (tests/unit/test_parse_scans.py
+holds them to each other).
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["COMPILED", "lf_lines", "py_lf_lines", "py_split_multipart", "py_well_formed_fields", "split_multipart",
-           "unfold", "well_formed_fields"]
+__all__ = ["COMPILED", "lf_lines", "py_lf_lines", "py_split_multipart", "py_well_formed_fields",
+           "py_without_line_ends", "split_multipart", "unfold", "well_formed_fields", "without_line_ends"]
 
 # One field: its name, and its value with any continuation lines (line ends kept, for the unfolding), then the
 # end of its last line or of the block.
@@ -97,10 +98,16 @@ def py_lf_lines(data: bytes) -> bytes | None:
     return data.replace(b"\r", b"")
 
 
+def py_without_line_ends(buf: bytes, start: int, end: int) -> bytes:
+    """``buf[start:end]`` without its CR and LF bytes: base64 as the decoder takes it."""
+    return buf[start:end].replace(b"\r", b"").replace(b"\n", b"")
+
+
 try:
-    from mailconnector.mime._scans_c import lf_lines, split_multipart, well_formed_fields
+    from mailconnector.mime._scans_c import lf_lines, split_multipart, well_formed_fields, without_line_ends
 except ImportError:  # built without a C compiler: the same results, slower
     COMPILED = False
     lf_lines, split_multipart, well_formed_fields = py_lf_lines, py_split_multipart, py_well_formed_fields
+    without_line_ends = py_without_line_ends
 else:
     COMPILED = True

@@ -1,4 +1,4 @@
-/* The parser's three byte scans, compiled: header fields, multipart delimiters, CRLF line ends.
+/* The parser's byte scans, compiled: header fields, multipart delimiters, CRLF line ends, base64 lines.
 
    Each function gives exactly what its Python twin in _scans.py gives (property tests hold them to each
    other); _scans.py uses the twins when this module was not built. Only bytes are taken: the parser's
@@ -293,11 +293,46 @@ scan_lf_lines(PyObject *module, PyObject *data)
     return result;
 }
 
+/* without_line_ends(buf, start, end): buf[start:end] without its CR and LF bytes (base64 before decoding). */
+static PyObject *
+scan_without_line_ends(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start, end;
+    if (bounds(args, nargs, 3, "without_line_ends", &start, &end) < 0)
+        return NULL;
+    if (start > end)
+        start = end;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, end - start);
+    if (result == NULL)
+        return NULL;
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    Py_ssize_t used = 0, pos = start;
+    while (pos < end) {
+        /* Line by line, each copied without its CRs: memchr and memcpy, not a byte at a time. */
+        const unsigned char *newline = memchr(buf + pos, '\n', (size_t)(end - pos));
+        Py_ssize_t stop = newline ? newline - buf : end;
+        while (pos < stop) {
+            const unsigned char *cr = memchr(buf + pos, '\r', (size_t)(stop - pos));
+            Py_ssize_t cut = cr ? cr - buf : stop;
+            memcpy(out + used, buf + pos, (size_t)(cut - pos));
+            used += cut - pos;
+            pos = cut + 1;
+        }
+        pos = stop + 1;
+    }
+    if (used != end - start && _PyBytes_Resize(&result, used) < 0)
+        return NULL;
+    return result;
+}
+
 static PyMethodDef scan_methods[] = {
     {"well_formed_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
      "well_formed_fields(buf, start, end): a header block's (name, value) pairs; None if a line is no field."},
     {"split_multipart", (PyCFunction)(void (*)(void))scan_parts, METH_FASTCALL,
      "split_multipart(buf, start, end, boundary): ([(start, end), ...], closed) of a multipart body."},
+    {"without_line_ends", (PyCFunction)(void (*)(void))scan_without_line_ends, METH_FASTCALL,
+     "without_line_ends(buf, start, end): buf[start:end] without its CR and LF bytes."},
     {"lf_lines", (PyCFunction)scan_lf_lines, METH_O,
      "lf_lines(data): data with CRLF made LF, or None when a CR does not end a line."},
     {NULL, NULL, 0, NULL},
