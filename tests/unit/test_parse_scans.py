@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+from mailconnector.activities.read import record_json
 from mailconnector.mime import _parse_decode, _parse_structure, _scans, parse
 from mailconnector.mime.parse import parse_message
 from mailconnector.records.read import ParseOptions
@@ -29,6 +30,7 @@ def test_the_install_built_the_compiled_scans() -> None:
     assert _scans.split_multipart is _scans_c.split_multipart
     assert _scans.lf_lines is _scans_c.lf_lines
     assert _scans.without_line_ends is _scans_c.without_line_ends
+    assert _scans.utf8_text is _scans_c.utf8_text
 
 
 _FIELD_PIECES = [b"Subject", b"X-A", b"From ", b"a", b":", b": ", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\n ", b"\r\n\t",
@@ -93,6 +95,33 @@ def test_compiled_base64_lines_are_the_python_ones(data: bytes, cut: st.DataObje
 
 
 @needs_compiled
+@settings(max_examples=1000, deadline=None)
+@given(text=st.text(max_size=40).map(lambda t: t * 20) | st.text(max_size=300), cut=st.integers(0, 3))
+@example(text="r\u00e9sum\u00e9 " * 100, cut=0)
+@example(text="\u20ac\U0001f600 " * 100, cut=0)
+def test_compiled_utf8_text_is_the_python_decoding(text: str, cut: int) -> None:
+    """The same text (and the same error for bytes that are not UTF-8), and the UTF-8 form the compiled
+    decoding keeps with the text is exactly its encoding: what str.encode and the record's JSON read."""
+    from pydantic_core import to_json
+
+    data = text.encode("utf-8")
+    if cut and data:  # cut inside a character, or a stray byte: not UTF-8
+        data = data[: len(data) - cut] if cut < 3 else data + b"\xff"
+    try:
+        expected = _scans.py_utf8_text(data)
+    except UnicodeDecodeError as exc:
+        with pytest.raises(UnicodeDecodeError) as raised:
+            _scans.utf8_text(data)
+        assert str(raised.value) == str(exc)
+        return
+    decoded = _scans.utf8_text(data)
+    assert decoded == expected
+    assert to_json(decoded) == to_json(expected)
+    assert decoded.encode("utf-8") == data
+    assert json.loads(to_json(decoded)) == expected
+
+
+@needs_compiled
 def test_compiled_scans_take_only_bytes_and_sane_offsets() -> None:
     """The parser's buffers are always bytes; anything else is a bug to be told, not bytes to be guessed."""
     from mailconnector.mime import _scans_c
@@ -106,6 +135,8 @@ def test_compiled_scans_take_only_bytes_and_sane_offsets() -> None:
             _scans_c.lf_lines(bad)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             _scans_c.without_line_ends(bad, 0, 4)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            _scans_c.utf8_text(bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         _scans_c.split_multipart(b"--b", 0, 3, "b")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
@@ -139,6 +170,7 @@ def python_scans(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parse, "split_multipart", _scans.py_split_multipart)
     monkeypatch.setattr(_parse_decode, "lf_lines", _scans.py_lf_lines)
     monkeypatch.setattr(_parse_decode, "without_line_ends", _scans.py_without_line_ends)
+    monkeypatch.setattr(_parse_decode, "utf8_text", _scans.py_utf8_text)
 
 
 def _records(options: ParseOptions | None = None) -> dict[str, object]:
@@ -146,13 +178,19 @@ def _records(options: ParseOptions | None = None) -> dict[str, object]:
             for path in sorted(EML.glob("*.eml"))}
 
 
+def _lines() -> dict[str, bytes]:
+    """Each corpus message's record as the JSON line `mailconnector read` writes."""
+    return {path.stem: record_json(parse_message(path.read_bytes())) for path in sorted(EML.glob("*.eml"))}
+
+
 @needs_compiled
 def test_the_corpus_reads_the_same_with_the_python_twins(request: pytest.FixtureRequest) -> None:
-    compiled = _records()
+    compiled, compiled_lines = _records(), _lines()
     request.getfixturevalue("python_scans")
     twins = _records()
     assert len(twins) >= 45
     assert twins == compiled
+    assert _lines() == compiled_lines
 
 
 def test_the_python_twins_read_the_corpus_as_expected(python_scans: None) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import pybase64
 
-from mailconnector.mime._scans import lf_lines, without_line_ends
+from mailconnector.mime._scans import lf_lines, utf8_text, without_line_ends
 
 __all__ = [
     "CHUNK",
@@ -176,7 +176,7 @@ def decode_text(data: bytes, charset: str | None, what: str, defects: Defects) -
             defects.add(f"{what}: charset {label!r} unknown; decoded as {used}")
         return text
     try:
-        text = data.decode(codec)
+        text = utf8_text(data) if codec == "utf-8" else data.decode(codec)
     except (UnicodeDecodeError, LookupError):
         pass
     else:

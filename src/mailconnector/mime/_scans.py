@@ -1,16 +1,22 @@
 """The parser's byte scans: a well-formed header block's fields, a multipart body's parts, a text body's
-CRLF line ends made LF, and base64 without its line ends. Between them they read every byte of every
-message, so each is compiled (``_scans_c.c``) where the install could build it; the Python twins below
-serve where it could not. The two give the same results on every input (tests/unit/test_parse_scans.py
-holds them to each other).
+CRLF line ends made LF, base64 without its line ends, and UTF-8 text decoded. Between them they read every
+byte of every message, so each is compiled (``_scans_c.c``) where the install could build it; the Python
+twins below serve where it could not. The two give the same results on every input
+(tests/unit/test_parse_scans.py holds them to each other).
+
+The compiled UTF-8 decoding also keeps the bytes it decoded as the text's UTF-8 form, which CPython caches
+in the string for whoever asks (the record's JSON does, for every body): the same bytes CPython would
+otherwise rebuild a character at a time. Where the interpreter is not one whose string layout it knows, it
+decodes only.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["COMPILED", "lf_lines", "py_lf_lines", "py_split_multipart", "py_well_formed_fields",
-           "py_without_line_ends", "split_multipart", "unfold", "well_formed_fields", "without_line_ends"]
+__all__ = ["COMPILED", "lf_lines", "py_lf_lines", "py_split_multipart", "py_utf8_text", "py_well_formed_fields",
+           "py_without_line_ends", "split_multipart", "unfold", "utf8_text", "well_formed_fields",
+           "without_line_ends"]
 
 # One field: its name, and its value with any continuation lines (line ends kept, for the unfolding), then the
 # end of its last line or of the block.
@@ -103,11 +109,22 @@ def py_without_line_ends(buf: bytes, start: int, end: int) -> bytes:
     return buf[start:end].replace(b"\r", b"").replace(b"\n", b"")
 
 
+def py_utf8_text(data: bytes) -> str:
+    """``data`` decoded as strict UTF-8."""
+    return data.decode("utf-8")
+
+
 try:
-    from mailconnector.mime._scans_c import lf_lines, split_multipart, well_formed_fields, without_line_ends
+    from mailconnector.mime._scans_c import (
+        lf_lines,
+        split_multipart,
+        utf8_text,
+        well_formed_fields,
+        without_line_ends,
+    )
 except ImportError:  # built without a C compiler: the same results, slower
     COMPILED = False
     lf_lines, split_multipart, well_formed_fields = py_lf_lines, py_split_multipart, py_well_formed_fields
-    without_line_ends = py_without_line_ends
+    utf8_text, without_line_ends = py_utf8_text, py_without_line_ends
 else:
     COMPILED = True

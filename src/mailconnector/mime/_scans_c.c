@@ -1,4 +1,4 @@
-/* The parser's byte scans, compiled: header fields, multipart delimiters, CRLF line ends, base64 lines.
+/* The parser's byte scans, compiled: header fields, multipart delimiters, CRLF line ends, base64 lines, UTF-8.
 
    Each function gives exactly what its Python twin in _scans.py gives (property tests hold them to each
    other); _scans.py uses the twins when this module was not built. Only bytes are taken: the parser's
@@ -326,6 +326,41 @@ scan_without_line_ends(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return result;
 }
 
+/* utf8_text(data): data decoded as strict UTF-8, exactly as data.decode("utf-8").
+
+   A string that is not all ASCII keeps its UTF-8 form in a cache of its own (PyCompactUnicodeObject.utf8),
+   filled the first time someone asks for it: the record's JSON asks for every body, and CPython then
+   encodes the text again a character at a time, a tenth of a message's instructions. Strict UTF-8 decodes
+   to text whose encoding is exactly the bytes decoded, so the cache is filled here with a copy of them,
+   allocated as CPython allocates it (it frees the copy with the string). Done only on the interpreters
+   whose layout this was written against, on a fresh string of our own (a short one may be a shared
+   singleton), never on a free-threaded build; anywhere else the text is decoded and nothing more. */
+static PyObject *
+scan_utf8_text(PyObject *module, PyObject *data)
+{
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "utf8_text() takes bytes");
+        return NULL;
+    }
+    const char *buf = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    PyObject *text = PyUnicode_DecodeUTF8(buf, size, "strict");
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
+    /* Only a fresh string of our own: a short one may be a shared singleton. */
+    if (text != NULL && size >= 256 && Py_REFCNT(text) == 1 && PyUnicode_IS_COMPACT(text)
+        && !PyUnicode_IS_ASCII(text) && ((PyCompactUnicodeObject *)text)->utf8 == NULL) {
+        char *copy = PyObject_Malloc((size_t)size + 1);
+        if (copy != NULL) { /* without memory, CPython encodes it later, as it would have */
+            memcpy(copy, buf, (size_t)size);
+            copy[size] = '\0';
+            ((PyCompactUnicodeObject *)text)->utf8 = copy;
+            ((PyCompactUnicodeObject *)text)->utf8_length = size;
+        }
+    }
+#endif
+    return text;
+}
+
 static PyMethodDef scan_methods[] = {
     {"well_formed_fields", (PyCFunction)(void (*)(void))scan_fields, METH_FASTCALL,
      "well_formed_fields(buf, start, end): a header block's (name, value) pairs; None if a line is no field."},
@@ -333,6 +368,7 @@ static PyMethodDef scan_methods[] = {
      "split_multipart(buf, start, end, boundary): ([(start, end), ...], closed) of a multipart body."},
     {"without_line_ends", (PyCFunction)(void (*)(void))scan_without_line_ends, METH_FASTCALL,
      "without_line_ends(buf, start, end): buf[start:end] without its CR and LF bytes."},
+    {"utf8_text", (PyCFunction)scan_utf8_text, METH_O, "utf8_text(data): data.decode('utf-8'), its UTF-8 kept."},
     {"lf_lines", (PyCFunction)scan_lf_lines, METH_O,
      "lf_lines(data): data with CRLF made LF, or None when a CR does not end a line."},
     {NULL, NULL, 0, NULL},
