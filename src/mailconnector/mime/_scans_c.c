@@ -41,7 +41,8 @@ bounds(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *nam
     *end = PyLong_AsSsize_t(args[2]);
     if (*end == -1 && PyErr_Occurred())
         return -1;
-    /* Clamped as slicing clamps them (offsets are never negative here). */
+    /* A negative offset is refused (the parser never passes one); an end past the buffer is clamped, as
+       slicing clamps it, so that nothing is read beyond the buffer whatever the caller asks. */
     if (*start < 0 || *end < 0) {
         PyErr_Format(PyExc_ValueError, "%s(): negative offset", name);
         return -1;
