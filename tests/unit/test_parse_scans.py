@@ -33,6 +33,14 @@ def test_the_install_built_the_compiled_scans() -> None:
     assert _scans.utf8_text is _scans_c.utf8_text
 
 
+def _window(cut: st.DataObject | None, size: int) -> tuple[int, int]:
+    """The whole input, or (drawn) a slice of it, as the parser passes offsets: 0 <= start <= end <= size."""
+    if cut is None:
+        return 0, size
+    start = cut.draw(st.integers(0, size))
+    return start, cut.draw(st.integers(start, size))
+
+
 _FIELD_PIECES = [b"Subject", b"X-A", b"From ", b"a", b":", b": ", b" ", b"\t", b"\r", b"\n", b"\r\n", b"\n ", b"\r\n\t",
                  b"value", b"=?utf-8?q?x?=", b"\xc3\xa9", b"\x00", b"\x0b", b"\x0c", b"\x7f", b"~", b";", b"a b", b"9"]
 
@@ -44,10 +52,7 @@ _FIELD_PIECES = [b"Subject", b"X-A", b"From ", b"a", b":", b": ", b" ", b"\t", b
 @example(block=b"A:\t\r\n\t\r\n", cut=None)
 @example(block=b"A: x\r\n", cut=None)
 def test_compiled_fields_are_the_python_fields(block: bytes, cut: st.DataObject | None) -> None:
-    start, end = 0, len(block)
-    if cut is not None:
-        start = cut.draw(st.integers(0, len(block)))
-        end = cut.draw(st.integers(start, len(block)))
+    start, end = _window(cut, len(block))
     assert _scans.well_formed_fields(block, start, end) == _scans.py_well_formed_fields(block, start, end)
 
 
@@ -63,10 +68,7 @@ _BODY_PIECES = [b"--b", b"--", b"b", b"--b--", b"\r\n", b"\n", b"\r", b" ", b"\t
 @example(body=b"--b--", boundary=b"b", cut=None)
 @example(body=b"--b \t\r\nx\r\n--b", boundary=b"b", cut=None)
 def test_compiled_parts_are_the_python_parts(body: bytes, boundary: bytes, cut: st.DataObject | None) -> None:
-    start, end = 0, len(body)
-    if cut is not None:
-        start = cut.draw(st.integers(0, len(body)))
-        end = cut.draw(st.integers(start, len(body)))
+    start, end = _window(cut, len(body))
     assert (_scans.split_multipart(body, start, end, boundary)
             == _scans.py_split_multipart(body, start, end, boundary))
 
@@ -87,10 +89,7 @@ def test_compiled_line_ends_are_the_python_line_ends(data: bytes) -> None:
        cut=st.data())
 @example(data=b"", cut=None)
 def test_compiled_base64_lines_are_the_python_ones(data: bytes, cut: st.DataObject | None) -> None:
-    start, end = 0, len(data)
-    if cut is not None:
-        start = cut.draw(st.integers(0, len(data)))
-        end = cut.draw(st.integers(start, len(data)))
+    start, end = _window(cut, len(data))
     assert _scans.without_line_ends(data, start, end) == _scans.py_without_line_ends(data, start, end)
 
 
